@@ -1,0 +1,104 @@
+"""Relative multi-head attention of Transformer-XL (Dai et al. 2019, section 3.3, the "ac + bd" score).
+
+Shapes: B batch, T queries (this segment), M memory, K = M + T keys, H heads, D head size, C = d_model.
+
+Glossary: `ac` = (q + u) k^T, the content term (a) plus the global content bias (c); `bd` = (q + v) R^T, the
+position term (b) plus the global position bias (d); u = `r_w_bias`, v = `r_r_bias`; R = `r_net` applied to
+the sinusoids of distances K-1 ... 0; `rel_shift` aligns `bd` so that column j holds distance (M + i) - j.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TXLConfig
+
+
+def rel_shift(x: torch.Tensor) -> torch.Tensor:
+    """Shift (..., T, K) so that out[..., i, j] = x[..., i, j + T - 1 - i] for every j <= K - T + i.
+
+    The reference's pad-and-reshape trick: entries right of that boundary hold other rows' values, but they
+    are always future keys, which the causal mask hides.
+    """
+    *lead, qlen, klen = x.shape
+    padded = F.pad(x, (1, 0))  # (..., T, K+1)
+    padded = padded.view(*lead, klen + 1, qlen)  # (..., K+1, T)
+    return padded[..., 1:, :].reshape(*lead, qlen, klen)  # (..., T, K)
+
+
+def attention_mask(*, qlen: int, mlen: int, mem_len: int, same_length: bool, device=None) -> torch.Tensor:
+    """Bool (T, K), True = masked: future keys, and with `same_length` keys older than `mem_len` steps.
+
+    Identical to the reference's `triu(1 + mlen) + tril(-shift)`, where shift makes each query see mem_len
+    keys, itself included, once the memory is full.
+    """
+    ones = torch.ones(qlen, mlen + qlen, dtype=torch.bool, device=device)
+    mask = torch.triu(ones, diagonal=1 + mlen)
+    if same_length:
+        mask_len = mlen + qlen - mem_len
+        shift = qlen - mask_len if mask_len > 0 else qlen
+        mask = mask | torch.tril(ones, diagonal=-shift)
+    return mask
+
+
+class RelMultiHeadAttn(nn.Module):
+    """Attention sub-layer: post-LN `LN(x + attn(x))` or pre-LN `x + attn(LN(x))`. Names match the reference."""
+
+    def __init__(self, config: TXLConfig):
+        super().__init__()
+        self.n_head, self.d_head = config.n_head, config.d_head
+        self.scale = 1 / config.d_head ** 0.5
+        self.pre_lnorm = config.pre_lnorm
+        self.qkv_net = nn.Linear(config.d_model, 3 * config.n_head * config.d_head, bias=False)
+        self.r_net = nn.Linear(config.d_model, config.n_head * config.d_head, bias=False)
+        self.o_net = nn.Linear(config.n_head * config.d_head, config.d_model, bias=False)
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.drop = nn.Dropout(config.dropout)
+        self.dropatt = nn.Dropout(config.dropatt)
+        if config.untie_r:
+            self.r_w_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))  # u, (H, D)
+            self.r_r_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))  # v, (H, D)
+
+    def forward(self, x, *, pos_emb, mem=None, mask=None, r_w_bias=None, r_r_bias=None, need_probs=False):
+        """One attention sub-layer.
+
+        Args:
+            x: (B, T, C) this segment; mem: (B, M, C) or None; pos_emb: (K, C) sinusoids of K-1 ... 0;
+            mask: (T, K) bool, True = masked; r_w_bias / r_r_bias: shared (H, D) biases when `untie_r` is off.
+        Returns:
+            (out (B, T, C), probs (B, H, T, K) or None)
+        """
+        cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # (B, K, C)
+        heads = self.qkv_net(self.layer_norm(cat) if self.pre_lnorm else cat)  # (B, K, 3*H*D)
+        q, k, v = self._split_heads(heads, qlen=x.size(1))  # (B, H, T, D), (B, H, K, D), (B, H, K, D)
+        r = self.r_net(pos_emb).view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, K, D)
+        u = self.r_w_bias if r_w_bias is None else r_w_bias
+        v_bias = self.r_r_bias if r_r_bias is None else r_r_bias
+        bd = rel_shift(torch.matmul(q + v_bias[:, None], r.transpose(-1, -2)))  # (B, H, T, K)
+        vec, probs = self._attend(q + u[:, None], k, v, bd, mask, need_probs)  # (B, H, T, D)
+        vec = vec.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, H*D)
+        out = self.drop(self.o_net(vec))  # (B, T, C)
+        return (x + out if self.pre_lnorm else self.layer_norm(x + out)), probs
+
+    def _split_heads(self, heads, *, qlen):
+        bsz, klen, _ = heads.shape
+        q, k, v = heads.view(bsz, klen, 3, self.n_head, self.d_head).unbind(2)  # 3 x (B, K, H, D)
+        return q[:, -qlen:].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _attend(self, q_u, k, v, bd, mask, need_probs):
+        """softmax((ac + bd) / sqrt(D)) v, masked entries filled with the dtype's minimum as the reference does.
+
+        Without `need_probs` the fused `scaled_dot_product_attention` computes `ac`, the softmax and the
+        weighted sum, with `bd` (masked) passed as its additive bias.
+        """
+        if mask is not None:
+            bd = bd.masked_fill(mask, torch.finfo(bd.dtype).min)
+        if not need_probs:
+            p = self.dropatt.p if self.training else 0.0
+            return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd * self.scale, dropout_p=p), None
+        score = (torch.matmul(q_u, k.transpose(-1, -2)) + bd) * self.scale  # (B, H, T, K)
+        if mask is not None:
+            score = score.masked_fill(mask, torch.finfo(score.dtype).min)
+        probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
+        return torch.matmul(self.dropatt(probs), v), probs

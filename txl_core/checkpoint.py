@@ -1,0 +1,151 @@
+"""Model directories: `config.json` + `model.safetensors`, this project's or a Hugging Face transfo-xl one.
+
+Nothing here unpickles code: weights come through safetensors, or `torch.load(weights_only=True)` for a
+reference `pytorch_model.bin`. Models are built on the meta device and take the loaded tensors as their
+parameters (`assign=True`), so loading needs little more memory than the weights themselves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_model
+
+from .config import TXLConfig
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class CheckpointError(ValueError):
+    """A directory that is not a loadable model; the message says what is wrong and what to do."""
+
+
+class PretrainedMixin:
+    """`save_pretrained(dir)` for every model class: config.json + deduplicated model.safetensors, atomically."""
+
+    def save_pretrained(self, directory: str | Path, *, extra_files: dict[str, str | bytes] | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict() | {"architectures": [type(self).__name__], "format": "txl-doc"}
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
+            Path(tmp, "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            save_model(self, str(Path(tmp, "model.safetensors")), metadata={"format": "pt"})
+            for name, content in (extra_files or {}).items():
+                mode = "wb" if isinstance(content, bytes) else "w"
+                with open(Path(tmp, name), mode) as f:
+                    f.write(content)
+            for name in os.listdir(tmp):  # each file appears whole, never half-written
+                os.replace(Path(tmp, name), directory / name)
+
+
+def read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a model directory: config.json is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it from the original model") from None
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The state dict of the first weight file present, read without executing any code."""
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                return load_file(str(path))
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # safetensors and torch raise several types for damaged files
+            raise CheckpointError(f"{path} is damaged or truncated ({type(e).__name__}); "
+                                  "copy the model directory again") from None
+    raise CheckpointError(f"{directory} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _architecture(config: dict, state: dict) -> str:
+    arch = (config.get("architectures") or [""])[0]
+    if arch:
+        return arch
+    if any(k.startswith("crit.") for k in state):
+        return "TXLLMHeadModel"
+    return "TXLModel" if any(k.startswith("layers.") for k in state) else "TXLLMHeadModel"
+
+
+def _model_class(arch: str):
+    from .classifier import TXLDocumentClassifier
+    from .lm_head import TXLLMHeadModel
+    from .model import TXLModel
+
+    classes = {"TransfoXLLMHeadModel": TXLLMHeadModel, "TXLLMHeadModel": TXLLMHeadModel,
+               "TransfoXLModel": TXLModel, "TXLModel": TXLModel,
+               "TransfoXLForSequenceClassification": TXLDocumentClassifier,
+               "TXLDocumentClassifier": TXLDocumentClassifier}
+    if arch not in classes:
+        raise CheckpointError(f"unsupported architecture {arch!r}; expected one of {sorted(classes)}")
+    return classes[arch]
+
+
+def _rename_reference(state: dict, model, config: TXLConfig) -> dict:
+    """Map reference key names onto ours: drop buffers and per-layer aliases of shared biases, restore ties."""
+    state = {k: v for k, v in state.items() if not k.endswith("pos_emb.inv_freq")}
+    if not config.untie_r:
+        state = {k: v for k, v in state.items() if not k.endswith(("dec_attn.r_w_bias", "dec_attn.r_r_bias"))}
+    if "score.weight" in state:  # the reference's sequence classifier: an unbiased head on the last token
+        state["head.weight"] = state.pop("score.weight")
+        state.setdefault("head.bias", torch.zeros(state["head.weight"].size(0)))
+    for a, b in getattr(model, "tied_pairs", lambda: [])():
+        if a not in state and b in state:
+            state[a] = state[b]
+        elif b not in state and a in state:
+            state[b] = state[a]
+    return state
+
+
+def _materialize_buffers(model: torch.nn.Module) -> None:
+    """Non-persistent buffers are not in the weights: rebuild the ones that stayed on the meta device."""
+    from .embedding import PositionalEmbedding
+
+    for module in model.modules():
+        if isinstance(module, PositionalEmbedding) and module.inv_freq.is_meta:
+            module.register_buffer("inv_freq", PositionalEmbedding(module.inv_freq.numel() * 2).inv_freq,
+                                   persistent=False)
+
+
+def load_pretrained(path: str | Path, *, dtype: torch.dtype | None = None):
+    """Load any supported model directory and return the matching model in eval mode.
+
+    Returns a `TXLLMHeadModel`, `TXLModel` or `TXLDocumentClassifier`, chosen from `config.json`'s
+    `architectures` (or the weight names when it has none).
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; pass the folder holding config.json")
+    raw = read_config(directory)
+    try:
+        config = TXLConfig.from_dict({k: v for k, v in raw.items() if k != "format"})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory}/config.json: {e}") from None
+    state = read_weights(directory)
+    cls = _model_class(_architecture(raw, state))
+    with torch.device("meta"):
+        model = cls(config)
+    state = _rename_reference(state, model, config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0:3]
+        raise CheckpointError(f"{directory}: the weights do not match config.json ({' '.join(first)[:300]})") from None
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    _materialize_buffers(model)
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()

@@ -1,0 +1,76 @@
+"""The Transformer-XL encoder: adaptive embedding, a stack of relative-attention layers, and memory.
+
+Shapes: B batch, T segment length, M memory length, K = M + T keys, H heads, C = d_model, L = n_layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import attention_mask
+from .config import TXLConfig
+from .embedding import AdaptiveEmbedding, PositionalEmbedding
+from .checkpoint import PretrainedMixin
+from .init import init_weights
+from .layer import DecoderLayer
+from .memory import Mems, update_mems
+
+
+@dataclass
+class TXLOutput:
+    """`last_hidden_state` (B, T, C); `mems` L x (B, M', C) for the next segment; on request
+    `hidden_states` (L + 1) x (B, T, C) (embedding, then every layer's output) and `attentions` L x (B, H, T, K)."""
+
+    last_hidden_state: torch.Tensor
+    mems: Mems
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class TXLModel(PretrainedMixin, nn.Module):
+    """Transformer-XL encoder. Parameter names equal the reference's `transformer.*` names."""
+
+    def __init__(self, config: TXLConfig):
+        super().__init__()
+        self.config = config
+        self.word_emb = AdaptiveEmbedding(config)
+        self.pos_emb = PositionalEmbedding(config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        if not config.untie_r:  # one (u, v) pair shared by every layer, as in the original PyTorch code
+            self.r_w_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))
+            self.r_r_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
+        self.apply(lambda m: init_weights(m, config))
+
+    def forward(self, input_ids: torch.Tensor, *, mems: Mems | None = None, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> TXLOutput:
+        """Read one segment.
+
+        Args:
+            input_ids: (B, T) token ids.
+            mems: L x (B, M, C) from the previous segment, or None for an empty memory.
+        Returns:
+            TXLOutput; its `mems` hold the last `mem_len` steps of [mems ; this segment's layer inputs].
+        """
+        cfg = self.config
+        qlen, mlen = input_ids.size(1), 0 if mems is None else mems[0].size(1)
+        x = self.drop(self.word_emb(input_ids))  # (B, T, C)
+        pos_emb = self.drop(self.pos_emb(mlen + qlen, clamp_len=cfg.clamp_len).to(x.dtype))  # (K, C)
+        mask = attention_mask(qlen=qlen, mlen=mlen, mem_len=cfg.mem_len, same_length=cfg.same_length,
+                              device=x.device)  # (T, K)
+        shared = {} if cfg.untie_r else {"r_w_bias": self.r_w_bias, "r_r_bias": self.r_r_bias}
+        hids, probs = [], []
+        for i, layer in enumerate(self.layers):
+            hids.append(x)
+            x, p = layer(x, pos_emb=pos_emb, mem=None if mems is None else mems[i], mask=mask,
+                         need_probs=output_attentions, **shared)
+            probs.append(p)
+        x = self.drop(x)
+        return TXLOutput(
+            last_hidden_state=x,
+            mems=update_mems(hids, mems, mem_len=cfg.mem_len),
+            hidden_states=tuple(hids) + (x,) if output_hidden_states else None,
+            attentions=tuple(probs) if output_attentions else None,
+        )
