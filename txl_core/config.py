@@ -102,6 +102,8 @@ class TXLConfig:
         d = dict(d)
         if "id2label" in d and "labels" not in d and d.get("architectures", [""])[0].endswith("Classification"):
             d["labels"] = [d["id2label"][str(i)] for i in range(len(d["id2label"]))]
+        if "tgt_len" in d and "segment_len" not in d:  # the reference's training segment length
+            d["segment_len"] = d["tgt_len"]
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known - _HF_INERT
         if unknown:
