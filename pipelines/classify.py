@@ -1,0 +1,114 @@
+"""Classify every row of a file with a trained model directory, streaming, restartable.
+
+The input is read in chunks (a file of any size never sits in memory). Each finished chunk is written whole
+into `<output>.partial/`; a rerun after a crash or a kill skips the chunks already there, so no row is lost
+or repeated. The output file appears, atomically, only when every chunk is done: every input column, then
+`predicted_label`, `score`, one `prob_<label>` column per class (and `top<k>_label` / `top<k>_score` with
+--top-k), and `error` (non-empty for rows that could not be classified, e.g. empty text).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from .errors import UserError
+from .inference import PRECISIONS, predict, prepare
+from .io import iter_table
+from .output import output_format, write_frame
+from .modeldir import load_model_dir, write_atomic
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory written by `txl train`")
+    p.add_argument("--input", required=True, help="csv/tsv/jsonl/parquet, optionally .gz/.xz/.zst/.bz2")
+    p.add_argument("--output", required=True, help="result file (csv/tsv/jsonl/parquet, chosen by its name)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--top-k", type=int, default=0, help="also write the K most probable labels and scores")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto = bf16 where the CPU/GPU has it, else float32; int8 = dynamic quantization (CPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk-rows", type=int, default=2000, help="rows per restartable chunk")
+
+
+def _fingerprint(args) -> str:
+    """Identifies one job: a rerun with another input, model or option starts over instead of mixing."""
+    stat = os.stat(args.input)
+    model_stat = os.stat(Path(args.model) / "model.safetensors")
+    key = [os.path.abspath(args.input), stat.st_size, stat.st_mtime_ns, os.path.abspath(args.model),
+           model_stat.st_mtime_ns, args.text_column, args.top_k, args.precision, args.chunk_rows]
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()
+
+
+def _partial_dir(args) -> Path:
+    part = Path(str(args.output) + ".partial")
+    stamp, want = part / "job.json", _fingerprint(args)
+    if part.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != want):
+        print(f"txl classify: {part} belongs to another job; starting over", file=sys.stderr)
+        shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    if not stamp.is_file():
+        write_atomic(stamp, json.dumps({"fingerprint": want}))
+    return part
+
+
+def _result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) -> pd.DataFrame:
+    out = chunk.copy()
+    out["predicted_label"] = [p.label for p in preds]
+    out["score"] = [p.score for p in preds]
+    for name in labels:
+        out[f"prob_{name}"] = [p.probs.get(name, float("nan")) for p in preds]
+    for k in range(top_k):
+        ranked = [sorted(p.probs.items(), key=lambda kv: -kv[1]) for p in preds]
+        out[f"top{k + 1}_label"] = [r[k][0] if len(r) > k else "" for r in ranked]
+        out[f"top{k + 1}_score"] = [r[k][1] if len(r) > k else float("nan") for r in ranked]
+    out["error"] = [p.error for p in preds]
+    return out
+
+
+def _check_output(args) -> None:
+    output_format(args.output)  # raises a UserError for an unsupported name
+    if os.path.abspath(args.output) == os.path.abspath(args.input):
+        raise UserError("--output is the input file; choose another name so the input is not overwritten")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_output(args)
+    if not Path(args.input).is_file():
+        raise UserError(f"input file {args.input} not found")
+    md = prepare(load_model_dir(args.model), precision=args.precision, device=args.device)
+    part_dir = _partial_dir(args)
+    done = rows = 0
+    bar = tqdm(unit="doc", dynamic_ncols=True, desc="classify")
+    for index, chunk in enumerate(iter_table(args.input, chunk_rows=args.chunk_rows, text_column=args.text_column)):
+        target = part_dir / f"part-{index:06d}.parquet"
+        rows += len(chunk)
+        if target.is_file():
+            bar.update(len(chunk))
+            done += 1
+            continue
+        preds = predict(md, chunk[args.text_column].tolist(), batch_size=args.batch_size, progress=bar.update)
+        frame = _result_columns(chunk, preds, md.labels, args.top_k)
+        tmp = part_dir / f".part-{index:06d}.tmp"
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+    bar.close()
+    parts = sorted(part_dir.glob("part-*.parquet"))
+    write_frame((pd.read_parquet(p) for p in parts), args.output)  # atomic: temporary name, then rename
+    shutil.rmtree(part_dir)
+    resumed = f" ({done} chunks reused from an interrupted run)" if done else ""
+    print(f"txl classify: wrote {rows} rows to {args.output}{resumed}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .cli import main as cli_main
+    return cli_main(["classify", *(argv or [])])

@@ -1,0 +1,155 @@
+"""Classify texts with a model directory: the one inference path `txl classify` and the app both call.
+
+Texts are tokenized in one batch call, sorted by length and grouped so that each batch holds documents of
+similar length (little padding); the classifier reads every document whole, segment by segment.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .modeldir import ModelDir
+
+PRECISIONS = ("auto", "float32", "bf16", "int8")
+
+
+@dataclass
+class SegmentExplanation:
+    """Tokens [start, end) of a document = characters [char_start, char_end); `contribution` is the segment's
+    additive share of the predicted class's logit, `share` its fraction of all the absolute contributions."""
+
+    start: int
+    end: int
+    char_start: int
+    char_end: int
+    contribution: float
+    share: float
+
+
+@dataclass
+class Prediction:
+    label: str  # multi-label: the predicted labels joined by "|" ("" when none passes 0.5)
+    score: float  # probability of `label` (multi-label: the highest probability)
+    probs: dict[str, float]
+    n_tokens: int
+    segments: list[SegmentExplanation] = field(default_factory=list)
+    error: str = ""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 on a GPU or a CPU with native bf16 matrix units, float32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else "float32"
+
+
+def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto") -> ModelDir:
+    """Move the model to its device and apply the precision's fast path (in place); returns `md`."""
+    dev = resolve_device(device)
+    md.precision = resolve_precision(precision, dev)
+    md.device = dev
+    model = md.model.to(dev).eval()
+    if md.precision == "int8":
+        if dev.type != "cpu":
+            raise ValueError("int8 runs on the CPU only; use --precision bf16 on a GPU")
+        # the encoder only: the head stays float so that the explanation can read its weights
+        torch.ao.quantization.quantize_dynamic(model.transformer, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    md.model = model
+    return md
+
+
+def _autocast(md: ModelDir):
+    if md.precision == "bf16":
+        return torch.autocast(md.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _batches(lengths: list[int], *, batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most `batch_size` docs and `max_tokens` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) >= batch_size or lengths[current[0]] * (len(current) + 1) > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
+def predict(md: ModelDir, texts: Sequence[str], *, batch_size: int = 16, max_tokens: int = 65536,
+            explain: bool = False, progress: Callable[[int], None] | None = None) -> list[Prediction]:
+    """Classify every text; empty texts get a Prediction with `error` set instead of a label."""
+    if md.device is None:
+        prepare(md, precision="float32", device="cpu")
+    encodings = md.tokenizer.encode_batch([t if isinstance(t, str) else "" for t in texts],
+                                          add_special_tokens=False)
+    lengths = [len(e.ids) for e in encodings]
+    results: list[Prediction | None] = [None] * len(texts)
+    for i, n in enumerate(lengths):
+        if n == 0:
+            results[i] = Prediction("", math.nan, {}, 0, error="empty text")
+    todo = [i for i, n in enumerate(lengths) if n > 0]
+    for batch in _batches([lengths[i] for i in todo], batch_size=batch_size, max_tokens=max_tokens):
+        rows = [todo[j] for j in batch]
+        for i, pred in zip(rows, _predict_batch(md, [encodings[i] for i in rows], explain=explain)):
+            results[i] = pred
+        if progress:
+            progress(len(rows))
+    if progress and len(todo) < len(texts):
+        progress(len(texts) - len(todo))
+    return results
+
+
+@torch.inference_mode()
+def _predict_batch(md: ModelDir, encodings, *, explain: bool) -> list[Prediction]:
+    lengths = torch.tensor([len(e.ids) for e in encodings])
+    ids = torch.zeros(len(encodings), int(lengths.max()), dtype=torch.long)
+    for row, e in enumerate(encodings):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+    with _autocast(md):
+        out = md.model(ids.to(md.device), lengths.to(md.device), explain=explain)
+    logits = out.logits.float().cpu()
+    probs = torch.sigmoid(logits) if md.multi_label else torch.softmax(logits, dim=-1)
+    preds = []
+    for row, e in enumerate(encodings):
+        pred = _prediction(md, probs[row], len(e.ids))
+        if explain:
+            pred.segments = _explain(md, out.segment_logits[row].float().cpu(), e, probs[row])
+        preds.append(pred)
+    return preds
+
+
+def _prediction(md: ModelDir, probs: torch.Tensor, n_tokens: int) -> Prediction:
+    names = md.labels
+    table = {name: float(p) for name, p in zip(names, probs)}
+    if md.multi_label:
+        chosen = [n for n, p in zip(names, probs) if p >= 0.5]
+        return Prediction("|".join(chosen), float(probs.max()), table, n_tokens)
+    best = int(probs.argmax())
+    return Prediction(names[best], float(probs[best]), table, n_tokens)
+
+
+def _explain(md: ModelDir, segment_logits: torch.Tensor, encoding, probs: torch.Tensor):
+    """Per segment: its contribution to the logit of the top class, with the characters it covers."""
+    target = int(probs.argmax())
+    contrib = segment_logits[:, target]  # (S,)
+    total = float(contrib.abs().sum()) or 1.0
+    seg_len, n = md.model.config.segment_len, len(encoding.ids)
+    out = []
+    for s, value in enumerate(contrib.tolist()):
+        start, end = s * seg_len, min(n, (s + 1) * seg_len)
+        out.append(SegmentExplanation(start, end, encoding.offsets[start][0], encoding.offsets[end - 1][1],
+                                      value, abs(value) / total))
+    return out

@@ -1,0 +1,86 @@
+"""A classifier's model directory, the unit of exchange between `txl train`, `txl classify` and the app.
+
+    config.json        TXLConfig (labels included)        model.safetensors   the weights
+    tokenizer.json     the subword tokenizer               labels.json         label names, in logit order
+    README.md          the model card                      metrics.json        measured validation/test metrics
+
+Files are written whole (temporary name, then rename), `config.json` last, so a directory never holds new
+weights with an old config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from txl_core import CheckpointError, load_pretrained
+from txl_core.classifier import TXLDocumentClassifier
+
+from .errors import UserError
+
+REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+@dataclass
+class ModelDir:
+    model: TXLDocumentClassifier
+    tokenizer: Tokenizer
+    labels: list[str]
+    card: str = ""
+    metrics: dict = field(default_factory=dict)
+    path: Path | None = None
+    precision: str = "float32"  # set by inference.prepare
+    device: object = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.model.config.multi_label
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write a file under a temporary name in the same folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+    os.replace(tmp, path)
+
+
+def save_model_dir(directory: str | Path, md: ModelDir) -> None:
+    directory = Path(directory)
+    extra = {"tokenizer.json": md.tokenizer.to_str(), "labels.json": json.dumps(md.labels, indent=1) + "\n",
+             "README.md": md.card, "metrics.json": json.dumps(md.metrics, indent=1, sort_keys=True) + "\n"}
+    md.model.save_pretrained(directory, extra_files=extra)
+
+
+def load_model_dir(directory: str | Path) -> ModelDir:
+    """Load a classifier directory, with a one-line UserError for anything that is not one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"model directory {directory} does not exist; pass a folder made by `txl train`")
+    missing = [name for name in REQUIRED if not (directory / name).is_file()]
+    if missing:
+        raise UserError(f"{directory} is not a classifier model directory: missing {', '.join(missing)}")
+    try:
+        model = load_pretrained(directory)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    if not isinstance(model, TXLDocumentClassifier):
+        raise UserError(f"{directory} holds a {type(model).__name__}, not a classifier; "
+                        "fine-tune it first with `txl train --init`")
+    try:
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception for malformed files
+        raise UserError(f"{directory}/tokenizer.json is damaged ({str(e)[:120]}); copy the model again") from None
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise UserError(f"{directory}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
+                        f"only {model.config.vocab_size}; the files come from different models")
+    labels = model.config.labels or [f"LABEL_{i}" for i in range(model.config.num_labels)]
+    card = (directory / "README.md").read_text() if (directory / "README.md").is_file() else ""
+    metrics_path = directory / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return ModelDir(model, tokenizer, labels, card, metrics, directory)

@@ -1,0 +1,55 @@
+"""Writing result tables: the format follows the file name, and the file appears only when complete."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import UserError
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+def output_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"cannot write {path}: the output name must end in one of {', '.join(FORMATS)}")
+    return FORMATS[suffix]
+
+
+def write_frame(frames: Iterable[pd.DataFrame], path: str | os.PathLike) -> None:
+    """Write the frames one after the other into `path`, through a temporary file renamed at the end."""
+    path = Path(path)
+    fmt = output_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        _write(frames, tmp, fmt)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write(frames: Iterable[pd.DataFrame], tmp: str, fmt: str) -> None:
+    if fmt == "parquet":
+        writer = None
+        for frame in frames:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            writer = writer or pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+        if writer is not None:
+            writer.close()
+        return
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        for i, frame in enumerate(frames):
+            if fmt == "jsonl":
+                frame.to_json(f, orient="records", lines=True, force_ascii=False)
+            else:
+                frame.to_csv(f, index=False, header=i == 0, sep="\t" if fmt == "tsv" else ",")

@@ -1,0 +1,205 @@
+"""The fine-tuning loop behind `txl train`: bucketed batches, AdamW with warm-up and decay, clipping,
+early stopping on validation macro-F1, a time budget, and checkpoints that `--resume` continues from.
+
+Each step reads whole documents with `txl_core.recompute.backward_document`, so a long document costs one
+segment's activations, not all of them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from txl_core.recompute import backward_document
+
+from .inference import predict, prepare
+from .metrics import compute_metrics
+from .modeldir import ModelDir, save_model_dir, write_atomic
+
+
+@dataclass
+class Recipe:
+    """Optimisation settings; every field is a `txl train` flag."""
+
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    clip: float = 1.0
+    patience: int = 3
+    evals_per_epoch: int = 1
+    class_weights: str = "sqrt"  # none | sqrt | balanced
+    precision: str = "float32"
+    max_minutes: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0
+    best_f1: float = -1.0
+    best_metrics: dict = field(default_factory=dict)
+    bad_evals: int = 0
+    seconds: float = 0.0
+    stopped: str = ""
+
+
+def bucketed_batches(lengths: list[int], *, batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffled batches of documents of similar length (sorted within windows of 50 batches)."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def class_weight_tensor(targets: torch.Tensor, n_labels: int, how: str) -> torch.Tensor | None:
+    """Per-class loss weights against imbalance: (N / (K n_c)) or its square root, mean 1 over documents."""
+    if how == "none":
+        return None
+    counts = targets.sum(0) if targets.dim() == 2 else torch.bincount(targets, minlength=n_labels)
+    w = (counts.sum() / (n_labels * counts.clamp(min=1).float()))
+    return w.sqrt() if how == "sqrt" else w
+
+
+class Trainer:
+    def __init__(self, md: ModelDir, recipe: Recipe, *, train_ids: list[list[int]], train_y: torch.Tensor,
+                 valid_texts: list[str], valid_labels: list[str], out: Path, device: torch.device):
+        self.md, self.recipe, self.out, self.device = md, recipe, Path(out), device
+        self.ids, self.y = train_ids, train_y
+        self.valid_texts, self.valid_labels = valid_texts, valid_labels
+        self.lengths = [len(x) for x in train_ids]
+        self.model = md.model.to(device)
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+        other = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                      {"params": other, "weight_decay": 0.0}], lr=recipe.lr)
+        self.steps_per_epoch = math.ceil(len(train_ids) / recipe.batch_size)
+        total = max(1, self.steps_per_epoch * recipe.epochs)
+        warm = max(1, int(recipe.warmup * total))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        self.weights = class_weight_tensor(train_y, md.model.config.num_labels, recipe.class_weights)
+        self.state = TrainState()
+
+    # ---- one step -------------------------------------------------------------------------------------------
+    def _loss_fn(self, y: torch.Tensor):
+        w = None if self.weights is None else self.weights.to(self.device)
+        if self.md.multi_label:
+            return lambda logits: torch.nn.functional.binary_cross_entropy_with_logits(
+                logits.float(), y.float(), pos_weight=None, weight=w)
+        return lambda logits: torch.nn.functional.cross_entropy(logits.float(), y, weight=w)
+
+    def step(self, batch: list[int]) -> float:
+        lengths = torch.tensor([self.lengths[i] for i in batch])
+        ids = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, : lengths[row]] = torch.tensor(self.ids[i])
+        y = self.y[batch].to(self.device)
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.precision == "bf16"):
+            loss, _ = backward_document(self.model, ids.to(self.device), lengths.to(self.device), self._loss_fn(y))
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip)
+        self.opt.step()
+        self.sched.step()
+        return float(loss)
+
+    # ---- evaluation -----------------------------------------------------------------------------------------
+    def evaluate(self, texts: list[str], labels: list[str]) -> dict:
+        self.model.eval()
+        prepare(self.md, precision=self.recipe.precision, device=self.device.type)
+        preds = predict(self.md, texts)
+        return compute_metrics(labels, [p.label for p in preds], self.md.labels, multi_label=self.md.multi_label)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        ck = self.out / "checkpoint"
+        ck.mkdir(parents=True, exist_ok=True)
+        tmp = ck / ".model.safetensors.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, str(tmp))
+        tmp.replace(ck / "model.safetensors")
+        torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": torch.get_rng_state()},
+                   ck / ".optim.pt.tmp")
+        (ck / ".optim.pt.tmp").replace(ck / "optim.pt")
+        write_atomic(ck / "state.json", json.dumps(asdict(self.state), indent=1))  # last: marks a whole checkpoint
+
+    def load_checkpoint(self) -> bool:
+        ck = self.out / "checkpoint"
+        if not (ck / "state.json").is_file():
+            return False
+        self.state = TrainState(**json.loads((ck / "state.json").read_text()))
+        weights = load_file(str(ck / "model.safetensors"))
+        self.model.load_state_dict(weights, strict=False)
+        saved = torch.load(ck / "optim.pt", weights_only=True)
+        self.opt.load_state_dict(saved["opt"])
+        self.sched.load_state_dict(saved["sched"])
+        torch.set_rng_state(saved["rng"])
+        return True
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def out_of_time(self, started: float) -> bool:
+        budget = self.recipe.max_minutes
+        return budget is not None and self.state.seconds + time.time() - started > budget * 60
+
+    def fit(self, on_best) -> TrainState:
+        """Train until the epochs, the patience or the time budget run out; `on_best(metrics)` saves the model."""
+        r, st, started = self.recipe, self.state, time.time()
+        n_eval = max(1, min(r.evals_per_epoch, self.steps_per_epoch))
+        eval_at = {round(k * self.steps_per_epoch / n_eval) for k in range(1, n_eval + 1)}
+        bar = tqdm(total=self.steps_per_epoch * r.epochs, initial=st.step, unit="step", dynamic_ncols=True,
+                   mininterval=2)
+        while st.epoch < r.epochs and not st.stopped:
+            batches = bucketed_batches(self.lengths, batch_size=r.batch_size, seed=r.seed + st.epoch)
+            while st.batch < len(batches):
+                if self.out_of_time(started):
+                    st.stopped = f"time budget of {r.max_minutes} min reached"
+                    break
+                t0, batch = time.time(), batches[st.batch]
+                loss = self.step(batch)
+                st.batch, st.step = st.batch + 1, st.step + 1
+                tokens = sum(self.lengths[i] for i in batch)
+                bar.set_postfix(epoch=st.epoch, loss=f"{loss:.3f}", tok_s=f"{tokens / (time.time() - t0):,.0f}")
+                bar.update(1)
+                if st.batch in eval_at:
+                    self._validate(on_best)
+                    if st.stopped:
+                        break
+                    st.seconds += time.time() - started
+                    started = time.time()
+                    self.save_checkpoint()
+            if st.batch >= len(batches):
+                st.epoch, st.batch = st.epoch + 1, 0
+        bar.close()
+        if st.stopped.startswith("time") and st.best_f1 < 0:
+            self._validate(on_best)  # a budget shorter than one evaluation still leaves a model
+        st.seconds += time.time() - started
+        self.save_checkpoint()
+        return st
+
+    def _validate(self, on_best) -> None:
+        st = self.state
+        metrics = self.evaluate(self.valid_texts, self.valid_labels)
+        tqdm.write(f"step {st.step}: validation accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}")
+        if metrics["macro_f1"] > st.best_f1:
+            st.best_f1, st.best_metrics, st.bad_evals = metrics["macro_f1"], metrics, 0
+            on_best(metrics)
+        else:
+            st.bad_evals += 1
+            if st.bad_evals >= self.recipe.patience:
+                st.stopped = f"no validation gain in {self.recipe.patience} evaluations"
