@@ -1,0 +1,32 @@
+"""Start the web app (Streamlit) on the bundled default model or a model directory of yours."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory (default: the bundled model)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on the network)")
+    p.add_argument("--max-upload-mb", type=int, default=50, help="largest accepted upload, in MB")
+
+
+def command(args) -> list[str]:
+    script = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+           "--server.port", str(args.port), "--server.address", args.host,
+           "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false"]
+    return cmd + (["--", "--model", str(args.model)] if args.model else [])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        raise UserError(f"{args.model} is not a model directory (no config.json)")
+    os.environ["TXL_MAX_UPLOAD_MB"] = str(args.max_upload_mb)
+    print(f"txl app: open http://{args.host}:{args.port} in a browser (Ctrl+C stops it)")
+    os.execv(sys.executable, command(args))
