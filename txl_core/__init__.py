@@ -12,8 +12,10 @@ from .config import TXLConfig
 from .lm_head import TXLLMHeadModel, TXLLMOutput
 from .memory import empty_mems, reference_mems, update_mems
 from .model import TXLModel, TXLOutput
+from .safe_pickle import safe_load
+from .word_vocab import WordTokenizer
 
 __all__ = [
     "CheckpointError", "TXLConfig", "TXLLMHeadModel", "TXLLMOutput", "TXLModel", "TXLOutput",
-    "empty_mems", "load_pretrained", "reference_mems", "update_mems",
+    "WordTokenizer", "empty_mems", "load_pretrained", "reference_mems", "safe_load", "update_mems",
 ]

@@ -1,0 +1,157 @@
+"""End to end through the `txl` command line: train a tiny model on a CSV made here, classify (also after a
+SIGKILL), evaluate, and the one-line errors; all in seconds."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.cli import main
+from tests.synth import make_corpus
+
+TINY = ["--d-model", "32", "--n-head", "2", "--d-inner", "64", "--n-layer", "1", "--segment-len", "32",
+        "--mem-len", "32", "--vocab-size", "300", "--batch-size", "8", "--lr", "3e-3", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    make_corpus(150, seed=1).to_csv(d / "train.csv", index=False)
+    make_corpus(60, seed=2).to_csv(d / "test.csv", index=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "model"
+    assert main(["train", "--train", str(data / "train.csv"), "--test", str(data / "test.csv"), "--out", str(out),
+                 "--epochs", "6", "--evals-per-epoch", "1", *TINY]) == 0
+    return out
+
+
+def test_train_writes_a_complete_model_directory(model):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "labels.json", "README.md", "metrics.json"):
+        assert (model / name).is_file(), name
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9  # the topics are separable: a working model must find them
+    assert "| test |" in (model / "README.md").read_text()
+    assert json.loads((model / "labels.json").read_text()) == ["politics", "sport", "tech"]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: threads only add contention on 2 cores
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=ENV)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
+def test_classify_keeps_every_row_and_column(model, data, tmp_path, suffix):
+    out = tmp_path / f"pred.{suffix}"
+    assert main(["classify", "--model", str(model), "--input", str(data / "test.csv"), "--output", str(out),
+                 "--top-k", "2", "--chunk-rows", "16"]) == 0
+    source = pd.read_csv(data / "test.csv")
+    got = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[suffix](out)
+    assert list(got["id"].astype(str)) == list(source["id"].astype(str))  # CSV cells are kept as text
+    assert {"predicted_label", "score", "prob_sport", "top2_label", "error"} <= set(got.columns)
+    probs = got[["prob_politics", "prob_sport", "prob_tech"]].sum(axis=1)
+    assert ((probs - 1).abs() < 1e-5).all()
+    assert (got["predicted_label"] == source["label"]).mean() > 0.9
+    assert not Path(str(out) + ".partial").exists()
+
+
+def test_classify_after_sigkill_loses_and_repeats_nothing(model, tmp_path):
+    big = pd.concat([make_corpus(60, seed=s) for s in range(10)], ignore_index=True)
+    big["id"] = range(len(big))
+    src = tmp_path / "in.csv"
+    big.to_csv(src, index=False)
+    whole, killed = tmp_path / "whole.csv", tmp_path / "killed.csv"
+    args = ["classify", "--model", str(model), "--input", str(src), "--chunk-rows", "40", "--precision", "float32"]
+    assert main([*args, "--output", str(whole)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args, "--output", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    partial = Path(str(killed) + ".partial")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial.glob("part-*"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists() and len(list(partial.glob("part-*"))) >= 2
+    assert main([*args, "--output", str(killed)]) == 0
+    a, b = pd.read_csv(whole), pd.read_csv(killed)
+    assert list(b["id"]) == list(range(len(big)))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_train_resumes_after_sigkill(data, tmp_path):
+    out = tmp_path / "model"
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--train", str(data / "train.csv"), "--out", str(out),
+           "--epochs", "3", "--evals-per-epoch", "2", "--patience", "100", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step_at_kill = json.loads(state.read_text())["step"]
+    assert step_at_kill > 0
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr[-500:]
+    final = json.loads(state.read_text())
+    assert final["step"] == 3 * 17  # 135 train docs / 8 per batch = 17 steps per epoch, none repeated
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_evaluate_writes_metrics_png_and_table(model, data, tmp_path):
+    frame = pd.read_csv(data / "test.csv")
+    frame.loc[0, "label"] = "weather"  # a label the model never saw
+    frame.to_csv(tmp_path / "eval.csv", index=False)
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "eval.csv"), "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_documents"] == 60 and metrics["labels_unknown_to_model"] == ["weather"]
+    assert {"accuracy", "macro_f1", "micro_f1", "per_class"} <= set(metrics)
+    assert (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 1000
+    assert "precision" in (tmp_path / "ev" / "per_class.csv").read_text()
+
+
+def test_multi_label_end_to_end(tmp_path):
+    make_corpus(120, seed=3, multi_label=True).to_csv(tmp_path / "ml.csv", index=False)
+    out = tmp_path / "ml"
+    assert main(["train", "--train", str(tmp_path / "ml.csv"), "--out", str(out), "--epochs", "2", *TINY]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["multi_label"] is True
+    assert main(["evaluate", "--model", str(out), "--data", str(tmp_path / "ml.csv"), "--out", str(tmp_path / "ev")]) == 0
+    assert "micro_f1" in json.loads((tmp_path / "ev" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("case, phrase", [
+    ("missing_column", "no column"),
+    ("one_class", "single class"),
+    ("empty_file", "empty"),
+    ("no_model", "does not exist"),
+])
+def test_bad_input_is_one_line_exit_2(data, tmp_path, case, phrase):
+    bad = tmp_path / "bad.csv"
+    args = ["train", "--train", str(bad), "--out", str(tmp_path / "m"), *TINY]
+    if case == "missing_column":
+        pd.DataFrame({"txt": ["a b"], "label": ["x"]}).to_csv(bad, index=False)
+    elif case == "one_class":
+        pd.DataFrame({"text": ["a b c"] * 5, "label": ["x"] * 5}).to_csv(bad, index=False)
+    elif case == "empty_file":
+        bad.write_text("")
+    else:
+        args = ["classify", "--model", str(tmp_path / "nope"), "--input", str(data / "test.csv"),
+                "--output", str(tmp_path / "o.csv")]
+    result = _cli(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len([line for line in lines if "error" in line]) == 1 and "Traceback" not in result.stderr
+    assert phrase in result.stderr.lower()
