@@ -1,0 +1,121 @@
+"""Every flow of the Streamlit app through `streamlit.testing.v1.AppTest`: upload, many documents, pasted
+text, a CSV with a chosen column, switching models, and each friendly error."""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.tiny_model import make_model_dir
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return make_model_dir(root / "a", card="# Model A\n"), make_model_dir(root / "b", labels=("neg", "pos"), seed=1,
+                                                                           card="# Model B\n")
+
+
+def start(monkeypatch, model) -> AppTest:
+    monkeypatch.setenv("TXL_MODEL", str(model))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def upload(at: AppTest, *files) -> AppTest:
+    at.file_uploader(key="uploads").set_value(list(files)).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_single_upload_shows_label_chart_and_highlights(monkeypatch, model_dirs):
+    at = upload(start(monkeypatch, model_dirs[0]), ("report.txt", b"the team won the match " * 40, "text/plain"))
+    heading = at.subheader[0].value
+    assert heading.startswith("report.txt") and any(name in heading for name in ("politics", "sport", "tech"))
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")  # the probability chart
+    assert any("What drove the prediction" in m.value for m in at.markdown)
+    assert "background:rgba" in at.get("html")[0].proto.body  # highlighted segments
+
+
+def test_many_documents_table_and_download(monkeypatch, model_dirs):
+    files = [(f"d{i}.txt", f"document {i} about chips and code".encode(), "text/plain") for i in range(4)]
+    at = upload(start(monkeypatch, model_dirs[0]), *files)
+    table = at.dataframe[0].value
+    assert list(table["document"]) == [f"d{i}.txt" for i in range(4)]
+    assert {"label", "score", "tokens"} <= set(table.columns)
+    assert at.get("download_button")
+    at.selectbox(key="inspect").set_value("3. d2.txt").run()
+    assert at.subheader[0].value.startswith("d2.txt")
+
+
+def test_pasted_text(monkeypatch, model_dirs):
+    at = start(monkeypatch, model_dirs[0])
+    at.text_area(key="pasted").input("the minister won the vote in parliament").run()
+    assert at.subheader[0].value.startswith("pasted text")
+
+
+def test_csv_with_a_chosen_column(monkeypatch, model_dirs):
+    frame = pd.DataFrame({"title": ["short one", "short two"], "body": ["a long text about the league " * 5,
+                                                                          "a long text about the network " * 5]})
+    at = upload(start(monkeypatch, model_dirs[0]), ("many.csv", frame.to_csv(index=False).encode(), "text/csv"))
+    assert at.selectbox(key="column::many.csv").value == "body"
+    assert list(at.dataframe[0].value["document"]) == ["many.csv#1", "many.csv#2"]
+    at.selectbox(key="column::many.csv").set_value("title").run()
+    assert list(at.dataframe[0].value["characters"]) == [9, 9]
+
+
+def test_switching_models(monkeypatch, model_dirs):
+    at = start(monkeypatch, model_dirs[0])
+    assert any("Model A" in m.value for m in at.markdown)
+    at.text_input(key="model_path").input(str(model_dirs[1])).run()
+    assert any("Model B" in m.value for m in at.markdown)
+    at.text_area(key="pasted").input("fine film").run()
+    assert any(label in at.subheader[0].value for label in ("neg", "pos"))
+
+
+def test_model_page_shows_labels_metrics_confusion(monkeypatch, model_dirs):
+    at = start(monkeypatch, model_dirs[0])
+    assert any("politics, sport, tech" in m.value for m in at.markdown)
+    assert any("accuracy 1.0000" in m.value for m in at.markdown)
+    assert at.dataframe  # the confusion matrix
+
+
+def _zip_bomb() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("word/document.xml", b"0" * (250 * 2**20))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, data, phrase", [
+    ("scan.exe", b"MZ\x90\x00", "cannot read"),
+    ("empty.txt", b"   \n ", "empty"),
+    ("garbage.txt", bytes(range(256)) * 64, "binary"),
+    ("broken.pdf", b"%PDF-1.4\n1 0 obj <<>> endobj\n", "pdf"),
+    ("notzip.docx", b"this is not a zip", "zip"),
+    ("bomb.docx", None, "unpack"),
+])
+def test_friendly_error_for_bad_files(monkeypatch, model_dirs, name, data, phrase):
+    data = _zip_bomb() if data is None else data
+    at = upload(start(monkeypatch, model_dirs[0]), (name, data, "application/octet-stream"))
+    messages = " ".join(w.value for w in at.warning).lower()
+    assert name.lower() in messages and phrase in messages
+
+
+def test_oversized_upload_is_refused(monkeypatch, model_dirs):
+    monkeypatch.setenv("TXL_MAX_UPLOAD_MB", "0.001")
+    at = upload(start(monkeypatch, model_dirs[0]), ("big.txt", b"word " * 1000, "text/plain"))
+    assert "upload limit" in " ".join(w.value for w in at.warning)
+
+
+def test_a_directory_that_is_not_a_model(monkeypatch, tmp_path):
+    at = start(monkeypatch, tmp_path)
+    assert "not a classifier model directory" in at.error[0].value
