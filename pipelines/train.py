@@ -28,8 +28,10 @@ from .modeldir import ModelDir, load_model_dir, save_model_dir
 from .subword import train_tokenizer
 from .trainer import Recipe, Trainer
 
-ARCH_DEFAULTS = {"d_model": 256, "n_layer": 4, "n_head": 8, "d_inner": 1024, "segment_len": 256, "mem_len": 256,
-                 "vocab_size": 16000, "pooling": "mean", "dropout": 0.1}
+# The default recipe: small enough to train from scratch on a 2-core CPU in minutes per epoch on a few
+# thousand documents (benchmarks/RESULTS.md); pass larger sizes on a GPU.
+ARCH_DEFAULTS = {"d_model": 128, "n_layer": 2, "n_head": 4, "d_inner": 512, "segment_len": 256, "mem_len": 256,
+                 "vocab_size": 8000, "pooling": "mean", "dropout": 0.1}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ class Recipe:
 
     epochs: int = 8
     batch_size: int = 16
-    lr: float = 5e-4
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: float = 0.06
     clip: float = 1.0

@@ -1,0 +1,94 @@
+"""Test accuracy of the default `txl train` recipe next to `txl baseline` on the shared data sets.
+
+    python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy [--datasets bbc_news r8] [--max-minutes 40]
+
+For each data set: the TF-IDF + LinearSVC baseline, then `txl train` with the default recipe (a time budget
+per data set), then `txl evaluate` on the test split. Writes the table into benchmarks/RESULTS.md between
+the `accuracy` markers and the raw figures into benchmarks/accuracy.json. Rerunnable; a data set whose model
+directory already has test metrics is not retrained (delete it to retrain).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATASETS = {  # name: (train file, test file), relative to the data folder; one file = a `split` column
+    "bbc_news": ("bbc_news/bbc_news.csv.xz", "bbc_news/bbc_news.csv.xz"),
+    "r8": ("reuters21578/r8.csv.xz", "reuters21578/r8.csv.xz"),
+    "20newsgroups": ("20newsgroups/train.csv.xz", "20newsgroups/test.csv.xz"),
+    "imdb": ("imdb/train.csv.xz", "imdb/test.csv.xz"),
+}
+
+
+def txl(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"txl {' '.join(args[:1])} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout
+
+
+def run_one(name: str, data: Path, runs: Path, max_minutes: float) -> dict:
+    train, test = (str(data / f) for f in DATASETS[name])
+    out, ev = runs / name, runs / f"{name}.eval"
+    base = runs / f"{name}.baseline.json"
+    if not base.is_file():
+        txl("baseline", "--train", train, "--test", test, "--out", str(base))
+    started = time.time()
+    if not (ev / "metrics.json").is_file():
+        txl("train", "--train", train, "--out", str(out), "--max-minutes", str(max_minutes),
+            *(["--resume"] if (out / "checkpoint").is_dir() else []))
+        txl("evaluate", "--model", str(out), "--data", test, "--out", str(ev), "--precision", "float32")
+    card = json.loads((out / "metrics.json").read_text())
+    model = json.loads((ev / "metrics.json").read_text())
+    baseline = json.loads(base.read_text())
+    return {"dataset": name, "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
+            "baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"],
+            "train_minutes": round(card.get("train_minutes", (time.time() - started) / 60), 1),
+            "n_test": model["n_documents"]}
+
+
+def table(rows: list[dict], machine: str) -> str:
+    lines = [f"Machine: {machine}. Command: `python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy`.",
+             "", "| data set | test docs | txl accuracy | txl macro-F1 | baseline accuracy | baseline macro-F1 | train min |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['n_test']} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | "
+                     f"{100 * r['baseline_accuracy']:.1f} | {100 * r['baseline_macro_f1']:.1f} | {r['train_minutes']} |")
+    return "\n".join(lines)
+
+
+def write_section(text: str, start="<!-- accuracy:start -->", end="<!-- accuracy:end -->") -> None:
+    path = HERE / "RESULTS.md"
+    old = path.read_text() if path.is_file() else "# Results\n"
+    block = f"{start}\n{text}\n{end}"
+    if start in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n## Accuracy (benchmarks/accuracy.py)\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    p.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "accuracy")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--max-minutes", type=float, default=40.0, help="training budget per data set")
+    args = p.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    rows = [run_one(name, args.data, args.runs, args.max_minutes) for name in args.datasets]
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+    (HERE / "accuracy.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    write_section(table(rows, machine))
+    print(table(rows, machine))
+
+
+if __name__ == "__main__":
+    main()
