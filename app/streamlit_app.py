@@ -152,7 +152,7 @@ def model_page_ui(md) -> None:
     st.caption(f"d_model {cfg.d_model}, {cfg.n_layer} layers, {cfg.n_head} heads, segment {cfg.segment_len}, "
                f"memory {cfg.mem_len}, pooling {cfg.pooling}, vocabulary {cfg.vocab_size:,}; precision {md.precision}")
     for split, m in md.metrics.items():
-        if not m:
+        if "accuracy" not in m:
             continue
         st.markdown(f"**{split}**: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on {m['n_documents']} documents")
         if "confusion_matrix" in m:

@@ -50,7 +50,7 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float) -> dict:
     baseline = json.loads(base.read_text())
     return {"dataset": name, "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
             "baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"],
-            "train_minutes": round(card.get("train_minutes", (time.time() - started) / 60), 1),
+            "train_minutes": card.get("training", {}).get("minutes", round((time.time() - started) / 60, 1)),
             "n_test": model["n_documents"]}
 
 

@@ -1,11 +1,16 @@
-"""The strong simple baseline: TF-IDF (word 1-2-grams, sublinear tf) + a linear SVM, from scikit-learn.
+"""The strong simple baseline: TF-IDF (word 1-2-grams, sublinear tf, min_df 2) + a linear SVM (scikit-learn).
 
-Run it on your own split to see what the neural model is up against on your data.
+Run it on your own split to see what the neural model is up against on your data. Multi-label data
+('a|b' labels) gets one SVM per label. Reference test accuracy: bbc_news 96.2, R8 97.5, 20newsgroups 86.3,
+imdb 90.7.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,46 +19,87 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import MultiLabelBinarizer
 from sklearn.svm import LinearSVC
 
-from .io import load_labeled
+from .errors import UserError
+from .io import load_labeled, table_columns
 from .labels import LabelSet
 from .metrics import compute_metrics
-from .modeldir import write_atomic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train", required=True, help="labelled training file")
-    p.add_argument("--test", required=True, help="labelled test file (may be the same file with a split column)")
+    p.add_argument("--train", required=True, help="labelled training file (csv/tsv/jsonl/parquet, may be compressed)")
+    p.add_argument("--test", required=True,
+                   help="labelled test file; may be the --train file when that has a split column")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--split-column", default="split")
-    p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (default 1.0)")
+    p.add_argument("--label-column", default="label", help="labels; 'a|b|c' marks a multi-label data set")
+    p.add_argument("--split-column", default="split", help="column naming each row's split, when a file has one")
+    p.add_argument("--train-split", default="train", help="rows of --train to train on, when it has a split column")
+    p.add_argument("--test-split", default="test", help="rows of --test to measure on, when it has a split column")
+    p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (default 1.0, which gives the "
+                   "reference numbers)")
     p.add_argument("--out", help="write the metrics as JSON here")
 
 
-def fit_predict(train_texts, train_labels, test_texts, *, C: float = 1.0) -> list[str]:
-    """Predicted label strings for `test_texts` ('a|b' for multi-label)."""
+def fit_predict(train_texts: list[str], train_labels: list[str], test_texts: list[str], *,
+                C: float = 1.0) -> list[str]:
+    """Predicted label strings for `test_texts` ('a|b' for multi-label, '' when no label is predicted)."""
     labels = LabelSet.from_labels(train_labels)
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_df=0.9)
-    x_train, x_test = vec.fit_transform(train_texts), vec.transform(test_texts)
+    if len(labels) < 2:
+        raise UserError(f"the training data has a single class ({labels.names}); a classifier needs two or more")
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    try:
+        x_train = vectorizer.fit_transform(train_texts)
+    except ValueError:  # every word is rarer than min_df (or a stop word): nothing to learn from
+        vectorizer.set_params(min_df=1)
+        x_train = vectorizer.fit_transform(train_texts)
+    x_test = vectorizer.transform(test_texts)
     if not labels.multi_label:
         return list(LinearSVC(C=C).fit(x_train, train_labels).predict(x_test))
-    mlb = MultiLabelBinarizer(classes=labels.names)
-    y = mlb.fit_transform([labels.split(t) for t in train_labels])
-    pred = OneVsRestClassifier(LinearSVC(C=C)).fit(x_train, y).predict(x_test)
-    return ["|".join(names) for names in mlb.inverse_transform(pred)]
+    binarizer = MultiLabelBinarizer(classes=labels.names)
+    y = binarizer.fit_transform([labels.split(t) for t in train_labels])
+    predicted = OneVsRestClassifier(LinearSVC(C=C)).fit(x_train, y).predict(x_test)
+    return ["|".join(names) for names in binarizer.inverse_transform(predicted)]
+
+
+def _check_separate(args: argparse.Namespace) -> None:
+    """Refuse to measure on training rows: one file serves both only through two different splits."""
+    if Path(args.train).resolve() != Path(args.test).resolve():
+        return
+    if args.train_split == args.test_split or args.split_column not in table_columns(args.train):
+        raise UserError(f"--train and --test are the same file, so the test rows would be training rows; give a "
+                        f"separate test file, or a file with a {args.split_column!r} column and different "
+                        "--train-split / --test-split values")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Whole or not at all: a temporary file renamed into place (not modeldir's, which would import torch)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
-    common = dict(text_column=args.text_column, label_column=args.label_column, split_column=args.split_column)
-    tr_x, tr_y = load_labeled(args.train, split="train", **common)
-    te_x, te_y = load_labeled(args.test, split="test", **common)
-    started = time.time()
-    pred = fit_predict(tr_x, tr_y, te_x, C=args.C)
-    labels = LabelSet.from_labels(tr_y + te_y)
-    m = compute_metrics(te_y, pred, labels.names, multi_label=labels.multi_label)
-    m["seconds"] = round(time.time() - started, 1)
-    print(f"txl baseline (TF-IDF + LinearSVC): {m['n_documents']} test documents, accuracy {m['accuracy']:.4f}, "
-          f"macro-F1 {m['macro_f1']:.4f}, micro-F1 {m['micro_f1']:.4f} ({m['seconds']} s)")
+    columns = dict(text_column=args.text_column, label_column=args.label_column, split_column=args.split_column)
+    _check_separate(args)
+    train_x, train_y = load_labeled(args.train, split=args.train_split, **columns)
+    test_x, test_y = load_labeled(args.test, split=args.test_split, **columns)
+    started = time.perf_counter()
+    predicted = fit_predict(train_x, train_y, test_x, C=args.C)
+    labels = LabelSet.from_labels(train_y + test_y)
+    metrics = compute_metrics(test_y, predicted, labels.names, multi_label=labels.multi_label)
+    metrics.update(model="tfidf-1-2gram+linear-svc", C=args.C, n_train=len(train_x),
+                   seconds=round(time.perf_counter() - started, 1))
+    print(f"txl baseline (TF-IDF + LinearSVC): trained on {len(train_x)}, tested on {len(test_x)} documents: "
+          f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+          f"micro-F1 {metrics['micro_f1']:.4f} ({metrics['seconds']} s)")
     if args.out:
-        write_atomic(Path(args.out), json.dumps(m, indent=1) + "\n")
+        _write_json(Path(args.out), metrics)
+        print(f"txl baseline: wrote {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import main as cli_main
+    return cli_main(["baseline", *(sys.argv[1:] if argv is None else argv)])

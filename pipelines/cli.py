@@ -1,13 +1,23 @@
-"""`txl`: the one command line. Each subcommand is a module with `add_arguments`, `run(args)` and a docstring."""
+"""`txl`: the one command line. Each subcommand is a module with a docstring, `add_arguments` and `run(args)`.
+
+A module is imported only when its command runs or prints its help, so a command whose module (or one of its
+optional dependencies) is missing shows as unavailable without breaking the others.
+"""
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DataWarning, UserError
 
 COMMANDS = {
     "train": "pipelines.train",
@@ -18,55 +28,129 @@ COMMANDS = {
     "app": "pipelines.app_cmd",
     "bench": "pipelines.bench",
 }
+UNAVAILABLE = "(not available in this version)"
 
 
-def _parser(chosen: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="txl", description="Long-document classification with Transformer-XL.")
-    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _summary(module_name: str) -> str | None:
+    """The first docstring line, read from the source: importing every command for `txl --help` would load
+    torch and streamlit. None when the module does not exist."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None if spec is None else ""
+    try:
+        doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="txl", description="Long-document classification with Transformer-XL.",
+        epilog="Run `txl COMMAND --help` for a command's options. Set TXL_DEBUG=1 to see tracebacks.")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, module_name in COMMANDS.items():
-        if chosen not in (None, name):
-            subs.add_parser(name, add_help=False)
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            subs.add_parser(name, help="(not available in this version)")
-            continue
-        doc = (module.__doc__ or "").strip()
-        sub = subs.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        summary = _summary(module_name)
+        subs.add_parser(name, add_help=False, help=UNAVAILABLE if summary is None else summary)
     return parser
+
+
+def _import_command(name: str) -> ModuleType:
+    module_name = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise UserError("this command is not available in this version of txl") from None
+        if e.name and e.name.split(".")[0] not in ("pipelines", "txl_core", "app"):
+            raise UserError(f"this command needs the package {e.name!r}, which is not installed; "
+                            f"install it (for the app: pip install 'txl-doc[app]')") from None
+        raise
+    if not (callable(getattr(module, "add_arguments", None)) and callable(getattr(module, "run", None))):
+        raise UserError("this command is not available in this version of txl (its module is incomplete)")
+    return module
+
+
+def _dispatch(name: str, rest: list[str]) -> int:
+    module = _import_command(name)
+    parser = argparse.ArgumentParser(prog=f"txl {name}", description=(module.__doc__ or "").strip() or None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    args.command = name
+    return int(module.run(args) or 0)
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    return " ".join(str(error).split())[:limit]
+
+
+def _debug() -> bool:
+    return os.environ.get("TXL_DEBUG", "") not in ("", "0")
+
+
+def _exit_code(e: SystemExit) -> int:
+    """argparse exits 0 after --help and 2 on bad arguments; `main` returns those codes instead."""
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_INTERNAL)
+
+
+def _guarded(name: str, work: Callable[[], int]) -> int:
+    """Run `work`, turning every failure into one line on stderr and an exit code."""
+    def say(text: str) -> None:
+        print(f"txl {name}: {text}", file=sys.stderr)
+
+    try:
+        return work()
+    except SystemExit as e:
+        return _exit_code(e)
+    except UserError as e:
+        if _debug():
+            traceback.print_exc()
+        say(f"error: {_one_line(e, limit=2000)}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        say("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
+        if _debug():
+            traceback.print_exc()
+        detail = f": {_one_line(e)}" if _one_line(e) else ""
+        hint = "" if _debug() else " (rerun with TXL_DEBUG=1 for the traceback)"
+        say(f"internal error: {type(e).__name__}{detail}{hint}")
+        return EXIT_INTERNAL
+
+
+def _warning_printer(name: str, default):
+    """Show a DataWarning as one `txl NAME: warning: ...` line; other warnings as Python would."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"txl {name}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = argv[0] if argv and argv[0] in COMMANDS else None
-    args = _parser(chosen).parse_args(argv)
-    if not getattr(args, "_run", None):
-        if args.command:
-            print(f"txl {args.command}: not available in this version", file=sys.stderr)
+    if not argv or argv[0] not in COMMANDS:
+        parser = _top_parser()
+        if not argv:
+            parser.print_help(sys.stderr)
             return EXIT_USAGE
-        _parser(None).print_help()
+        try:
+            parser.parse_args(argv)  # exits: 0 after --help, 2 with argparse's message for an unknown command
+        except SystemExit as e:
+            return _exit_code(e)
+        parser.print_help(sys.stderr)
         return EXIT_USAGE
-    try:
-        return int(args._run(args) or 0)
-    except UserError as e:
-        print(f"txl {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"txl {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        if os.environ.get("TXL_DEBUG"):
-            traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"txl {args.command}: internal error: {type(e).__name__}: {first[:300]} "
-              "(rerun with TXL_DEBUG=1 for the traceback)", file=sys.stderr)
-        return EXIT_INTERNAL
+    name = argv[0]
+    with warnings.catch_warnings():  # restores the filters and the printer when the command ends
+        warnings.simplefilter("always", DataWarning)  # the same skipped-rows note for two files is two notes
+        warnings.showwarning = _warning_printer(name, warnings.showwarning)
+        return _guarded(name, lambda: _dispatch(name, argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,181 +1,304 @@
-"""Reading tables: CSV / TSV / JSONL / Parquet, optionally compressed (.gz .xz .zst .bz2), whole or in chunks.
+"""Reading tables: CSV / TSV / JSON lines / Parquet, the text ones optionally compressed, whole or in chunks.
 
-Text is decoded as UTF-8 (a BOM is dropped); a file that is not valid UTF-8 is read as Latin-1, with a
-warning, rather than rejected. Every problem a user can fix becomes a one-line `UserError`.
+Text is decoded as UTF-8 (a BOM is dropped). Bytes that are not UTF-8 are read as Latin-1, with a warning,
+rather than rejected: real exports mix the two (one Latin-1 row pasted into a UTF-8 file). Every
+problem a user can fix becomes a one-line `UserError` that says what to do.
 """
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import difflib
 import gzip
 import io
 import lzma
-import sys
+import threading
+import warnings
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
 
-from .errors import UserError
+from .errors import DataWarning, UserError
+from .labels import SEPARATOR, normalize_label
 
-COMPRESSIONS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": None}
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-           ".parquet": "parquet"}
-SAMPLE_BYTES = 1 << 20
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": zstandard.open}
+SUPPORTED = ".csv, .tsv, .jsonl, .ndjson or .parquet (csv/tsv/jsonl may end in .gz, .xz, .zst or .bz2)"
+DAMAGED = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError)  # gzip's BadGzipFile is an OSError
+DELIMITERS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "vertical bars"}
+SPLIT_NAMES = (("train", "training"), ("valid", "validation", "val", "dev"), ("test", "testing"))
+PEEK_BYTES = 1 << 16
+DEFAULT_CHUNK_ROWS = 2000
+ENCODING, FALLBACK = "utf-8-sig", "txl-latin-1"
+# dtype=False keeps JSON strings strings; before pandas 3 it still turned columns named like dates into dates
+JSON_DATES = {"convert_dates": False} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+_decoding = threading.local()  # pandas decodes in the calling thread, so a per-thread count is exact
+
+
+def _latin1_fallback(error: UnicodeDecodeError) -> tuple[str, int]:
+    """Codec error handler: decode the offending bytes as Latin-1 (every byte is a Latin-1 character)."""
+    _decoding.fallback_bytes = _fallback_bytes() + error.end - error.start
+    return error.object[error.start:error.end].decode("latin-1"), error.end
+
+
+def _fallback_bytes() -> int:
+    return getattr(_decoding, "fallback_bytes", 0)
+
+
+codecs.register_error(FALLBACK, _latin1_fallback)
 
 
 def table_format(path: str | Path) -> str:
+    """'csv', 'tsv', 'jsonl' or 'parquet', from the file name."""
     suffixes = [s.lower() for s in Path(path).suffixes]
-    if suffixes and suffixes[-1] in COMPRESSIONS:
+    compressed = bool(suffixes) and suffixes[-1] in OPENERS
+    if compressed:
         suffixes = suffixes[:-1]
-    if not suffixes or suffixes[-1] not in FORMATS:
-        raise UserError(f"cannot read {path}: use a .csv, .tsv, .jsonl or .parquet file "
-                        "(csv/tsv/jsonl may end in .gz, .xz, .zst or .bz2)")
-    return FORMATS[suffixes[-1]]
+    fmt = FORMATS.get(suffixes[-1]) if suffixes else None
+    if fmt is None or (compressed and fmt == "parquet"):  # Parquet compresses inside the file
+        raise UserError(f"cannot read {Path(path).name}: unsupported file type; use {SUPPORTED}")
+    return fmt
 
 
-def open_binary(path: Path):
-    suffix = path.suffix.lower()
-    if suffix == ".zst":
-        import zstandard
+def _checked(path: str | Path) -> tuple[Path, str]:
+    """The path and its format, once the file is known to exist, be supported and not be empty."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the path of a table file ({SUPPORTED})")
+    if not path.is_file():
+        raise UserError(f"file {path} not found; check the path (relative paths start at {Path.cwd()})")
+    fmt = table_format(path)
+    if path.stat().st_size == 0:
+        raise UserError(f"{path.name} is empty; it needs a header row and at least one data row")
+    return path, fmt
 
-        return zstandard.open(path, "rb")
-    return COMPRESSIONS.get(suffix, open)(path, "rb")
+
+def _peek(path: Path) -> bytes:
+    """The first decompressed bytes; opening them catches a damaged or mislabelled file early."""
+    with OPENERS.get(path.suffix.lower(), open)(path, "rb") as f:
+        head = f.read(PEEK_BYTES)
+    if not head.strip():
+        raise UserError(f"{path.name} is empty; it needs a header row and at least one data row")
+    return head
 
 
-def _sample(path: Path) -> bytes:
+def _check_repeats(header: list[str], path: Path) -> None:
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise UserError(f"{path.name}: the header repeats the column(s) {', '.join(map(repr, repeated))}; "
+                        "rename them so that every column has its own name")
+
+
+def _raw_csv_header(head: bytes, fmt: str) -> list[str]:
+    # pandas silently renames a repeated column 'a' to 'a.1', so repeats are looked for in the raw header
+    return next(csv.reader(io.StringIO(head.decode(ENCODING, errors="replace")), delimiter=_sep(fmt)), [])
+
+
+def _sep(fmt: str) -> str:
+    return "\t" if fmt == "tsv" else ","
+
+
+def _csv_reader(path: Path, fmt: str, **kwargs):
+    return pd.read_csv(path, sep=_sep(fmt), dtype=str, keep_default_na=False,
+                       encoding=ENCODING, encoding_errors=FALLBACK, **kwargs)
+
+
+def _jsonl_reader(path: Path, **kwargs):
+    return pd.read_json(path, lines=True, dtype=False, encoding=ENCODING, encoding_errors=FALLBACK,
+                        **JSON_DATES, **kwargs)
+
+
+@contextmanager
+def _reading(path: Path, fmt: str):
+    """Turn the parsers' and decompressors' exceptions into one-line UserErrors."""
     try:
-        with open_binary(path) as f:
-            return f.read(SAMPLE_BYTES)
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        raise UserError(f"cannot read {path}: the file is damaged or not what its name says ({e})") from None
+        yield
+    except UserError:
+        raise
+    except pd.errors.ParserError as e:
+        raise UserError(f"cannot parse {path.name}: {_last_line(e)}; check the delimiter, and that texts "
+                        "holding the delimiter, quotes or newlines are in double quotes") from None
+    except (ValueError, pa.ArrowException) as e:
+        kind = {"jsonl": "JSON lines (one JSON object per line)", "parquet": "Parquet"}.get(fmt, fmt.upper())
+        raise UserError(f"cannot parse {path.name} as {kind}: {_last_line(e)}") from None
+    except PermissionError:
+        raise UserError(f"cannot read {path.name}: permission denied; check the file's permissions") from None
+    except DAMAGED as e:
+        raise UserError(f"cannot read {path.name}: the file is damaged, truncated or not what its name says "
+                        f"({_last_line(e)})") from None
 
 
-def detect_encoding(sample: bytes, path: Path) -> str:
-    """utf-8-sig when the sample decodes as UTF-8 (an incomplete last character is fine), else latin-1."""
-    try:
-        sample.decode("utf-8")
-        return "utf-8-sig"
-    except UnicodeDecodeError as e:
-        if e.start >= len(sample) - 3 and len(sample) == SAMPLE_BYTES:
-            return "utf-8-sig"
-    print(f"txl: {path.name} is not valid UTF-8; reading it as Latin-1", file=sys.stderr)
-    return "latin-1"
+def _last_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[-1][:160] if lines else type(error).__name__
 
 
-def _check_header(sample: bytes, encoding: str, sep: str, path: Path) -> None:
-    text = sample.decode(encoding, errors="replace")
-    if not text.strip():
-        raise UserError(f"{path} is empty; it needs a header row and at least one data row")
-    header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise UserError(f"{path}: the header repeats the column(s) {', '.join(map(repr, dupes))}; rename them")
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a table file, read from its header (or first rows) only."""
+    path, fmt = _checked(path)
+    with _reading(path, fmt):
+        if fmt == "parquet":
+            names = pq.ParquetFile(path).schema_arrow.names
+            _check_repeats(names, path)
+            return names
+        head = _peek(path)
+        if fmt == "jsonl":  # JSON lines have no header: the keys of the first rows stand for it
+            with _jsonl_reader(path, chunksize=100) as reader:
+                return [str(c) for c in next(iter(reader)).columns]
+        _check_repeats(_raw_csv_header(head, fmt), path)
+        return [str(c) for c in _csv_reader(path, fmt, nrows=0).columns]
 
 
-def _reader(path: Path, fmt: str, chunk_rows: int | None):
-    """pandas reader: a DataFrame, or an iterator of DataFrames when chunk_rows is given."""
+def _check_columns(path: Path, fmt: str, have: list[str], wanted: list[str]) -> None:
+    for column in (c for c in wanted if c not in have):
+        if len(have) == 1 and fmt in ("csv", "tsv") and max(map(have[0].count, DELIMITERS)):
+            raise UserError(_delimiter_message(path, fmt, have[0]))
+        lowered = {h.lower(): h for h in have}
+        close = difflib.get_close_matches(column.lower(), list(lowered), n=1, cutoff=0.5)
+        hint = f"; did you mean {lowered[close[0]]!r}?" if close else "."
+        raise UserError(f"{path.name} has no column {column!r} (its columns: {', '.join(map(repr, have[:30]))})"
+                        f"{hint} Choose the column with --text-column / --label-column")
+
+
+def _delimiter_message(path: Path, fmt: str, header: str) -> str:
+    found = max(DELIMITERS, key=header.count)
+    fix = {"\t": "name it .tsv", ",": "name it .csv"}.get(found, "save it with commas (.csv) or tabs (.tsv)")
+    return (f"{path.name} parsed to a single column {header[:60]!r}: it seems to be separated by "
+            f"{DELIMITERS[found]}, not {'tabs' if fmt == 'tsv' else 'commas'}; {fix}")
+
+
+def _read_whole(path: Path, fmt: str, columns: list[str] | None) -> pd.DataFrame:
     if fmt == "parquet":
-        return _parquet(path, chunk_rows)
-    sample = _sample(path)
-    if not sample.strip():
-        raise UserError(f"{path} is empty; it needs a header row and at least one data row")
-    encoding = detect_encoding(sample, path)
+        return pq.read_table(path, columns=columns).to_pandas()
     if fmt == "jsonl":
-        return pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows, encoding=encoding,
-                            encoding_errors="replace")
-    sep = "\t" if fmt == "tsv" else ","
-    _check_header(sample, encoding, sep, path)
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=chunk_rows, encoding=encoding,
-                       encoding_errors="replace")
+        frame = _jsonl_reader(path)
+        return frame.reindex(columns=columns) if columns else frame
+    return _csv_reader(path, fmt, usecols=columns)
 
 
-def _parquet(path: Path, chunk_rows: int | None):
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet data
-        raise UserError(f"cannot read {path}: not a valid Parquet file ({str(e)[:100]})") from None
-    if chunk_rows is None:
-        return pf.read().to_pandas()
-    return (batch.to_pandas() for batch in pf.iter_batches(batch_size=chunk_rows))
-
-
-def _check_columns(frame: pd.DataFrame, wanted: list[str], path: Path) -> None:
-    for column in wanted:
-        if column in frame.columns:
-            continue
-        have = [str(c) for c in frame.columns]
-        if len(have) == 1 and any(d in have[0] for d in (";", "\t", "|", ",")):
-            raise UserError(f"{path}: found a single column {have[0][:60]!r}; the file seems to use another "
-                            "delimiter (use .tsv for tabs, or convert it to commas)")
-        close = difflib.get_close_matches(column, have, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"{path}: no column {column!r} (columns: {', '.join(have[:20])}){hint} "
-                        "Choose it with --text-column / --label-column")
+def _read_chunks(path: Path, fmt: str, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+    if fmt == "parquet":
+        batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
+        return (batch.to_pandas() for batch in batches)
+    if fmt == "jsonl":
+        # a key absent from every row of one chunk is still a column, of missing values
+        chunks = _jsonl_reader(path, chunksize=chunk_rows)
+        return (chunk.reindex(columns=columns) if columns else chunk for chunk in chunks)
+    return iter(_csv_reader(path, fmt, usecols=columns, chunksize=chunk_rows))
 
 
-def iter_table(path: str | Path, *, chunk_rows: int = 2000, text_column: str | None = None) -> Iterator[pd.DataFrame]:
-    """Yield the file in chunks of `chunk_rows` rows (the whole file is never in memory)."""
-    path = _existing(path)
-    reader = _reader(path, table_format(path), chunk_rows)
-    first = True
-    try:
-        for chunk in reader:
-            if first and text_column:
-                _check_columns(chunk, [text_column], path)
-            first = False
-            if text_column:
-                chunk[text_column] = chunk[text_column].map(_as_text)
-            yield chunk
-    except (pd.errors.ParserError, ValueError, UnicodeError) as e:
-        raise UserError(f"cannot parse {path}: {str(e).strip().splitlines()[-1][:160]}") from None
-    if first:
-        raise UserError(f"{path} has a header but no rows")
+def _warn_fallback(path: Path, since: int, where: str = "") -> bool:
+    extra = _fallback_bytes() - since
+    if extra > 0:
+        warnings.warn(f"{path.name} is not valid UTF-8{where}: read {extra} byte(s) as Latin-1; "
+                      "check accented characters, or save the file as UTF-8", DataWarning, stacklevel=3)
+    return extra > 0
 
 
 def read_table(path: str | Path, *, columns: list[str] | None = None) -> pd.DataFrame:
-    path = _existing(path)
-    try:
-        frame = _reader(path, table_format(path), None)
-    except (pd.errors.ParserError, ValueError, UnicodeError) as e:
-        if isinstance(e, UserError):
-            raise
-        raise UserError(f"cannot parse {path}: {str(e).strip().splitlines()[-1][:160]}") from None
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path} is empty; it needs a header row and at least one data row") from None
-    _check_columns(frame, columns or [], path)
-    return frame
+    """The whole table; only `columns`, in that order, when given (each must exist).
+
+    CSV/TSV cells are strings and an empty cell is "" ("NA" stays text); JSON lines and Parquet keep their
+    types, with None or NaN for a missing value.
+    """
+    path, fmt = _checked(path)
+    columns = list(dict.fromkeys(columns)) if columns else None
+    _check_columns(path, fmt, table_columns(path), columns or [])
+    since = _fallback_bytes()
+    with _reading(path, fmt):
+        frame = _read_whole(path, fmt, columns)
+    _warn_fallback(path, since)
+    if len(frame) == 0:
+        raise UserError(f"{path.name} has a header but no data rows")
+    return frame[columns] if columns else frame
 
 
-def _existing(path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"file {path} not found")
-    return path
+def iter_table(path: str | Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, columns: list[str] | None = None,
+               text_column: str | None = None) -> Iterator[pd.DataFrame]:
+    """Yield the table in DataFrames of at most `chunk_rows` rows, never holding the whole file.
+
+    Each chunk's index is the absolute 0-based data-row number. `columns` as in `read_table`; `text_column`
+    must exist and its cells come out as strings ("" for a missing value).
+    """
+    if chunk_rows < 1:
+        raise UserError(f"the chunk size must be at least 1 row, not {chunk_rows}")
+    path, fmt = _checked(path)
+    columns = list(dict.fromkeys(columns)) if columns else None
+    _check_columns(path, fmt, table_columns(path), [*(columns or []), *([text_column] if text_column else [])])
+    start, since, warned = 0, _fallback_bytes(), False
+    with _reading(path, fmt):
+        for chunk in _read_chunks(path, fmt, chunk_rows, columns):
+            if len(chunk) == 0:  # pandas counts blank JSON lines as rows, then drops them
+                continue
+            chunk.index = pd.RangeIndex(start, start + len(chunk))
+            if text_column:
+                chunk[text_column] = chunk[text_column].map(as_text)
+            warned = warned or _warn_fallback(path, since, f" (from about row {start})")
+            start += len(chunk)
+            yield chunk
+    if start == 0:
+        raise UserError(f"{path.name} has a header but no data rows")
 
 
-def _as_text(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+def as_text(value) -> str:
+    """A cell as a string: "" for None / NaN / NA, "3" for the float 3.0 that a missing value makes of an int."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
         return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return value if isinstance(value, str) else str(value)
 
 
-def load_labeled(path, *, text_column: str = "text", label_column: str = "label", split_column: str = "split",
-                 split: str | None = None) -> tuple[list[str], list[str]]:
-    """Texts and label strings of a labelled file; rows of `split` only when the file has a split column
-    holding that value. Empty texts and labels are dropped with a warning."""
-    frame = read_table(path, columns=[text_column, label_column])
-    if split and split_column in frame.columns and split in set(frame[split_column].astype(str)):
-        frame = frame[frame[split_column].astype(str) == split]
-    texts = [_as_text(t) for t in frame[text_column]]
-    labels = [_as_text(y).strip() for y in frame[label_column]]
-    keep = [i for i, (t, y) in enumerate(zip(texts, labels)) if t.strip() and y]
-    dropped = len(texts) - len(keep)
-    if dropped:
-        print(f"txl: {path}: skipped {dropped} rows with an empty text or label", file=sys.stderr)
+def _label_text(value) -> str:
+    """A label cell as a string; a list of labels (JSON lines, Parquet) becomes the multi-label 'a|b'."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return SEPARATOR.join(as_text(v) for v in value)
+    return as_text(value)
+
+
+def _select_split(frame: pd.DataFrame, path: Path, column: str, split: str) -> pd.DataFrame:
+    """Rows whose split is `split`, accepting the usual spellings (valid / validation / dev ...)."""
+    values = frame[column].map(lambda v: as_text(v).strip().lower())
+    wanted = next((set(names) for names in SPLIT_NAMES if split.lower() in names), {split.lower()})
+    rows = frame[values.isin(wanted)]
+    if rows.empty:
+        found = ", ".join(map(repr, sorted(set(values))[:10]))
+        raise UserError(f"{path.name}: no rows with {column} = {split!r} (it has {found}); use a file for this "
+                        f"split, or one whose {column!r} column names it")
+    return rows
+
+
+def load_labeled(path: str | Path, *, text_column: str = "text", label_column: str = "label",
+                 split: str | None = None, split_column: str = "split") -> tuple[list[str], list[str]]:
+    """Texts and label strings ('a|b' for a multi-label row) of a labelled table.
+
+    With `split`, and when the file has a `split_column`, only that split's rows. Rows with an empty text
+    or no label are dropped with a DataWarning; a UserError when no row is left.
+    """
+    path = Path(path)
+    has_split = split is not None and split_column in table_columns(path)
+    frame = read_table(path, columns=[text_column, label_column, *([split_column] if has_split else [])])
+    if has_split:
+        frame = _select_split(frame, path, split_column, split)
+    texts = [as_text(t) for t in frame[text_column]]
+    labels = [normalize_label(_label_text(y)) for y in frame[label_column]]
+    no_text = [i for i, t in enumerate(texts) if not t.strip()]
+    no_label = [i for i, y in enumerate(labels) if not y and texts[i].strip()]
+    for rows, what in ((no_text, "an empty text"), (no_label, "no label")):
+        if rows:
+            warnings.warn(f"{path.name}: skipped {len(rows)} of {len(texts)} rows with {what} "
+                          f"(the first is data row {frame.index[rows[0]]})", DataWarning, stacklevel=2)
+    drop = set(no_text) | set(no_label)
+    keep = [i for i in range(len(texts)) if i not in drop]
     if not keep:
-        raise UserError(f"{path}: no row has both a text and a label")
+        raise UserError(f"{path.name}: no row has both a text in {text_column!r} and a label in {label_column!r}")
     return [texts[i] for i in keep], [labels[i] for i in keep]

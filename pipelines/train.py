@@ -118,7 +118,8 @@ def model_card(summary: dict, metrics: dict) -> str:
              f"Trained for {summary['minutes']:.1f} min on {summary['machine']} ({summary['stopped'] or 'completed'}).",
              "", "## Metrics", "", "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|"]
     for split, m in metrics.items():
-        lines.append(f"| {split} | {m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |")
+        if "accuracy" in m:
+            lines.append(f"| {split} | {m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
         prepare(best, precision="float32", device=args.device)
         preds = predict(best, ttexts)
         final["test"] = compute_metrics(tlabels, [p.label for p in preds], best.labels, multi_label=best.multi_label)
-    best.card, best.metrics = model_card(summary, final), final
+    best.card = model_card(summary, final)
+    best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
+                                          "stopped": state.stopped or "completed"}}
     save_model_dir(out, best)
     line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items() if v)
     print(f"txl train: saved {out} after {state.step} steps, {state.seconds / 60:.1f} min ({state.stopped or 'completed'}); {line}")
