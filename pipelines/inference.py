@@ -47,12 +47,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 on a GPU or a CPU with native bf16 matrix units, float32 elsewhere."""
+    """`auto`: bf16 on a GPU, float32 on a CPU."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16"
-    return "bf16" if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else "float32"
+    return "float32"  # CPU bf16 autocast measured 20x slower than float32 here (benchmarks/RESULTS.md)
 
 
 def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto") -> ModelDir:
