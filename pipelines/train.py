@@ -123,19 +123,43 @@ def model_card(summary: dict, metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume and not (out / "checkpoint").exists():
-        if (out / "config.json").exists():
-            raise UserError(f"{out} already holds a model; choose another --out or pass --resume")
-    texts, labels, vtexts, vlabels = _data(args)
+def _check_out(out: Path, args) -> None:
+    if (out / "config.json").exists() and not args.resume and not (out / "checkpoint").exists():
+        raise UserError(f"{out} already holds a model; choose another --out or pass --resume")
+
+
+def _label_set(labels: list[str], vlabels: list[str]) -> LabelSet:
     label_set = LabelSet.from_labels(labels)
     unseen = sorted({x for y in vlabels for x in label_set.split(y)} - set(label_set.names))
     if unseen:
         raise UserError(f"validation labels not in the training data: {', '.join(unseen[:5])}")
     if len(label_set.names) < 2 and not label_set.multi_label:
         raise UserError(f"the training data has a single class ({label_set.names[0]!r}); a classifier needs two or more")
+    return label_set
+
+
+def _finish(args, out: Path, state, summary: dict) -> dict:
+    """Measure the best model on --test, then rewrite its card and metrics with the final figures."""
+    final = {"validation": state.best_metrics}
+    best = load_model_dir(out)
+    if args.test:
+        ttexts, tlabels = _load_split(args.test, args, "test")
+        preds = predict(prepare(best, precision="float32", device=args.device), ttexts)
+        final["test"] = compute_metrics(tlabels, [p.label for p in preds], best.labels, multi_label=best.multi_label)
+    summary.update(minutes=state.seconds / 60, stopped=state.stopped)
+    best.card = model_card(summary, final)
+    best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
+                                          "stopped": state.stopped or "completed"}}
+    save_model_dir(out, best)
+    return final
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    _check_out(out, args)
+    texts, labels, vtexts, vlabels = _data(args)
+    label_set = _label_set(labels, vlabels)
     model, tokenizer = _initial_model(args, label_set, texts)
     (out / "checkpoint").mkdir(parents=True, exist_ok=True)
     (out / "checkpoint" / "tokenizer.json").write_text(tokenizer.to_str())
@@ -144,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
     ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
     device = resolve_device(args.device)
-    md = ModelDir(model, tokenizer, list(label_set.names))
-    trainer = Trainer(md, recipe, train_ids=ids, train_y=_targets(labels, label_set), valid_texts=vtexts,
-                      valid_labels=vlabels, out=out, device=device)
+    trainer = Trainer(ModelDir(model, tokenizer, list(label_set.names)), recipe, train_ids=ids,
+                      train_y=_targets(labels, label_set), valid_texts=vtexts, valid_labels=vlabels, out=out,
+                      device=device)
     if args.resume and not trainer.load_checkpoint():
         print(f"txl train: no checkpoint in {out}; starting from scratch")
     summary = {"name": out.name, "train": str(args.train), "n_train": len(ids), "n_valid": len(vtexts),
@@ -155,25 +179,15 @@ def run(args: argparse.Namespace) -> int:
                "machine": f"{platform.machine()} {device.type}, {torch.get_num_threads()} threads"}
 
     def on_best(metrics):
-        summary.update(minutes=(trainer.state.seconds) / 60, stopped="")
-        save_model_dir(out, ModelDir(trainer.model, tokenizer, md.labels, model_card(summary, {"validation": metrics}),
-                                     {"validation": metrics}))
+        summary.update(minutes=trainer.state.seconds / 60, stopped="")
+        save_model_dir(out, ModelDir(trainer.model, tokenizer, list(label_set.names),
+                                     model_card(summary, {"validation": metrics}), {"validation": metrics}))
 
     state = trainer.fit(on_best)
-    summary.update(minutes=state.seconds / 60, stopped=state.stopped)
-    final = {"validation": state.best_metrics}
-    best = load_model_dir(out)
-    if args.test:
-        ttexts, tlabels = _load_split(args.test, args, "test")
-        prepare(best, precision="float32", device=args.device)
-        preds = predict(best, ttexts)
-        final["test"] = compute_metrics(tlabels, [p.label for p in preds], best.labels, multi_label=best.multi_label)
-    best.card = model_card(summary, final)
-    best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
-                                          "stopped": state.stopped or "completed"}}
-    save_model_dir(out, best)
+    final = _finish(args, out, state, summary)
     line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items() if v)
-    print(f"txl train: saved {out} after {state.step} steps, {state.seconds / 60:.1f} min ({state.stopped or 'completed'}); {line}")
+    print(f"txl train: saved {out} after {state.step} steps, {state.seconds / 60:.1f} min "
+          f"({state.stopped or 'completed'}); {line}")
     return 0
 
 
