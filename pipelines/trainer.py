@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,7 +164,7 @@ class Trainer:
         n_eval = max(1, min(r.evals_per_epoch, self.steps_per_epoch))
         eval_at = {round(k * self.steps_per_epoch / n_eval) for k in range(1, n_eval + 1)}
         bar = tqdm(total=self.steps_per_epoch * r.epochs, initial=st.step, unit="step", dynamic_ncols=True,
-                   mininterval=2)
+                   mininterval=2 if sys.stderr.isatty() else 60)  # a log file gets a line a minute
         while st.epoch < r.epochs and not st.stopped:
             batches = bucketed_batches(self.lengths, batch_size=r.batch_size, seed=r.seed + st.epoch)
             while st.batch < len(batches):

@@ -21,10 +21,18 @@ def rel_shift(x: torch.Tensor) -> torch.Tensor:
     The reference's pad-and-reshape trick: entries right of that boundary hold other rows' values, but they
     are always future keys, which the causal mask hides.
     """
-    *lead, qlen, klen = x.shape
-    padded = F.pad(x, (1, 0))  # (..., T, K+1)
-    padded = padded.view(*lead, klen + 1, qlen)  # (..., K+1, T)
-    return padded[..., 1:, :].reshape(*lead, qlen, klen)  # (..., T, K)
+    return shift_padded(F.pad(x, (1, 0)))  # (..., T, K)
+
+
+def shift_padded(padded: torch.Tensor) -> torch.Tensor:
+    """`rel_shift` of x given padded = x with a zero column prepended, (..., T, K+1) -> a view (..., T, K).
+
+    The reference views the padded block as (K+1, T), drops its first row and reshapes (a copy); those are
+    the block's flat elements T ... T + T*K - 1, which a slice and a view give without copying anything.
+    """
+    *lead, qlen, klen1 = padded.shape
+    flat = padded.contiguous().flatten(-2)  # (..., T*(K+1))
+    return flat[..., qlen:qlen + qlen * (klen1 - 1)].view(*lead, qlen, klen1 - 1)  # (..., T, K)
 
 
 def attention_mask(*, qlen: int, mlen: int, mem_len: int, same_length: bool, device=None) -> torch.Tensor:
@@ -75,7 +83,9 @@ class RelMultiHeadAttn(nn.Module):
         r = self.r_net(pos_emb).view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, K, D)
         u = self.r_w_bias if r_w_bias is None else r_w_bias
         v_bias = self.r_r_bias if r_r_bias is None else r_r_bias
-        bd = rel_shift(torch.matmul(q + v_bias[:, None], r.transpose(-1, -2)))  # (B, H, T, K)
+        # A zero first row of R gives bd the zero column rel_shift pads in; the scale rides on the small q.
+        r = F.pad(r, (0, 0, 1, 0))  # (H, K+1, D)
+        bd = shift_padded(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)))  # (B, H, T, K)
         vec, probs = self._attend(q + u[:, None], k, v, bd, mask, need_probs)  # (B, H, T, D)
         vec = vec.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, H*D)
         out = self.drop(self.o_net(vec))  # (B, T, C)
@@ -87,18 +97,16 @@ class RelMultiHeadAttn(nn.Module):
         return q[:, -qlen:].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _attend(self, q_u, k, v, bd, mask, need_probs):
-        """softmax((ac + bd) / sqrt(D)) v, masked entries filled with the dtype's minimum as the reference does.
+        """softmax(ac / sqrt(D) + bd) v, with `bd` already scaled; masked entries get the dtype's minimum.
 
         Without `need_probs` the fused `scaled_dot_product_attention` computes `ac`, the softmax and the
         weighted sum, with `bd` (masked) passed as its additive bias.
         """
         if mask is not None:
-            bd = bd.masked_fill(mask, torch.finfo(bd.dtype).min)
+            bd = torch.where(mask, torch.finfo(bd.dtype).min, bd)  # (B, H, T, K); one pass, contiguous
         if not need_probs:
             p = self.dropatt.p if self.training else 0.0
-            return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd * self.scale, dropout_p=p), None
-        score = (torch.matmul(q_u, k.transpose(-1, -2)) + bd) * self.scale  # (B, H, T, K)
-        if mask is not None:
-            score = score.masked_fill(mask, torch.finfo(score.dtype).min)
+            return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
+        score = torch.matmul(q_u, k.transpose(-1, -2)) * self.scale + bd  # (B, H, T, K)
         probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
         return torch.matmul(self.dropatt(probs), v), probs
