@@ -24,7 +24,9 @@ N_SEG = 3
 
 
 def _golden_cases():
-    cases = [pytest.param(FIXTURE_GOLDEN / "golden_small_sl1_ur1.npz", id="fixture-small_sl1_ur1")]
+    # shipped: one shared golden, and variants made by benchmarks/make_reference_goldens.py that shared/ lacks
+    cases = [pytest.param(p, id="fixture-" + p.stem.removeprefix("golden_"))
+             for p in sorted(FIXTURE_GOLDEN.glob("golden_small_*.npz"))]
     shared = sorted(p for p in SHARED_REFERENCE.glob("golden_small_*.npz") if p.stem != "golden_small_seqcls")
     if shared:
         cases += [pytest.param(p, id=p.stem.removeprefix("golden_")) for p in shared]

@@ -31,8 +31,9 @@ class ProjectedAdaptiveLogSoftmax(nn.Module):
             self.cluster_bias = nn.Parameter(torch.zeros(config.n_clusters))
         if self.sliced:
             self.out_layers.append(nn.Linear(config.d_embed, config.vocab_size))
-            if config.d_model != config.d_embed:
-                self.out_projs.append(nn.Parameter(torch.empty(config.d_model, config.d_embed)))
+            if config.d_model != config.d_embed:  # one projection per cluster, as the reference has
+                for _ in self.bounds:
+                    self.out_projs.append(nn.Parameter(torch.empty(config.d_model, config.d_embed)))
         else:
             for (left, right), dim in zip(self.bounds, cluster_dims(config)):
                 self.out_layers.append(nn.Linear(dim, right - left))
@@ -43,7 +44,7 @@ class ProjectedAdaptiveLogSoftmax(nn.Module):
         if self.sliced:
             left, right = self.bounds[i]
             weight, bias = self.out_layers[0].weight[left:right], self.out_layers[0].bias[left:right]
-            proj = self.out_projs[0] if len(self.out_projs) else None
+            proj = self.out_projs[i] if len(self.out_projs) else None
         else:
             weight, bias, proj = self.out_layers[i].weight, self.out_layers[i].bias, self.out_projs[i]
         if i == 0 and len(self.bounds) > 1:

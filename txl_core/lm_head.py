@@ -40,24 +40,27 @@ class TXLLMHeadModel(PretrainedMixin, nn.Module):
         self.tie_weights()
 
     def tied_pairs(self) -> list[tuple[str, str]]:
-        """(head parameter, embedding parameter) names that share one tensor, as the reference ties them."""
+        """(head parameter, embedding parameter) names that share one tensor, as the reference ties them.
+
+        With div_val == 1 every cluster's head projection ties to the single input projection."""
         cfg, pairs = self.config, []
         if cfg.tie_word_embeddings:
             pairs += [(f"crit.out_layers.{i}.weight", f"transformer.word_emb.emb_layers.{i}.weight")
                       for i in range(len(self.crit.out_layers))]
+        n_emb_projs = len(self.transformer.word_emb.emb_projs)
         for i, tie in enumerate(cfg.tie_projs):
-            if tie and i < len(self.crit.out_projs) and i < len(self.transformer.word_emb.emb_projs):
-                pairs.append((f"crit.out_projs.{i}", f"transformer.word_emb.emb_projs.{i}"))
+            if tie and i < len(self.crit.out_projs) and n_emb_projs:
+                pairs.append((f"crit.out_projs.{i}", f"transformer.word_emb.emb_projs.{i if cfg.div_val > 1 else 0}"))
         return pairs
 
     def tie_weights(self) -> None:
         emb = self.transformer.word_emb
-        for head_name, _ in self.tied_pairs():
-            i = int(head_name.split(".")[2])
+        for head_name, emb_name in self.tied_pairs():
+            i, j = int(head_name.split(".")[2]), int(emb_name.split(".")[-1 if "projs" in emb_name else -2])
             if "out_layers" in head_name:
-                self.crit.out_layers[i].weight = emb.emb_layers[i].weight
+                self.crit.out_layers[i].weight = emb.emb_layers[j].weight
             else:
-                self.crit.out_projs[i] = emb.emb_projs[i]
+                self.crit.out_projs[i] = emb.emb_projs[j]
 
     def forward(self, input_ids: torch.Tensor, *, mems: Mems | None = None, labels: torch.Tensor | None = None,
                 return_logprobs: bool = True, output_hidden_states: bool = False,
