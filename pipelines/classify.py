@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--top-k", type=int, default=0, help="also write the K most probable labels and scores")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto = bf16 where the CPU/GPU has it, else float32; int8 = dynamic quantization (CPU)")
+                   help="auto = bf16 on a GPU, float32 on a CPU; int8 = dynamic quantization (CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk-rows", type=int, default=2000, help="rows per restartable chunk")

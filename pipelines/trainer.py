@@ -145,6 +145,8 @@ class Trainer:
         if not (ck / "state.json").is_file():
             return False
         self.state = TrainState(**json.loads((ck / "state.json").read_text()))
+        if self.state.stopped.startswith("time"):  # a resumed run gets the new --max-minutes budget
+            self.state.stopped = ""
         weights = load_file(str(ck / "model.safetensors"))
         self.model.load_state_dict(weights, strict=False)
         saved = torch.load(ck / "optim.pt", weights_only=True)
