@@ -6,7 +6,10 @@ similar length (little padding); the classifier reads every document whole, segm
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import platform
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -52,7 +55,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16"
-    return "float32"  # CPU bf16 autocast measured 20x slower than float32 here (benchmarks/RESULTS.md)
+    return "float32"  # bf16 pays off only with native bf16 units (`cpu_has_native_bf16`), see benchmarks/RESULTS.md
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether bf16 matmuls run on bf16 units (AVX512-BF16, AMX): torch's own test for its oneDNN bf16 path.
+
+    Without them (e.g. AVX2-only CPUs) torch falls back to a generic bf16 GEMM, measured 6x slower than
+    float32 for the whole classifier here (20x with 2 busy threads); attention and masking are not the cause.
+    """
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process heap (glibc only); returns whether the setting was applied.
+
+    By default glibc hands every allocation over 32 MB (e.g. the (B, H, T, K) attention scores from batch 8
+    up) to a fresh mmap, so each segment pays for zeroing its pages again: measured 1.5-2x slower at batch 16.
+    The price is a resident set that stays at its peak instead of shrinking between batches.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto") -> ModelDir:
@@ -61,6 +87,11 @@ def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto") -> M
     md.precision = resolve_precision(precision, dev)
     md.device = dev
     model = md.model.to(dev).eval()
+    if dev.type == "cpu":
+        tune_cpu_allocator()
+    if md.precision == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("this CPU has no bf16 matrix units (AVX512-BF16/AMX): bf16 runs several times slower "
+                      "than float32 here; use --precision float32 or int8", stacklevel=2)
     if md.precision == "int8":
         if dev.type != "cpu":
             raise ValueError("int8 runs on the CPU only; use --precision bf16 on a GPU")
