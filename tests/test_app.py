@@ -119,3 +119,14 @@ def test_oversized_upload_is_refused(monkeypatch, model_dirs):
 def test_a_directory_that_is_not_a_model(monkeypatch, tmp_path):
     at = start(monkeypatch, tmp_path)
     assert "not a classifier model directory" in at.error[0].value
+
+
+def test_bundled_default_model_classifies_the_examples(monkeypatch):
+    monkeypatch.delenv("TXL_MODEL", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert at.selectbox(key="model_choice").value == "bbc_news"
+    for example, label in [("cup-final.txt", "sport"), ("markets-rally.txt", "business"), ("phone-launch.txt", "tech")]:
+        at.selectbox(key="example").set_value(example).run()
+        assert not at.exception, at.exception
+        assert label in at.subheader[0].value, at.subheader[0].value
