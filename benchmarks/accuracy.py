@@ -83,9 +83,13 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=40.0, help="training budget per data set")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
-    rows = [run_one(name, args.data, args.runs, args.max_minutes) for name in args.datasets]
+    saved = HERE / "accuracy.json"
+    by_name = {r["dataset"]: r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
+    for name in args.datasets:  # rows of earlier runs stay; the ones run now are replaced
+        by_name[name] = run_one(name, args.data, args.runs, args.max_minutes)
+    rows = [by_name[name] for name in DATASETS if name in by_name]
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
-    (HERE / "accuracy.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    saved.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     write_section(table(rows, machine))
     print(table(rows, machine))
 
