@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.test_extract import IMAGE_PAGE, TEXT_PDF, encrypted, make_pdf, text_page
 from tests.tiny_model import make_model_dir
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
@@ -54,6 +55,12 @@ def test_many_documents_table_and_download(monkeypatch, model_dirs):
     assert at.get("download_button")
     at.selectbox(key="inspect").set_value("3. d2.txt").run()
     assert at.subheader[0].value.startswith("d2.txt")
+
+
+def test_a_pdf_with_a_text_layer(monkeypatch, model_dirs):
+    pdf = make_pdf([text_page("The minister lost the vote"), text_page("Parliament debated the tax law")])
+    at = upload(start(monkeypatch, model_dirs[0]), ("speech.pdf", pdf, "application/pdf"))
+    assert at.subheader[0].value.startswith("speech.pdf")
 
 
 def test_pasted_text(monkeypatch, model_dirs):
@@ -102,6 +109,9 @@ def _zip_bomb() -> bytes:
     ("broken.pdf", b"%PDF-1.4\n1 0 obj <<>> endobj\n", "pdf"),
     ("notzip.docx", b"this is not a zip", "zip"),
     ("bomb.docx", None, "unpack"),
+    ("scan.pdf", make_pdf([IMAGE_PAGE, IMAGE_PAGE]), "ocr is not supported"),
+    ("empty.pdf", make_pdf([b""]), "no text layer"),
+    ("locked.pdf", encrypted(TEXT_PDF, user_password="secret"), "password"),
 ])
 def test_friendly_error_for_bad_files(monkeypatch, model_dirs, name, data, phrase):
     data = _zip_bomb() if data is None else data
