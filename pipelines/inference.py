@@ -61,8 +61,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def cpu_has_native_bf16() -> bool:
     """Whether bf16 matmuls run on bf16 units (AVX512-BF16, AMX): torch's own test for its oneDNN bf16 path.
 
-    Without them (e.g. AVX2-only CPUs) torch falls back to a generic bf16 GEMM, measured 6x slower than
-    float32 for the whole classifier here (20x with 2 busy threads); attention and masking are not the cause.
+    Without them (e.g. AVX2-only CPUs) torch falls back to a generic bf16 GEMM: the classifier ran 6-8x slower
+    than float32 here (20x with 2 busy threads); attention and masking are not the cause.
     """
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 

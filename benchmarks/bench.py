@@ -1,0 +1,335 @@
+"""Speed and memory of txl_core on the machine it runs on: the measurements behind `txl bench`.
+
+Sections: `throughput` (encoder tokens/s reading documents segment by segment with memory; float32, bf16 as
+the product runs it (autocast), int8 (dynamic quantization of the Linear layers); GFLOP/s against a matmul
+ceiling measured in the same run), `reference` (Hugging Face TransfoXLModel in .refenv, same weights),
+`memory` (peak RSS, each run in a fresh process), `e2e` (`predict` documents/s, `Trainer.step` tokens/s).
+A reading stops after `budget` seconds: once the memory is full every segment costs the same, so tokens/s
+over the segments read stands for the whole document; the tables say how many tokens were read.
+
+FLOPs per token (`flops_per_token`): a multiply-add counts 2, and everything computed counts, masked keys
+included. One layer, a segment of T tokens reading M memory, K = M + T, C = d_model, A = n_head * d_head,
+F = d_inner, B rows:
+    qkv_net on all K rows      2 K C 3A      (the memory rows' queries are computed, then dropped)
+    r_net on K positions       2 K C A / B   (once per batch)
+    ac, bd, probs @ v          2 T K A + 2 T (K+1) A + 2 T K A
+    o_net, feed-forward        2 T A C + 4 T C F
+summed over the layers and divided by T: 2 x (non-embedding parameters) per token, plus the attention terms
+and the memory rows' keys and values. Embedding lookups, layer norms, softmax and pooling are left out.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from txl_core import TXLConfig, TXLModel, reference_mems
+from txl_core.classifier import TXLDocumentClassifier
+from txl_core.recompute import backward_document
+
+ROOT = Path(__file__).resolve().parents[1]
+NEWSGROUPS = ROOT.parent / "shared" / "data" / "20newsgroups" / "test.csv.xz"
+SECTIONS = ("throughput", "reference", "memory", "e2e")
+PRECISIONS = ("float32", "bf16", "int8")
+# Children get the allocator setting pipelines.inference.tune_cpu_allocator gives this process.
+CHILD_ENV = {"PYTHONPATH": str(ROOT), "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes: document lengths and batches of `throughput`, document lengths of the inference and training
+    `memory` runs, end-to-end sample size and tokenizer vocabulary, seconds per reading (30x for a memory
+    run), matmul size of the ceiling."""
+
+    model: dict
+    doc_lens: tuple[int, ...]
+    batches: tuple[int, ...]
+    infer_mem: tuple[int, ...]
+    train_mem: tuple[int, ...]
+    n_docs: int
+    vocab: int
+    budget: float
+    ceiling_n: int
+
+
+CLASSIFIER = dict(vocab_size=32000, d_model=256, d_embed=256, n_head=8, d_head=32, d_inner=1024, n_layer=6,
+                  cutoffs=[], div_val=1, mem_len=256, clamp_len=512, same_length=False, segment_len=256,
+                  num_labels=20)
+FULL = Plan(CLASSIFIER, (4096, 16384), (1, 8), (4096, 65536, 1 << 20), (2048, 8192, 32768), 200, 32000, 20.0, 2048)
+QUICK = Plan(CLASSIFIER | dict(vocab_size=500, d_model=32, d_embed=32, n_head=2, d_head=16, d_inner=64, n_layer=2,
+                               mem_len=32, clamp_len=64, segment_len=32, num_labels=3),
+             (128, 256), (1, 2), (256, 1024), (256,), 6, 300, 0.5, 128)
+
+
+def flops_per_token(cfg: TXLConfig, *, batch: int) -> float:
+    """Encoder FLOPs per token once the memory is full (the formula is in the module docstring)."""
+    t, m, c, a, f = cfg.segment_len, cfg.mem_len, cfg.d_model, cfg.n_head * cfg.d_head, cfg.d_inner
+    k = m + t
+    per_row = 6 * k * c * a + 4 * t * k * a + 2 * t * (k + 1) * a + 2 * t * a * c + 4 * t * c * f
+    return cfg.n_layer * (per_row + 2 * k * c * a / batch) / t
+
+
+def matmul_ceiling(dtype: torch.dtype, n: int, *, seconds: float = 1.0) -> float:
+    """GFLOP/s of a square torch.matmul of size n, repeated for about `seconds` (at least twice)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    reps, start = 0, time.perf_counter()
+    while reps < 2 or time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def _ids(cfg: TXLConfig, batch: int, n: int) -> torch.Tensor:
+    return torch.randint(0, cfg.vocab_size, (batch, n), generator=torch.Generator().manual_seed(n + batch))
+
+
+def _rate(tokens: int, start: float) -> dict:
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "load": os.getloadavg()[0]}
+
+
+def read(model, ids: torch.Tensor, *, seg: int, budget: float) -> dict:
+    """Read ids (B, N) segment by segment, each with the memory the last returned; stop after `budget` s.
+    TXLModel and the reference's TransfoXLModel alike take `mems=` and return `.mems`."""
+    mems, tokens, start = None, 0, time.perf_counter()
+    for s in range(0, ids.size(1), seg):
+        mems = model(ids[:, s:s + seg], mems=mems).mems
+        tokens += ids[:, s:s + seg].numel()
+        if time.perf_counter() - start > budget:
+            break
+    return _rate(tokens, start)
+
+
+def _autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _int8(module: torch.nn.Module) -> torch.nn.Module:
+    return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def encoder_rate(model, ids, *, precision: str, budget: float) -> dict:
+    with torch.inference_mode(), _autocast(precision):
+        model(ids[:, :model.config.segment_len])  # warm-up: first allocations, kernel choices
+        return read(model, ids, seg=model.config.segment_len, budget=budget)
+
+
+def closeness(cfg: TXLConfig) -> dict:
+    """Max |class probability - float32's| of bf16 and int8 on 4 random documents of 4 segments. The random
+    head is rescaled so that the logits spread (std 2); otherwise every probability is near 1/L."""
+    torch.manual_seed(1)
+    model, ids = TXLDocumentClassifier(cfg).eval(), _ids(cfg, 4, 4 * cfg.segment_len)
+    with torch.inference_mode():
+        model.head.weight.mul_(2 / model(ids).logits.std())
+        ref = model(ids).logits.softmax(-1)
+        with _autocast("bf16"):
+            bf16 = model(ids).logits.float().softmax(-1)
+        model.transformer = _int8(model.transformer)
+        int8 = model(ids).logits.softmax(-1)
+    return {"bf16": float((bf16 - ref).abs().max()), "int8": float((int8 - ref).abs().max()), "docs": 4,
+            "doc_tokens": ids.size(1)}
+
+
+def section_throughput(plan: Plan, ceiling: dict) -> dict:
+    cfg, rows = TXLConfig(**plan.model), []
+    for precision in PRECISIONS:
+        torch.manual_seed(0)
+        model = TXLModel(cfg).eval()
+        model = _int8(model) if precision == "int8" else model
+        for n in plan.doc_lens:
+            for b in plan.batches:
+                r = encoder_rate(model, _ids(cfg, b, n), precision=precision, budget=plan.budget)
+                gflops = r["tokens_per_s"] * flops_per_token(cfg, batch=b) / 1e9
+                rows.append(dict(precision=precision, doc_tokens=n, batch=b, **r, gflops=gflops,
+                                 pct_of_ceiling=100 * gflops / ceiling["bf16" if precision == "bf16" else "float32"]))
+    return {"rows": rows, "closeness": closeness(cfg)}
+
+
+def _child(python: str | Path, *args) -> dict:
+    """Run this file's worker in a fresh process (same thread count); it prints one JSON line."""
+    env = os.environ | CHILD_ENV | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    out = subprocess.run([str(python), __file__, *map(str, args)], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"bench worker {args[0]} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def section_reference(plan: Plan, refenv: Path) -> dict:
+    """Our float32 batch-1 reading against TransfoXLModel's, same weights, measured one after the other."""
+    if not (refenv / "bin" / "python").exists():
+        return {"skipped": f"no reference venv at {refenv} (create it: bash benchmarks/reference_env.sh)"}
+    cfg = TXLConfig(**plan.model)
+    torch.manual_seed(0)
+    model, rows = TXLModel(cfg).eval(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)  # our names are HF's `transformer.*` minus the prefix: TransfoXLModel's own
+        for n in plan.doc_lens:
+            ids = _ids(cfg, 1, n)
+            torch.save(ids, Path(tmp, "ids.pt"))
+            ref = _child(refenv / "bin" / "python", "reference", tmp, plan.budget)
+            ours = encoder_rate(model, ids, precision="float32", budget=plan.budget)
+            with torch.inference_mode():  # the reference's first segment reads mem_len zero vectors
+                first = model(ids[:, :cfg.segment_len], mems=reference_mems(cfg, 1)).last_hidden_state
+            diff = (first - torch.load(Path(tmp, "first.pt"), weights_only=True)).abs().max()
+            rows.append(dict(doc_tokens=n, ours=ours["tokens_per_s"], reference=ref["tokens_per_s"],
+                             ratio=ours["tokens_per_s"] / ref["tokens_per_s"], reference_read=ref["tokens"],
+                             max_abs_diff=float(diff), load=ours["load"]))
+    return {"rows": rows}
+
+
+def reference_worker(directory: str, budget: float) -> dict:
+    """In .refenv: TransfoXLModel reads ids.pt with its default memory; its first segment goes to first.pt."""
+    import warnings
+    warnings.simplefilter("ignore")
+    from transformers import TransfoXLModel
+    model = TransfoXLModel.from_pretrained(directory).eval()
+    ids = torch.load(Path(directory, "ids.pt"), weights_only=True)
+    seg = json.loads(Path(directory, "config.json").read_text())["segment_len"]
+    with torch.inference_mode():
+        torch.save(model(ids[:, :seg]).last_hidden_state, Path(directory, "first.pt"))  # also the warm-up
+        return read(model, ids, seg=seg, budget=budget)
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process, MB. Not getrusage's ru_maxrss: after the vfork + exec that
+    starts a subprocess, that one also holds the parent's peak."""
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.is_file() else []
+    kib = next((int(x.split()[1]) for x in lines if x.startswith(field + ":")), None)
+    return (kib or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+def memory_worker(kind: str, n: int, budget: float, quick: bool) -> dict:
+    """Peak RSS of reading one document of n tokens (`inference`), or of one training step on it (`train`:
+    backward_document, which reads it whole, then AdamW)."""
+    cfg = TXLConfig(**(QUICK if quick else FULL).model)
+    torch.manual_seed(0)
+    model, ids = TXLDocumentClassifier(cfg), _ids(cfg, 1, n)
+    base, start = _rss_mb("VmRSS"), time.perf_counter()
+    if kind == "inference":
+        with torch.inference_mode():
+            r = read(model.eval().transformer, ids, seg=cfg.segment_len, budget=budget)
+    else:
+        opt, target = torch.optim.AdamW(model.parameters()), torch.tensor([0])
+        backward_document(model.train(), ids, torch.tensor([n]), lambda logits: F.cross_entropy(logits, target))
+        opt.step()
+        r = _rate(n, start)
+    return r | {"baseline_mb": base, "peak_mb": _rss_mb("VmHWM")}
+
+
+def section_memory(plan: Plan, quick: bool) -> dict:
+    runs = [("inference", n) for n in plan.infer_mem] + [("train", n) for n in plan.train_mem]
+    return {"rows": [{"run": kind, "doc_tokens": n, **_child(sys.executable, "memory", kind, n, plan.budget * 30,
+                                                             int(quick))} for kind, n in runs]}
+
+
+def _sample(plan: Plan, quick: bool) -> tuple[list[str], list[str]] | None:
+    """`n_docs` texts of 20newsgroups' test split (None where absent); synthetic texts in quick mode."""
+    if quick:
+        rng, words = random.Random(0), "the model reads each segment of long documents with memory".split()
+        return [" ".join(rng.choices(words, k=rng.randint(20, 300))) for _ in range(plan.n_docs)], ["a"] * plan.n_docs
+    if not NEWSGROUPS.is_file():
+        return None
+    import pandas as pd
+    frame = pd.read_csv(NEWSGROUPS, keep_default_na=False).sample(plan.n_docs, random_state=0)
+    return frame["text"].tolist(), frame["label"].tolist()
+
+
+def _model_dir(plan: Plan, texts: list[str], labels: list[str]):
+    """A random-init classifier of the plan's size with a tokenizer trained on the sample: speed, not accuracy."""
+    from pipelines.modeldir import ModelDir
+    from pipelines.subword import train_tokenizer
+    tok, names = train_tokenizer(texts, vocab_size=plan.vocab), sorted(set(labels))
+    config = TXLConfig(**plan.model | dict(vocab_size=tok.get_vocab_size(), num_labels=len(names), labels=names))
+    torch.manual_seed(0)
+    return ModelDir(TXLDocumentClassifier(config), tok, names)
+
+
+def _classify_rate(md, texts: list[str], precision: str, n_tokens: int) -> dict:
+    from pipelines.inference import predict, prepare
+    ready = prepare(dataclasses.replace(md, model=copy.deepcopy(md.model)), precision=precision, device="cpu")
+    start = time.perf_counter()
+    predict(ready, texts)
+    r = _rate(n_tokens, start)
+    return {"what": f"classify {precision}", "rate": len(texts) / r["seconds"], "unit": "documents/s",
+            "detail": f"{len(texts)} documents, {n_tokens:,} tokens, {r['tokens_per_s']:,.0f} tokens/s", **r}
+
+
+def _train_rate(md, ids: list[list[int]], budget: float) -> dict:
+    """`Trainer.step` on batches of 8 with arbitrary targets for about `budget` seconds."""
+    from pipelines.trainer import Recipe, Trainer, bucketed_batches
+    n_labels = md.model.config.num_labels
+    y = torch.zeros(len(ids), n_labels) if md.multi_label else torch.arange(len(ids)) % n_labels
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(md, Recipe(batch_size=8), train_ids=ids, train_y=y, valid_texts=[], valid_labels=[],
+                          out=Path(tmp), device=torch.device("cpu"))
+        tokens, start = 0, time.perf_counter()
+        for batch in bucketed_batches([len(x) for x in ids], batch_size=8, seed=0):
+            trainer.step(batch)
+            tokens += sum(len(ids[i]) for i in batch)
+            if time.perf_counter() - start > budget:
+                break
+    r = _rate(tokens, start)
+    return {"what": "train float32", "rate": r["tokens_per_s"], "unit": "tokens/s",
+            "detail": f"{tokens:,} tokens in {r['seconds']:.1f} s, batches of 8", **r}
+
+
+def section_e2e(plan: Plan, quick: bool, model: str | None) -> dict:
+    from pipelines.modeldir import load_model_dir
+    sample = _sample(plan, quick)
+    if sample is None:
+        return {"skipped": f"{NEWSGROUPS} is absent"}
+    texts, labels = sample
+    md = load_model_dir(model) if model else _model_dir(plan, texts, labels)
+    ids = [e.ids for e in md.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    rows = [_classify_rate(md, texts, p, sum(map(len, ids))) for p in ("float32", "int8")]
+    return {"rows": rows + [_train_rate(md, [x for x in ids if x], plan.budget)],
+            "model": model or f"random init, {md.tokenizer.get_vocab_size():,}-token tokenizer trained on the sample",
+            "source": "synthetic texts" if quick else f"{plan.n_docs} random documents of {NEWSGROUPS.name}"}
+
+
+def machine() -> dict:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    cpu = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), "unknown")
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
+
+
+def run_bench(*, sections=SECTIONS, quick: bool = False, model: str | None = None, threads: int | None = None,
+              refenv: str | Path = ROOT / ".refenv") -> dict:
+    """Measure the chosen sections; returns a JSON-able dict (pipelines/bench.py renders the tables)."""
+    from pipelines.inference import tune_cpu_allocator
+    if threads:
+        torch.set_num_threads(threads)
+    plan = QUICK if quick else FULL
+    res = {"quick": quick, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+           "allocator_tuned": tune_cpu_allocator(), "load_start": os.getloadavg()}
+    res["ceiling"] = {"float32": matmul_ceiling(torch.float32, plan.ceiling_n),
+                      "bf16": matmul_ceiling(torch.bfloat16, plan.ceiling_n // 2)}
+    work = {"throughput": lambda: section_throughput(plan, res["ceiling"]),
+            "reference": lambda: section_reference(plan, Path(refenv)),
+            "memory": lambda: section_memory(plan, quick), "e2e": lambda: section_e2e(plan, quick, model)}
+    for name in sections:
+        res[name] = work[name]()
+    res["load_end"] = os.getloadavg()
+    return res
+
+
+if __name__ == "__main__":  # a worker: `reference DIR BUDGET` or `memory KIND TOKENS BUDGET QUICK`
+    kind, *a = sys.argv[1:]
+    out = reference_worker(a[0], float(a[1])) if kind == "reference" else \
+        memory_worker(a[0], int(a[1]), float(a[2]), bool(int(a[3])))
+    print(json.dumps(out))

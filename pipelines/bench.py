@@ -1,0 +1,140 @@
+"""Measure speed and memory on this machine; write the table into benchmarks/RESULTS.md and benchmarks/bench.json.
+
+Sections (--sections, default all): throughput (encoder tokens/s reading 4k and 16k-token documents segment by
+segment with memory, batch 1 and 8, float32 / bf16 / int8, achieved GFLOP/s against a matmul ceiling measured
+in the same run), reference (the Hugging Face TransfoXLModel in .refenv with the same weights, float32, batch 1),
+memory (peak resident memory of inference on 4k / 64k / 1M tokens and of a training step on 2k / 8k / 32k,
+each in a fresh process), e2e (classify documents/s and train tokens/s on a 20newsgroups sample). The full run
+takes 16-18 minutes on 2 cores; --quick runs tiny sizes in seconds (a smoke test: its numbers mean nothing).
+On a machine shared with other busy processes set OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads made 2
+threads 10x slower than 1 there. The measurements live in benchmarks/bench.py (a source checkout).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+HEADING = "## Performance (txl bench)"
+SECTIONS = ("throughput", "reference", "memory", "e2e")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: checks that the bench runs")
+    p.add_argument("--model", help="model directory for the e2e section (default: a random-init classifier)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, usually the cores)")
+    p.add_argument("--refenv", default=str(ROOT / ".refenv"), help="venv holding transformers==4.37.2")
+    p.add_argument("--out-md", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="its bench table is replaced")
+    p.add_argument("--out-json", default=str(ROOT / "benchmarks" / "bench.json"), help="every number, as JSON")
+
+
+def load_bench():
+    """benchmarks/bench.py as a module: it is no package of the installed product, only of the checkout."""
+    path = ROOT / "benchmarks" / "bench.py"
+    if not path.is_file():
+        raise UserError(f"txl bench needs a source checkout: {path} is missing")
+    spec = importlib.util.spec_from_file_location("txl_bench", path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look modules up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(args: argparse.Namespace) -> int:
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        raise UserError(f"--sections: unknown {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(SECTIONS)}")
+    res = load_bench().run_bench(sections=sections, quick=args.quick, model=args.model, threads=args.threads,
+                                 refenv=args.refenv)
+    Path(args.out_json).write_text(json.dumps(res, indent=1) + "\n")
+    write_markdown(Path(args.out_md), render(res))
+    print(render(res))
+    return 0
+
+
+def write_markdown(path: Path, table: str) -> None:
+    """Replace the text between the bench markers (adding the heading and markers when they are missing)."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    block = f"{START}\n{table}\n{END}"
+    if START in text and END in text:
+        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
+    path.write_text(text)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _load(x) -> str:
+    return f"{x[0]:.1f}" if isinstance(x, (list, tuple)) else f"{x:.1f}"
+
+
+def render(res: dict) -> str:
+    m, c = res["machine"], res["ceiling"]
+    head = (f"Measured {res['date']} on {m['cpu']} ({m['cores']} cores, {m['isa']}, bf16 matmul units: "
+            f"{'yes' if m['native_bf16'] else 'no'}), torch {m['torch']}, {m['threads']} threads (OMP_WAIT_POLICY "
+            f"{m['omp_wait_policy']}), glibc allocator "
+            f"tuned: {'yes' if res['allocator_tuned'] else 'no'}; load average (1 min) {_load(res['load_start'])} at "
+            f"the start, {_load(res['load_end'])} at the end. Matmul ceiling measured in this run: "
+            f"{_n(c['float32'])} GFLOP/s float32, {_n(c['bf16'])} GFLOP/s bf16.")
+    lines = [("**Quick mode: tiny sizes, the numbers mean nothing.** " if res["quick"] else "") + head]
+    for name, fn in (("throughput", _throughput), ("reference", _reference), ("memory", _memory), ("e2e", _e2e)):
+        if name in res:
+            skipped = res[name].get("skipped")
+            lines += ["", f"**{name}**"] + ([f"Skipped: {skipped}"] if skipped else fn(res[name], m))
+    return "\n".join(lines)
+
+
+def _throughput(t: dict, m: dict) -> list[str]:
+    f32 = {(r["doc_tokens"], r["batch"]): r["tokens_per_s"] for r in t["rows"] if r["precision"] == "float32"}
+    rows = [[r["precision"], f"{r['doc_tokens']:,}", r["batch"], _n(r["tokens_per_s"]), _n(r["gflops"]),
+             f"{r['pct_of_ceiling']:.0f}%", f"{r['tokens_per_s'] / f32[r['doc_tokens'], r['batch']]:.2f}x",
+             f"{r['tokens']:,}", _load(r["load"])] for r in t["rows"]]
+    c = t["closeness"]
+    notes = ["", f"Max |class probability - float32's| on {c['docs']} random documents of {c['doc_tokens']:,} "
+             f"tokens: bf16 {c['bf16']:.2g}, int8 {c['int8']:.2g}. int8 is set against the float32 ceiling."]
+    if not m["native_bf16"]:
+        notes[-1] += (" Without bf16 units torch's bf16 GEMM is a slow fallback (the bf16 ceiling), while attention"
+                      " and elementwise work keep float32 speed: hence bf16 rows above 100%.")
+    return _table(["precision", "document tokens", "batch", "tokens/s", "GFLOP/s", "of ceiling", "vs float32",
+                   "tokens read", "load"], rows) + notes
+
+
+def _reference(r: dict, m: dict) -> list[str]:
+    rows = [[f"{x['doc_tokens']:,}", _n(x["ours"]), _n(x["reference"]), f"{x['ratio']:.2f}x",
+             f"{x['max_abs_diff']:.2g}", _load(x["load"])] for x in r["rows"]]
+    return _table(["document tokens (batch 1, float32)", "txl_core tokens/s", "reference tokens/s", "ratio",
+                   "max abs diff, first segment", "load"], rows)
+
+
+def _memory(r: dict, m: dict) -> list[str]:
+    rows = [[x["run"], f"{x['doc_tokens']:,}", f"{x['tokens']:,}", f"{x['seconds']:.1f}", _n(x["tokens_per_s"]),
+             f"{x['baseline_mb']:,.0f}", f"{x['peak_mb']:,.0f}", _load(x["load"])] for x in r["rows"]]
+    return _table(["run (batch 1)", "document tokens", "tokens read", "seconds", "tokens/s", "RSS before, MB",
+                   "peak RSS, MB", "load"], rows) + ["", "Each run in a fresh process: resident memory once the model "
+                                                      "and the document are built, and the process's peak (VmHWM)."]
+
+
+def _e2e(r: dict, m: dict) -> list[str]:
+    rows = [[x["what"], f"{_n(x['rate'])} {x['unit']}", x["detail"], _load(x["load"])] for x in r["rows"]]
+    return _table(["run", "throughput", "detail", "load"], rows) + ["", f"Model: {r['model']}; data: {r['source']}."]
+
+
+def main(argv=None) -> int:
+    from .cli import main as cli_main
+    return cli_main(["bench", *(argv or [])])

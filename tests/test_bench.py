@@ -1,0 +1,73 @@
+"""`txl bench`: the quick run writes its table and JSON with every expected row (a smoke test so that the bench
+cannot rot; no timing is asserted, only that the numbers are there and positive), and the table replaces the
+previous one between its markers without touching the rest of RESULTS.md."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.bench import END, HEADING, START, load_bench, write_markdown
+from pipelines.cli import main
+
+OTHER_SECTIONS = "# Benchmarks\n\n## Accuracy\n\nkept above\n"
+
+
+def _run_quick(tmp_path, *extra: str):
+    md, js = tmp_path / "RESULTS.md", tmp_path / "bench.json"
+    md.write_text(f"{OTHER_SECTIONS}\n{HEADING}\n\n{START}\nold table\n{END}\n\n## Later\n\nkept below\n")
+    code = main(["bench", "--quick", "--threads", "1", "--out-md", str(md), "--out-json", str(js), *extra])
+    assert code == 0
+    return md.read_text(), json.loads(js.read_text())
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_row(tmp_path):
+    text, res = _run_quick(tmp_path)
+    plan = load_bench().QUICK
+    assert "old table" not in text and "kept above" in text and "kept below" in text
+    assert text.count(START) == text.count(END) == text.count(HEADING) == 1
+    assert res["ceiling"]["float32"] > 0 and res["ceiling"]["bf16"] > 0
+
+    rows = res["throughput"]["rows"]
+    assert [(r["precision"], r["doc_tokens"], r["batch"]) for r in rows] == [
+        (p, n, b) for p in ("float32", "bf16", "int8") for n in plan.doc_lens for b in plan.batches]
+    assert all(r["tokens_per_s"] > 0 and r["gflops"] > 0 and r["tokens"] > 0 for r in rows)
+    assert all(f"\n| {r['precision']} | {r['doc_tokens']:,} | {r['batch']} |" in text for r in rows)
+    assert 0 <= res["throughput"]["closeness"]["int8"] < 1
+
+    memory = res["memory"]["rows"]
+    assert [(r["run"], r["doc_tokens"]) for r in memory] == \
+        [("inference", n) for n in plan.infer_mem] + [("train", n) for n in plan.train_mem]
+    assert all(r["peak_mb"] >= r["baseline_mb"] > 0 for r in memory)
+
+    assert [r["what"] for r in res["e2e"]["rows"]] == ["classify float32", "classify int8", "train float32"]
+    assert all(r["rate"] > 0 for r in res["e2e"]["rows"])
+
+    reference = res["reference"]
+    if "skipped" not in reference:  # .refenv exists: same weights, so the first segment agrees
+        assert [r["doc_tokens"] for r in reference["rows"]] == list(plan.doc_lens)
+        assert all(r["ours"] > 0 and r["reference"] > 0 and r["max_abs_diff"] < 1e-4 for r in reference["rows"])
+
+
+@pytest.mark.slow
+def test_sections_picks_parts(tmp_path):
+    text, res = _run_quick(tmp_path, "--sections", "e2e")
+    assert "e2e" in res and not {"throughput", "reference", "memory"} & set(res)
+    assert "**e2e**" in text and "**throughput**" not in text
+
+
+def test_unknown_section_is_a_usage_error(tmp_path, capsys):
+    assert main(["bench", "--sections", "speed", "--out-md", str(tmp_path / "R.md")]) == 2
+    assert "speed" in capsys.readouterr().err
+    assert not (tmp_path / "R.md").exists()
+
+
+def test_markdown_gets_heading_and_markers_once(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    write_markdown(path, "first")
+    path.write_text(path.read_text() + "\n## Someone else's section\n")
+    write_markdown(path, "second")
+    text = path.read_text()
+    assert text.count(HEADING) == text.count(START) == 1
+    assert "second" in text and "first" not in text and "Someone else's section" in text
