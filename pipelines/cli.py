@@ -20,7 +20,7 @@ from typing import Callable
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DataWarning, UserError
 
 # Before anything imports torch: OpenMP threads that spin while waiting made 2 threads 10-16x slower than 1
-# whenever another process kept the cores busy (benchmarks/RESULTS.md); passive waiting costs nothing measurable.
+# whenever another process kept the cores busy (benchmarks/RESULTS.md); users can still set it themselves.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMANDS = {
