@@ -36,7 +36,6 @@ ckpt_wt103shape_bin/ (pytorch_model.bin, `safe_serialization=False`). Without it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys

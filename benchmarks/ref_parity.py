@@ -25,7 +25,6 @@ fails to load/run. `--rss` also measures the peak RSS of `load_pretrained` on th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

@@ -66,8 +66,8 @@ def _result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) -
     out["score"] = [p.score for p in preds]
     for name in labels:
         out[f"prob_{name}"] = [p.probs.get(name, float("nan")) for p in preds]
+    ranked = [sorted(p.probs.items(), key=lambda kv: -kv[1]) for p in preds] if top_k else []
     for k in range(top_k):
-        ranked = [sorted(p.probs.items(), key=lambda kv: -kv[1]) for p in preds]
         out[f"top{k + 1}_label"] = [r[k][0] if len(r) > k else "" for r in ranked]
         out[f"top{k + 1}_score"] = [r[k][1] if len(r) > k else float("nan") for r in ranked]
     out["error"] = [p.error for p in preds]

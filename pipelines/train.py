@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from dataclasses import asdict, fields
 from pathlib import Path
 

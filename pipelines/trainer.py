@@ -22,7 +22,7 @@ from txl_core.recompute import backward_document
 
 from .inference import predict, prepare
 from .metrics import compute_metrics
-from .modeldir import ModelDir, save_model_dir, write_atomic
+from .modeldir import ModelDir, write_atomic
 
 
 @dataclass

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import txl_core
 from txl_core import CheckpointError, TXLConfig, TXLLMHeadModel, TXLModel, load_pretrained
