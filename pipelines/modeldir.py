@@ -15,12 +15,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer
 
 from txl_core import CheckpointError, load_pretrained
 from txl_core.classifier import TXLDocumentClassifier
 
 from .errors import UserError
+from .word_tokenizer import load_tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -57,6 +59,26 @@ def save_model_dir(directory: str | Path, md: ModelDir) -> None:
     md.model.save_pretrained(directory, extra_files=extra)
 
 
+def _check_config_is_object(path: Path) -> None:
+    """txl_core reads config.json as a JSON object; a list or a number there would fail with an AttributeError."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return  # not JSON at all: load_pretrained says so
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} holds a JSON {type(raw).__name__}, not the model's settings (a JSON object); "
+                        "restore it from the original model")
+
+
+def _check_finite(model: torch.nn.Module, directory: Path) -> None:
+    """safetensors has no checksum: bytes damaged inside the weights load silently. Damage often makes NaN or
+    infinite floats, which would give NaN predictions for every document; refuse those here."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{directory}/model.safetensors is corrupted: {name} holds NaN or infinite values; "
+                            "copy the model directory again")
+
+
 def load_model_dir(directory: str | Path) -> ModelDir:
     """Load a classifier directory, with a one-line UserError for anything that is not one."""
     directory = Path(directory)
@@ -65,15 +87,17 @@ def load_model_dir(directory: str | Path) -> ModelDir:
     missing = [name for name in REQUIRED if not (directory / name).is_file()]
     if missing:
         raise UserError(f"{directory} is not a classifier model directory: missing {', '.join(missing)}")
+    _check_config_is_object(directory / "config.json")
     try:
         model = load_pretrained(directory)
     except CheckpointError as e:
         raise UserError(str(e)) from None
+    _check_finite(model, directory)
     if not isinstance(model, TXLDocumentClassifier):
         raise UserError(f"{directory} holds a {type(model).__name__}, not a classifier; "
                         "fine-tune it first with `txl train --init`")
     try:
-        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        tokenizer = load_tokenizer(directory / "tokenizer.json")
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise UserError(f"{directory}/tokenizer.json is damaged ({str(e)[:120]}); copy the model again") from None
     if tokenizer.get_vocab_size() > model.config.vocab_size:
@@ -84,3 +108,43 @@ def load_model_dir(directory: str | Path) -> ModelDir:
     metrics_path = directory / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return ModelDir(model, tokenizer, labels, card, metrics, directory)
+
+
+@dataclass
+class LMDir:
+    """A `txl pretrain` directory: the language model and its tokenizer."""
+
+    model: object  # txl_core.TXLLMHeadModel
+    tokenizer: Tokenizer
+    metrics: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def load_lm_dir(directory: str | Path) -> LMDir:
+    """Load a language-model directory (`txl pretrain`), with a one-line UserError for anything else."""
+    from txl_core import TXLLMHeadModel
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"model directory {directory} does not exist; pass a folder made by `txl pretrain`")
+    missing = [name for name in REQUIRED if not (directory / name).is_file()]
+    if missing:
+        raise UserError(f"{directory} is not a language-model directory: missing {', '.join(missing)}")
+    _check_config_is_object(directory / "config.json")
+    try:
+        model = load_pretrained(directory)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    if not isinstance(model, TXLLMHeadModel):
+        raise UserError(f"{directory} holds a {type(model).__name__}, not a language model (`txl pretrain`)")
+    _check_finite(model, directory)
+    try:
+        tokenizer = load_tokenizer(directory / "tokenizer.json")
+    except Exception as e:  # tokenizers raises a bare Exception for malformed files
+        raise UserError(f"{directory}/tokenizer.json is damaged ({str(e)[:120]}); copy the model again") from None
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise UserError(f"{directory}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
+                        f"only {model.config.vocab_size}; the files come from different models")
+    metrics_path = directory / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return LMDir(model, tokenizer, metrics, directory)

@@ -4,6 +4,10 @@ Reads CSV / TSV / JSONL / Parquet (optionally .gz/.xz/.zst), trains a subword to
 (or takes the one of --init), carves out a stratified validation split when --valid is not given, trains with
 early stopping on validation macro-F1, and writes a model directory usable by `txl classify`, `txl evaluate`
 and the app. `--resume` continues an interrupted run from its last checkpoint.
+
+Several processes or GPUs: `torchrun --nproc_per_node N -m pipelines.cli train ...` trains with
+DistributedDataParallel (gloo on CPU, NCCL on GPU); --batch-size stays the global batch, so the run takes
+the steps a single process would; add --nnodes for several machines. See docs/SCALING.md.
 """
 from __future__ import annotations
 
@@ -18,13 +22,16 @@ import torch
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
 
+from . import distributed as dist
 from .errors import UserError
-from .inference import predict, prepare, resolve_device
+from .inference import predict, prepare
 from .io import load_labeled
 from .labels import LabelSet, stratified_split
 from .metrics import compute_metrics
 from .modeldir import ModelDir, load_model_dir, save_model_dir
+from .init_from import load_start
 from .subword import train_tokenizer
+from .word_tokenizer import load_tokenizer
 from .trainer import Recipe, Trainer
 
 # The default recipe: small enough to train from scratch on a 2-core CPU in minutes per epoch on a few
@@ -41,12 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label", help="labels; 'a|b|c' marks a multi-label data set")
     p.add_argument("--split-column", default="split", help="column naming each row's split, when the file has one")
-    p.add_argument("--init", help="start from this model directory (a classifier or a language model)")
+    p.add_argument("--init", help="start from pre-trained weights: a `txl train`/`txl pretrain` directory, a "
+                   "Hugging Face transfo-xl directory (e.g. transfo-xl-wt103), a BERT-family encoder directory, "
+                   "or `minilm` (all-MiniLM-L6-v2 from the minilm extra)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    for name, default in ARCH_DEFAULTS.items():
-        kind = type(default)
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
+                   "under torchrun each process takes the GPU of its LOCAL_RANK)")
+    for name, default in ARCH_DEFAULTS.items():  # None = not given: --init's value, else the default
+        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
                        help=f"model: {name} (default {default})" + (" [mean|max|attention|last]" if name == "pooling" else ""))
     for f in fields(Recipe):
         if f.name in ("max_minutes",):
@@ -81,22 +90,37 @@ def _config(args, tokenizer, label_set: LabelSet) -> TXLConfig:
                      multi_label=label_set.multi_label, pooling=args.pooling, segment_len=args.segment_len)
 
 
+SHAPE_FLAGS = ("d_model", "n_layer", "n_head", "d_inner", "vocab_size")
+
+
+def _fill_arch(args, start: dict | None) -> None:
+    """Unset model flags take the start's values (--init), else ARCH_DEFAULTS; a start fixes the shape."""
+    given = [n for n in SHAPE_FLAGS if getattr(args, n) is not None]
+    if start is not None and given:
+        raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when starting from --init "
+                        "(the pre-trained weights fix the model's shape)")
+    start = start or {}
+    for name, default in ARCH_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, start.get(name, default))
+
+
 def _initial_model(args, label_set, texts):
     """Model and tokenizer: from --init, from an interrupted run, or new."""
     ck = Path(args.out) / "checkpoint"
     if args.init:
-        base = load_model_dir(args.init) if (Path(args.init) / "tokenizer.json").is_file() else None
-        if base is None:
-            raise UserError(f"--init {args.init}: expected a model directory with tokenizer.json")
-        config = TXLConfig.from_dict(base.model.config.to_dict() | {
-            "num_labels": len(label_set.names), "labels": list(label_set.names),
-            "multi_label": label_set.multi_label, "pooling": args.pooling})
+        start = load_start(args.init, segment_len=args.segment_len or ARCH_DEFAULTS["segment_len"])
+        _fill_arch(args, start.config)
+        config = TXLConfig.from_dict(start.config | {
+            "num_labels": len(label_set.names), "labels": list(label_set.names), "multi_label": label_set.multi_label,
+            "pooling": args.pooling, "segment_len": args.segment_len, "mem_len": args.mem_len, "dropout": args.dropout,
+            "clamp_len": start.config.get("clamp_len", args.mem_len + args.segment_len)})
         model = TXLDocumentClassifier(config)
-        model.transformer.load_state_dict(base.model.transformer.state_dict())
-        return model, base.tokenizer
+        model.transformer.load_state_dict(start.encoder)
+        return model, start.tokenizer
+    _fill_arch(args, None)
     if args.resume and (ck / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-        tokenizer = Tokenizer.from_file(str(ck / "tokenizer.json"))
+        tokenizer = load_tokenizer(ck / "tokenizer.json")
     else:
         tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
     return TXLDocumentClassifier(_config(args, tokenizer, label_set)), tokenizer
@@ -137,45 +161,73 @@ def _label_set(labels: list[str], vlabels: list[str]) -> LabelSet:
     return label_set
 
 
-def _finish(args, out: Path, state, summary: dict) -> dict:
-    """Measure the best model on --test, then rewrite its card and metrics with the final figures."""
+def _finish(args, out: Path, state, summary: dict, trainer: Trainer) -> dict:
+    """Measure the best model on --test (each rank a shard), then rank 0 rewrites its card and metrics."""
     final = {"validation": state.best_metrics}
     best = load_model_dir(out)
     if args.test:
         ttexts, tlabels = _load_split(args.test, args, "test")
-        preds = predict(prepare(best, precision="float32", device=args.device), ttexts)
-        final["test"] = compute_metrics(tlabels, [p.label for p in preds], best.labels, multi_label=best.multi_label)
+        prepare(best, precision=trainer.precision, device=str(trainer.device))
+        predicted = dist.map_sharded(lambda part: [p.label for p in predict(best, part)], ttexts)
+        final["test"] = compute_metrics(tlabels, predicted, best.labels, multi_label=best.multi_label)
     summary.update(minutes=state.seconds / 60, stopped=state.stopped)
     best.card = model_card(summary, final)
     best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
                                           "stopped": state.stopped or "completed"}}
-    save_model_dir(out, best)
+    if dist.is_main():
+        save_model_dir(out, best)
+    dist.barrier()
     return final
 
 
+def _start(args, label_set: LabelSet, texts: list[str]):
+    """`_initial_model` made once, its tokenizer saved in the checkpoint folder.
+
+    Under torchrun rank 0 makes them (tokenizers trained apart need not agree); the other ranks build the same
+    shape from its config and read its tokenizer, and DDP gives them rank 0's weights.
+    """
+    ck = Path(args.out) / "checkpoint"
+    if dist.is_main():
+        model, tokenizer = _initial_model(args, label_set, texts)
+        ck.mkdir(parents=True, exist_ok=True)
+        (ck / "tokenizer.json").write_text(tokenizer.to_str())
+    config = dist.all_gather_object(model.config.to_dict() if dist.is_main() else None)[0]  # also a barrier
+    if not dist.is_main():
+        model, tokenizer = TXLDocumentClassifier(TXLConfig.from_dict(config)), load_tokenizer(ck / "tokenizer.json")
+    return model, tokenizer
+
+
 def run(args: argparse.Namespace) -> int:
+    device = dist.init(args.device)  # joins the process group under torchrun; nothing otherwise
+    try:
+        return _train(args, device)
+    finally:
+        dist.cleanup()
+
+
+def _train(args: argparse.Namespace, device: torch.device) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     _check_out(out, args)
     texts, labels, vtexts, vlabels = _data(args)
     label_set = _label_set(labels, vlabels)
-    model, tokenizer = _initial_model(args, label_set, texts)
-    (out / "checkpoint").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoint" / "tokenizer.json").write_text(tokenizer.to_str())
+    model, tokenizer = _start(args, label_set, texts)
+    if dist.world() > 1:  # one dropout stream per rank: equal masks on every rank would correlate the noise
+        torch.manual_seed(args.seed + 1 + dist.rank())
     ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     keep = [i for i, x in enumerate(ids) if x]
     ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
-    device = resolve_device(args.device)
     trainer = Trainer(ModelDir(model, tokenizer, list(label_set.names)), recipe, train_ids=ids,
                       train_y=_targets(labels, label_set), valid_texts=vtexts, valid_labels=vlabels, out=out,
                       device=device)
-    if args.resume and not trainer.load_checkpoint():
+    if args.resume and not trainer.load_checkpoint() and dist.is_main():
         print(f"txl train: no checkpoint in {out}; starting from scratch")
     summary = {"name": out.name, "train": str(args.train), "n_train": len(ids), "n_valid": len(vtexts),
                "train_tokens": sum(map(len, ids)), "labels": list(label_set.names), "multi_label": label_set.multi_label,
                "label_counts": label_set.counts(labels), "recipe": {**asdict(recipe), **model.config.to_dict()},
-               "machine": f"{platform.machine()} {device.type}, {torch.get_num_threads()} threads"}
+               "machine": f"{platform.machine()} {device.type}, {torch.get_num_threads()} threads"
+                          + (f" x {dist.world()} processes" if dist.world() > 1 else "")}
 
     def on_best(metrics):
         summary.update(minutes=trainer.state.seconds / 60, stopped="")
@@ -183,7 +235,9 @@ def run(args: argparse.Namespace) -> int:
                                      model_card(summary, {"validation": metrics}), {"validation": metrics}))
 
     state = trainer.fit(on_best)
-    final = _finish(args, out, state, summary)
+    final = _finish(args, out, state, summary, trainer)
+    if not dist.is_main():
+        return 0
     line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items() if v)
     print(f"txl train: saved {out} after {state.step} steps, {state.seconds / 60:.1f} min "
           f"({state.stopped or 'completed'}); {line}")

@@ -58,9 +58,9 @@ class RelMultiHeadAttn(nn.Module):
         self.n_head, self.d_head = config.n_head, config.d_head
         self.scale = 1 / config.d_head ** 0.5
         self.pre_lnorm = config.pre_lnorm
-        self.qkv_net = nn.Linear(config.d_model, 3 * config.n_head * config.d_head, bias=False)
+        self.qkv_net = nn.Linear(config.d_model, 3 * config.n_head * config.d_head, bias=config.attn_bias)
         self.r_net = nn.Linear(config.d_model, config.n_head * config.d_head, bias=False)
-        self.o_net = nn.Linear(config.n_head * config.d_head, config.d_model, bias=False)
+        self.o_net = nn.Linear(config.n_head * config.d_head, config.d_model, bias=config.attn_bias)
         self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.drop = nn.Dropout(config.dropout)
         self.dropatt = nn.Dropout(config.dropatt)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 POOLINGS = ("mean", "max", "attention", "last")
+ACTIVATIONS = ("relu", "gelu")
 
 # Keys a Hugging Face transfo-xl config.json carries that have no effect on the model's math.
 _HF_INERT = {
@@ -48,6 +49,10 @@ class TXLConfig:
     dropout: float = 0.1
     dropatt: float = 0.0
     layer_norm_epsilon: float = 1e-5
+    # Not in the reference: a BERT-family encoder mapped onto these layers (pipelines/init_from.py) needs
+    # GELU and biased q/k/v/output projections. The defaults are the reference's.
+    ff_activation: str = "relu"
+    attn_bias: bool = False
     init_std: float = 0.02
     proj_init_std: float = 0.01
     eos_token_id: int = 0
@@ -85,6 +90,7 @@ class TXLConfig:
         need(self.d_embed // self.div_val ** len(self.cutoffs) > 0 or self.div_val == 1,
              f"d_embed={self.d_embed} is too small for div_val={self.div_val} over {len(self.cutoffs) + 1} clusters")
         need(0.0 <= self.dropout < 1.0 and 0.0 <= self.dropatt < 1.0, "dropout and dropatt must be in [0, 1)")
+        need(self.ff_activation in ACTIVATIONS, f"ff_activation must be one of {ACTIVATIONS}, got {self.ff_activation!r}")
         need(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         need(not self.labels or len(self.labels) == self.num_labels,
              f"{len(self.labels)} label names for num_labels={self.num_labels}")

@@ -18,7 +18,8 @@ class PositionwiseFF(nn.Module):
         super().__init__()
         self.pre_lnorm = config.pre_lnorm
         self.CoreNet = nn.Sequential(
-            nn.Linear(config.d_model, config.d_inner), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
+            nn.Linear(config.d_model, config.d_inner),
+            nn.ReLU(inplace=True) if config.ff_activation == "relu" else nn.GELU(), nn.Dropout(config.dropout),
             nn.Linear(config.d_inner, config.d_model), nn.Dropout(config.dropout),
         )
         self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)

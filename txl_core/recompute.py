@@ -6,7 +6,9 @@ params>, where state_s is segment s's additive share of the pooled state (see `p
 document without gradients and yields the final state; the loss is back-propagated to that state only;
 pass 2 re-reads each segment with gradients and back-propagates its share at once, so only one segment's
 activations are alive at any time. Dropout masks are replayed by restoring the random state before pass 2.
-The gradients equal those of back-propagating through every segment at once (tested).
+The gradients equal those of back-propagating through every segment at once (tested). Batches no longer
+than `direct_segments` segments take that plain route: a second forward pass would cost a third more time
+for activations that fit anyway.
 """
 from __future__ import annotations
 
@@ -30,14 +32,21 @@ def _set_rng_state(state, device: torch.device) -> None:
 
 
 def backward_document(model: TXLDocumentClassifier, input_ids: torch.Tensor, lengths: torch.Tensor,
-                      loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                      loss_fn: Callable[[torch.Tensor], torch.Tensor], *,
+                      direct_segments: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the gradients of `loss_fn(logits)` into the parameters, one segment at a time.
 
     Args:
-        input_ids: (B, N) right-padded documents; lengths: (B,); loss_fn: logits (B, L) -> scalar.
+        input_ids: (B, N) right-padded documents; lengths: (B,); loss_fn: logits (B, L) -> scalar;
+        direct_segments: up to this many segments (N), back-propagate through them at once instead.
     Returns:
         (loss, logits), both detached.
     """
+    if input_ids.size(1) <= direct_segments * model.config.segment_len:
+        logits = model(input_ids, lengths).logits
+        loss = loss_fn(logits)
+        loss.backward()
+        return loss.detach(), logits.detach()
     kind, device = model.config.pooling, input_ids.device
     before = _rng_state(device)
     with torch.no_grad():
