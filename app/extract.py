@@ -110,24 +110,31 @@ def extract_documents(name: str, data: bytes, *, text_column: str | None = None,
 
 
 def decode_text(name: str, data: bytes) -> tuple[str, list[str]]:
-    """Text and warnings. UTF-8 (BOM dropped), or UTF-16 with a BOM; otherwise Windows-1252, or Latin-1 for
-    the five bytes Windows-1252 leaves undefined: an upload is never rejected for its encoding."""
+    """Text and warnings. UTF-8 (BOM dropped), or UTF-16 with a BOM; bytes that are not UTF-8 are read as
+    Windows-1252, or Latin-1 for the five bytes it leaves undefined: an upload is never rejected for its encoding."""
     warnings = []
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         text = data.decode("utf-16", errors="replace")
     else:
         try:
             text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            try:
-                text = data.decode("cp1252")
-            except UnicodeDecodeError:
-                text = data.decode("latin-1")
+        except UnicodeDecodeError:  # only the offending bytes: a UTF-8 file with one pasted Latin-1 line stays UTF-8
+            text = data.decode("utf-8-sig", errors=WINDOWS_1252_FALLBACK)
             warnings.append(f"{name}: not valid UTF-8; decoded as Latin-1 (Windows-1252)")
     if _looks_binary(text):
         hint = next((h for magic, h in BINARY_MAGIC.items() if data.startswith(magic)), "")
         raise ExtractError(f"{name} looks like a binary file, not text{hint}; upload it with its real extension")
     return text.replace("\r\n", "\n").replace("\r", "\n"), warnings
+
+
+def _windows_1252(error: UnicodeDecodeError) -> tuple[str, int]:
+    """Codec error handler: the bytes as Windows-1252, or Latin-1 for the five bytes it leaves undefined."""
+    return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b)
+                   for b in error.object[error.start:error.end]), error.end
+
+
+WINDOWS_1252_FALLBACK = "txl-app-windows-1252"
+codecs.register_error(WINDOWS_1252_FALLBACK, _windows_1252)
 
 
 def _looks_binary(text: str) -> bool:

@@ -5,6 +5,11 @@ into `<output>.partial/`; a rerun after a crash or a kill skips the chunks alrea
 or repeated. The output file appears, atomically, only when every chunk is done: every input column, then
 `predicted_label`, `score`, one `prob_<label>` column per class (and `top<k>_label` / `top<k>_score` with
 --top-k), and `error` (non-empty for rows that could not be classified, e.g. empty text).
+
+Under `torchrun --nproc_per_node N -m pipelines.cli classify ...` the chunks are the unit of work: the chunks
+not yet done are dealt out in turn to the N processes (one GPU each when there are GPUs), and rank 0 joins
+them, in input order, into the same single output a single process writes. A killed run can be rerun with
+any number of processes. See docs/SCALING.md.
 """
 from __future__ import annotations
 
@@ -19,11 +24,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from . import distributed as dist
 from .errors import UserError
 from .inference import PRECISIONS, predict, prepare
 from .io import iter_table
-from .output import output_format, write_frame
 from .modeldir import load_model_dir, write_atomic
+from .output import output_format, write_frame
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="also write the K most probable labels and scores")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 on a GPU, float32 on a CPU; int8 = dynamic quantization (CPU)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
+                   "under torchrun each process takes the GPU of its LOCAL_RANK)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk-rows", type=int, default=2000, help="rows per restartable chunk")
 
@@ -84,16 +91,36 @@ def run(args: argparse.Namespace) -> int:
     _check_output(args)
     if not Path(args.input).is_file():
         raise UserError(f"input file {args.input} not found")
-    md = prepare(load_model_dir(args.model), precision=args.precision, device=args.device)
-    part_dir = _partial_dir(args)
-    done = rows = 0
-    bar = tqdm(unit="doc", dynamic_ncols=True, desc="classify")
+    device = dist.init(args.device)  # joins the process group under torchrun; nothing otherwise
+    try:
+        return _classify(args, device)
+    finally:
+        dist.cleanup()
+
+
+def _finished_chunks(args) -> tuple[Path, set[str]]:
+    """The partial folder and the chunks already in it, as rank 0 sees them: every rank must deal out the
+    same remaining chunks, even when rank 0 has written a new one before another rank looks."""
+    listing = None
+    if dist.is_main():
+        part_dir = _partial_dir(args)
+        listing = sorted(p.name for p in part_dir.glob("part-*.parquet"))
+    return Path(str(args.output) + ".partial"), set(dist.all_gather_object(listing)[0])
+
+
+def _classify(args, device) -> int:
+    md = prepare(load_model_dir(args.model), precision=args.precision, device=str(device))
+    part_dir, finished = _finished_chunks(args)
+    todo = rows = 0
+    bar = tqdm(unit="doc", dynamic_ncols=True, desc="classify", disable=not dist.is_main())
     for index, chunk in enumerate(iter_table(args.input, chunk_rows=args.chunk_rows, text_column=args.text_column)):
         target = part_dir / f"part-{index:06d}.parquet"
         rows += len(chunk)
-        if target.is_file():
+        if target.name in finished:
             bar.update(len(chunk))
-            done += 1
+            continue
+        todo += 1
+        if (todo - 1) % dist.world() != dist.rank():  # the remaining chunks in turn: even after a rerun
             continue
         preds = predict(md, chunk[args.text_column].tolist(), batch_size=args.batch_size, progress=bar.update)
         frame = _result_columns(chunk, preds, md.labels, args.top_k)
@@ -101,10 +128,13 @@ def run(args: argparse.Namespace) -> int:
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, target)
     bar.close()
+    dist.barrier()  # every chunk is written
+    if not dist.is_main():
+        return 0
     parts = sorted(part_dir.glob("part-*.parquet"))
     write_frame((pd.read_parquet(p) for p in parts), args.output)  # atomic: temporary name, then rename
     shutil.rmtree(part_dir)
-    resumed = f" ({done} chunks reused from an interrupted run)" if done else ""
+    resumed = f" ({len(finished)} chunks reused from an interrupted run)" if finished else ""
     print(f"txl classify: wrote {rows} rows to {args.output}{resumed}")
     return 0
 

@@ -36,6 +36,7 @@ DAMAGED = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError)  
 DELIMITERS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "vertical bars"}
 SPLIT_NAMES = (("train", "training"), ("valid", "validation", "val", "dev"), ("test", "testing"))
 PEEK_BYTES = 1 << 16
+CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v") + b"\x7f"
 DEFAULT_CHUNK_ROWS = 2000
 ENCODING, FALLBACK = "utf-8-sig", "txl-latin-1"
 # dtype=False keeps JSON strings strings; before pandas 3 it still turned columns named like dates into dates
@@ -88,7 +89,17 @@ def _peek(path: Path) -> bytes:
         head = f.read(PEEK_BYTES)
     if not head.strip():
         raise UserError(f"{path.name} is empty; it needs a header row and at least one data row")
+    _check_not_binary(head, path)
     return head
+
+
+def _check_not_binary(head: bytes, path: Path) -> None:
+    """Text tables hold no NUL and next to no control bytes; binary data (or UTF-16) has many. Without this
+    check such a file parses into garbage column names and fails later with a puzzling message."""
+    controls = len(head) - len(head.translate(None, CONTROL_BYTES))
+    if b"\0" in head or controls > 0.05 * len(head):
+        raise UserError(f"{path.name} looks like a binary file (or UTF-16 text), not a {table_format(path)} "
+                        "table; save it as UTF-8 text, or give the file its real extension")
 
 
 def _check_repeats(header: list[str], path: Path) -> None:

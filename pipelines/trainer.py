@@ -3,9 +3,15 @@ early stopping on validation macro-F1, a time budget, and checkpoints that `--re
 
 Each step reads whole documents with `txl_core.recompute.backward_document`, so a long document costs one
 segment's activations, not all of them.
+
+Under torchrun every rank builds the same global batches (same seed) and reads its strided share of each;
+the loss is normalised by the global batch, and the gradients are summed over the ranks once per step, so
+N processes take the steps one process would. Validation is sharded and gathered, so every rank sees the
+same metrics and makes the same early-stopping decision; only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -16,11 +22,14 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from txl_core.recompute import backward_document
 
-from .inference import predict, prepare
+from . import distributed as dist
+from .errors import UserError
+from .inference import predict, prepare, resolve_precision
 from .metrics import compute_metrics
 from .modeldir import ModelDir, write_atomic
 
@@ -38,9 +47,13 @@ class Recipe:
     patience: int = 3
     evals_per_epoch: int = 1
     class_weights: str = "sqrt"  # none | sqrt | balanced
-    precision: str = "float32"
+    precision: str = "auto"  # auto = bf16 autocast on a GPU, float32 on a CPU (no bf16 units here)
     max_minutes: float | None = None
     seed: int = 0
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "float32", "bf16"):
+            raise UserError(f"--precision {self.precision}: training runs in auto, float32 or bf16")
 
 
 @dataclass
@@ -86,6 +99,11 @@ class Trainer:
         self.valid_texts, self.valid_labels = valid_texts, valid_labels
         self.lengths = [len(x) for x in train_ids]
         self.model = md.model.to(device)
+        self.precision = resolve_precision(recipe.precision, device)
+        # DDP checks that every rank holds the same shapes and copies rank 0's weights to the others; the
+        # gradient sum is done in `step` (see there), not by its hooks.
+        self.ddp = None if dist.world() == 1 else DistributedDataParallel(
+            self.model, device_ids=[device.index] if device.type == "cuda" else None)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "emb" not in n]
         other = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
@@ -99,23 +117,39 @@ class Trainer:
         self.state = TrainState()
 
     # ---- one step -------------------------------------------------------------------------------------------
-    def _loss_fn(self, y: torch.Tensor):
+    def _loss_fn(self, y: torch.Tensor, y_global: torch.Tensor):
+        """The (weighted) mean loss of the global batch, restricted to this rank's documents `y`: the ranks'
+        losses add up to the loss of the whole batch, and so do their gradients."""
         w = None if self.weights is None else self.weights.to(self.device)
         if self.md.multi_label:
+            n = y_global.numel()  # the mean runs over every (document, label) pair
             return lambda logits: torch.nn.functional.binary_cross_entropy_with_logits(
-                logits.float(), y.float(), pos_weight=None, weight=w)
-        return lambda logits: torch.nn.functional.cross_entropy(logits.float(), y, weight=w)
+                logits.float(), y.float(), weight=w, reduction="sum") / n
+        n = len(y_global) if w is None else float(w[y_global.to(self.device)].sum())
+        return lambda logits: torch.nn.functional.cross_entropy(logits.float(), y, weight=w, reduction="sum") / n
+
+    def _padded(self, docs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([self.lengths[i] for i in docs])
+        ids = torch.zeros(len(docs), int(lengths.max()), dtype=torch.long)
+        for row, i in enumerate(docs):
+            ids[row, : lengths[row]] = torch.tensor(self.ids[i])
+        return ids.to(self.device), lengths.to(self.device)  # (B, N), (B,)
 
     def step(self, batch: list[int]) -> float:
-        lengths = torch.tensor([self.lengths[i] for i in batch])
-        ids = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, : lengths[row]] = torch.tensor(self.ids[i])
-        y = self.y[batch].to(self.device)
+        """One optimiser step on the global `batch`; returns its loss."""
+        mine = dist.shard(batch)  # the whole batch in a single process
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.precision == "bf16"):
-            loss, _ = backward_document(self.model, ids.to(self.device), lengths.to(self.device), self._loss_fn(y))
+        loss = torch.zeros((), device=self.device)
+        if mine:
+            # backward_document calls backward once per segment, while DDP's hooks reduce on the first
+            # backward after a forward of the wrapper: it reads the module itself, and the step's gradient
+            # is summed over the ranks once, below, after every backward call.
+            sync = self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
+            with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                loss, _ = backward_document(self.model, *self._padded(mine),
+                                            self._loss_fn(self.y[mine].to(self.device), self.y[batch]))
+        loss = dist.sum_gradients(list(self.model.parameters()), loss.float().reshape(1))
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip)
         self.opt.step()
         self.sched.step()
@@ -123,19 +157,27 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, texts: list[str], labels: list[str]) -> dict:
+        """Metrics of the current model; each rank predicts its shard of `texts`, every rank gets the metrics."""
         self.model.eval()
-        prepare(self.md, precision=self.recipe.precision, device=self.device.type)
-        preds = predict(self.md, texts)
-        return compute_metrics(labels, [p.label for p in preds], self.md.labels, multi_label=self.md.multi_label)
+        prepare(self.md, precision=self.precision, device=str(self.device))
+        predicted = dist.map_sharded(lambda part: [p.label for p in predict(self.md, part)], texts)
+        return compute_metrics(labels, predicted, self.md.labels, multi_label=self.md.multi_label)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Rank 0 writes; every rank's random state is kept, so a resumed run replays each rank's dropout."""
+        rngs = dist.all_gather_object(torch.get_rng_state())
+        if dist.is_main():
+            self._write_checkpoint(rngs)
+        dist.barrier()
+
+    def _write_checkpoint(self, rngs: list[torch.Tensor]) -> None:
         ck = self.out / "checkpoint"
         ck.mkdir(parents=True, exist_ok=True)
         tmp = ck / ".model.safetensors.tmp"
         save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, str(tmp))
         tmp.replace(ck / "model.safetensors")
-        torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": torch.get_rng_state()},
+        torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": rngs},
                    ck / ".optim.pt.tmp")
         (ck / ".optim.pt.tmp").replace(ck / "optim.pt")
         write_atomic(ck / "state.json", json.dumps(asdict(self.state), indent=1))  # last: marks a whole checkpoint
@@ -152,7 +194,8 @@ class Trainer:
         saved = torch.load(ck / "optim.pt", weights_only=True)
         self.opt.load_state_dict(saved["opt"])
         self.sched.load_state_dict(saved["sched"])
-        torch.set_rng_state(saved["rng"])
+        rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
+        torch.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world() else rngs[0])
         return True
 
     # ---- the loop -------------------------------------------------------------------------------------------
@@ -166,11 +209,12 @@ class Trainer:
         n_eval = max(1, min(r.evals_per_epoch, self.steps_per_epoch))
         eval_at = {round(k * self.steps_per_epoch / n_eval) for k in range(1, n_eval + 1)}
         bar = tqdm(total=self.steps_per_epoch * r.epochs, initial=st.step, unit="step", dynamic_ncols=True,
-                   mininterval=2 if sys.stderr.isatty() else 60)  # a log file gets a line a minute
+                   mininterval=2 if sys.stderr.isatty() else 60,  # a log file gets a line a minute
+                   disable=not dist.is_main())
         while st.epoch < r.epochs and not st.stopped:
             batches = bucketed_batches(self.lengths, batch_size=r.batch_size, seed=r.seed + st.epoch)
             while st.batch < len(batches):
-                if self.out_of_time(started):
+                if dist.any_rank(self.out_of_time(started)):  # clocks differ: all ranks stop at the same step
                     st.stopped = f"time budget of {r.max_minutes} min reached"
                     break
                 t0, batch = time.time(), batches[st.batch]
@@ -198,10 +242,13 @@ class Trainer:
     def _validate(self, on_best) -> None:
         st = self.state
         metrics = self.evaluate(self.valid_texts, self.valid_labels)
-        tqdm.write(f"step {st.step}: validation accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}")
+        if dist.is_main():
+            tqdm.write(f"step {st.step}: validation accuracy {metrics['accuracy']:.4f} "
+                       f"macro-F1 {metrics['macro_f1']:.4f}")
         if metrics["macro_f1"] > st.best_f1:
             st.best_f1, st.best_metrics, st.bad_evals = metrics["macro_f1"], metrics, 0
-            on_best(metrics)
+            if dist.is_main():
+                on_best(metrics)
         else:
             st.bad_evals += 1
             if st.bad_evals >= self.recipe.patience:
