@@ -1,0 +1,282 @@
+"""Issue 6's bad-input corpus through the real `txl` command: every input is made here (nothing committed), and
+each must end in one clear line (exit code 2, no traceback) or be read and classified as documented. The app's
+side of the same corpus is tests/test_bad_uploads.py; docs/RELIABILITY.md is the table of both."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import pipelines.classify
+from pipelines.cli import main
+from pipelines.inference import predict as real_predict
+from pipelines.modeldir import ModelDir, load_model_dir, save_model_dir
+from tests.synth import make_corpus
+from tests.tiny_model import make_model_dir
+from txl_core import TXLConfig
+from txl_core.classifier import TXLDocumentClassifier
+
+GARBAGE = random.Random(6).randbytes(8192)
+TINY = ["--d-model", "16", "--n-head", "2", "--d-inner", "32", "--n-layer", "1", "--segment-len", "16",
+        "--mem-len", "16", "--vocab-size", "300", "--epochs", "1", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("model") / "m")
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, phrase: str) -> None:
+    """Exit 2 and exactly one `txl ...: error: ...` line holding `phrase`; progress bars may share stderr."""
+    errors = [line for line in err.replace("\r", "\n").splitlines() if ": error: " in line]
+    assert code == 2, err
+    assert len(errors) == 1 and phrase.lower() in errors[0].lower(), err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def classify(capsys, model: Path, path: Path, *extra: str) -> tuple[int, str, Path]:
+    out = path.with_name(path.name + ".out.csv")
+    code, err = cli(capsys, "classify", "--model", str(model), "--input", str(path), "--output", str(out), *extra)
+    return code, err, out
+
+
+def _gz_cut() -> bytes:
+    whole = gzip.compress(b"text\n" + b"a fine line of text\n" * 2000)
+    return whole[: len(whole) // 2]
+
+
+# (input file name, its bytes, the phrase of the one-line error)
+REFUSED_INPUTS = {
+    "empty_file": ("in.csv", b"", "is empty"),
+    "whitespace_only_file": ("in.csv", b"  \n\t \r\n", "is empty"),
+    "binary_garbage": ("in.csv", GARBAGE, "looks like a binary file"),
+    "nul_bytes_after_header": ("in.csv", b"text\n" + bytes(200), "looks like a binary file"),
+    "utf16_text": ("in.csv", "text\nhello\n".encode("utf-16"), "utf-16"),
+    "gzip_that_is_not": ("in.csv.gz", b"text\nhello\n", "damaged, truncated or not what its name says"),
+    "truncated_gzip": ("in.csv.gz", _gz_cut(), "damaged, truncated"),
+    "unsupported_type": ("in.xlsx", b"PK\x03\x04", "unsupported file type"),
+    "header_only": ("in.csv", b"text,label\n", "no data rows"),
+    "missing_column": ("in.csv", b"body,label\nhello,x\n", "no column 'text'"),
+    "misspelled_column": ("in.csv", b"txet,label\nhello,x\n", "did you mean 'txet'"),
+    "wrong_delimiter": ("in.csv", b"text;label\nhello;x\n", "separated by semicolons"),
+    "tsv_with_commas": ("in.tsv", b"text,label\nhello,x\n", "name it .csv"),
+    "duplicated_header": ("in.csv", b"text,id,text\na,1,b\n", "repeats the column(s) 'text'"),
+    "ragged_long_row": ("in.csv", b"text,id\na,1\nb,2,3\n", "expected 2 fields in line 3, saw 3"),
+    "unterminated_quote": ("in.csv", b'text\n"never closed\n', "eof inside string"),
+    "jsonl_bad_line": ("in.jsonl", b'{"text": "a"}\n{"text": \n', "cannot parse in.jsonl"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_INPUTS)
+def test_unreadable_input_is_one_line_exit_2(capsys, model, tmp_path, case):
+    name, data, phrase = REFUSED_INPUTS[case]
+    (tmp_path / name).write_bytes(data)
+    code, err, out = classify(capsys, model, tmp_path / name)
+    assert_one_line_error(code, err, phrase)
+    assert not out.exists()
+
+
+# (file name, bytes, the `error` column expected per row, the text expected in the output per row)
+READ_INPUTS = {
+    "latin1": ("in.csv", "text\ncafé naïve\n".encode("latin-1"), [""], ["café naïve"]),
+    "mixed_utf8_latin1": ("in.csv", "text\nüber\n".encode() + "déjà\n".encode("latin-1"), ["", ""],
+                          ["über", "déjà"]),
+    "bom": ("in.csv", "\ufefftext\nhello\n".encode(), [""], ["hello"]),
+    "nan_empty_whitespace_cells": ("in.csv", b'text,label\nNaN,x\n,y\n"  \t ",z\nhello,\n',
+                                   ["", "empty text", "empty text", ""], ["NaN", "", "  \t ", "hello"]),
+    "jsonl_null_and_missing": ("in.jsonl", b'{"text": null}\n{"id": 3}\n{"text": "hi"}\n',
+                               ["empty text", "empty text", ""], ["", "", "hi"]),
+    "ragged_short_row": ("in.csv", b"text,id\na,1\nb\n", ["", ""], ["a", "b"]),
+}
+
+
+@pytest.mark.parametrize("case", READ_INPUTS)
+def test_odd_but_readable_input_is_classified_row_for_row(capsys, model, tmp_path, case):
+    name, data, errors, texts = READ_INPUTS[case]
+    (tmp_path / name).write_bytes(data)
+    code, err, out = classify(capsys, model, tmp_path / name)
+    assert code == 0, err
+    got = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(got["error"]) == errors and list(got["text"]) == texts
+    assert all(got.loc[got["error"] == "", "predicted_label"].isin(["politics", "sport", "tech"]))
+    fallback = "Latin-1" in err
+    assert fallback == case.startswith(("latin1", "mixed")), err  # the stated fallback, and only then
+
+
+def _damage(model: Path, tmp_path: Path, how) -> Path:
+    bad = tmp_path / "bad_model"
+    shutil.copytree(model, bad)
+    how(bad)
+    return bad
+
+
+def _edit_config(**changes):
+    def edit(d: Path):
+        config = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps(config | changes))
+    return edit
+
+
+def _cut(d: Path, keep: float = 0.5):
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: int(len(data) * keep)])
+
+
+def _overwrite(start: int, length: int, byte: bytes = b"\xff"):
+    def damage(d: Path):
+        data = bytearray((d / "model.safetensors").read_bytes())
+        at = start if start >= 0 else len(data) + start
+        data[at:at + length] = byte * length
+        (d / "model.safetensors").write_bytes(bytes(data))
+    return damage
+
+
+BAD_MODELS = {
+    "missing_config": (lambda d: (d / "config.json").unlink(), "missing config.json"),
+    "missing_weights": (lambda d: (d / "model.safetensors").unlink(), "missing model.safetensors"),
+    "missing_tokenizer": (lambda d: (d / "tokenizer.json").unlink(), "missing tokenizer.json"),
+    "not_a_directory": (lambda d: shutil.rmtree(d), "does not exist"),
+    "truncated_weights": (_cut, "damaged or truncated"),
+    "empty_weights": (lambda d: _cut(d, 0.0), "damaged or truncated"),
+    "corrupted_weights_header": (_overwrite(8, 24), "damaged or truncated"),
+    "corrupted_weights_data": (_overwrite(-2048, 2048), "nan or infinite"),
+    "config_other_width": (_edit_config(d_model=32), "do not match config.json"),
+    "config_other_label_count": (_edit_config(num_labels=5, labels=list("abcde")), "do not match config.json"),
+    "config_labels_disagree": (_edit_config(labels=["a", "b"]), "2 label names for num_labels=3"),
+    "config_unknown_key": (_edit_config(bogus=1), "unknown keys"),
+    "config_not_json": (lambda d: (d / "config.json").write_text("{oops"), "not valid JSON"),
+    "config_a_list": (lambda d: (d / "config.json").write_text("[1, 2]"), "holds a JSON list"),
+    "tokenizer_damaged": (lambda d: (d / "tokenizer.json").write_text("garbage"), "tokenizer.json is damaged"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MODELS)
+def test_damaged_model_directory_is_one_line_exit_2(capsys, model, tmp_path, case):
+    how, phrase = BAD_MODELS[case]
+    (tmp_path / "in.csv").write_text("text\nthe team won\n")
+    code, err, out = classify(capsys, _damage(model, tmp_path, how), tmp_path / "in.csv")
+    assert_one_line_error(code, err, phrase)
+    assert not out.exists()
+
+
+def _train(capsys, tmp_path: Path, frame: pd.DataFrame, *extra: str) -> tuple[int, str, Path]:
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "trained"
+    code, err = cli(capsys, "train", "--train", str(tmp_path / "train.csv"), "--out", str(out), *TINY, *extra)
+    return code, err, out
+
+
+def test_training_file_with_one_class(capsys, tmp_path):
+    code, err, _ = _train(capsys, tmp_path, pd.DataFrame({"text": ["a b c", "d e f"] * 3, "label": ["x"] * 6}))
+    assert_one_line_error(code, err, "single class")
+
+
+def test_one_example_of_a_class_is_kept_and_learned_as_a_label(capsys, tmp_path):
+    frame = pd.concat([make_corpus(30), pd.DataFrame([{"id": 99, "text": "rain and sun", "label": "weather"}])])
+    code, err, out = _train(capsys, tmp_path, frame)
+    assert code == 0, err
+    assert json.loads((out / "labels.json").read_text()) == ["politics", "sport", "tech", "weather"]
+
+
+def test_every_class_with_one_example(capsys, tmp_path):
+    code, err, _ = _train(capsys, tmp_path, pd.DataFrame({"text": ["a b", "c d"], "label": ["x", "y"]}))
+    assert_one_line_error(code, err, "one example per class")
+
+
+def test_validation_labels_unseen_in_training(capsys, tmp_path):
+    make_corpus(9, seed=5).assign(label="weather").to_csv(tmp_path / "valid.csv", index=False)
+    code, err, _ = _train(capsys, tmp_path, make_corpus(30), "--valid", str(tmp_path / "valid.csv"))
+    assert_one_line_error(code, err, "validation labels not in the training data: weather")
+
+
+def test_labels_unseen_at_evaluation_count_as_errors(capsys, model, tmp_path):
+    frame = make_corpus(12, seed=4)
+    frame.loc[:2, "label"] = "weather"
+    frame.to_csv(tmp_path / "eval.csv", index=False)
+    code, err = cli(capsys, "evaluate", "--model", str(model), "--data", str(tmp_path / "eval.csv"),
+                    "--out", str(tmp_path / "ev"))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["labels_unknown_to_model"] == ["weather"] and metrics["n_documents"] == 12
+
+
+def test_fifty_mb_single_line_document_is_read_and_written_whole(capsys, model, tmp_path, monkeypatch):
+    """The reading and writing path with a 50 MB cell on one line; the model's cost is linear in tokens and is
+    the 1M-token test's subject, so `predict` is replaced by a stand-in that records what reached it."""
+    line = ("word " * 10_000_000)[:50_000_000]
+    (tmp_path / "big.csv").write_text("id,text\n1," + line + "\n2,short\n")
+    seen = []
+
+    def stand_in(md, texts, **kwargs):
+        seen.extend(len(t) for t in texts)
+        return real_predict(md, ["a"] * len(texts), **kwargs)
+
+    monkeypatch.setattr(pipelines.classify, "predict", stand_in)
+    started = time.perf_counter()
+    code, err, out = classify(capsys, model, tmp_path / "big.csv")
+    assert code == 0, err
+    assert seen == [50_000_000, 5]
+    assert len(pd.read_csv(out, usecols=["text"])["text"][0]) == 50_000_000
+    assert time.perf_counter() - started < 60
+
+
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory) -> Path:
+    """Segments of 256 tokens, so that a million tokens are 4k forward calls of a 1-layer model (seconds)."""
+    small = load_model_dir(make_model_dir(tmp_path_factory.mktemp("small") / "m"))
+    config = small.model.config.to_dict() | {"segment_len": 256, "mem_len": 16, "clamp_len": 272}
+    path = tmp_path_factory.mktemp("long") / "m"
+    save_model_dir(path, ModelDir(TXLDocumentClassifier(TXLConfig.from_dict(config)), small.tokenizer, small.labels))
+    return path
+
+
+def test_a_million_token_document_is_classified_not_rejected(capsys, long_model, tmp_path, monkeypatch):
+    text = " ".join(make_corpus(40, seed=7)["text"])
+    text = (text + " ") * (2_100_000 // len(text) + 1)
+    pd.DataFrame({"text": [text, "the vote"]}).to_csv(tmp_path / "long.csv", index=False)
+    tokens = []
+
+    def spy(md, texts, **kwargs):
+        preds = real_predict(md, texts, **kwargs)
+        tokens.extend(p.n_tokens for p in preds)
+        return preds
+
+    monkeypatch.setattr(pipelines.classify, "predict", spy)
+    code, err, out = classify(capsys, long_model, tmp_path / "long.csv", "--precision", "float32")
+    assert code == 0, err
+    assert tokens[0] >= 1_000_000
+    got = pd.read_csv(out, keep_default_na=False)
+    assert list(got["error"]) == ["", ""] and set(got["predicted_label"]) <= {"politics", "sport", "tech"}
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("case", ["binary_garbage", "truncated_weights"])
+def test_real_process_exits_2_without_traceback(model, tmp_path, case):
+    model_dir, name = model, "in.csv"
+    if case == "binary_garbage":
+        (tmp_path / name).write_bytes(GARBAGE)
+        phrase = "looks like a binary file"
+    else:
+        (tmp_path / name).write_text("text\nhello\n")
+        model_dir, phrase = _damage(model, tmp_path, _cut), "damaged or truncated"
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "classify", "--model", str(model_dir), "--input",
+                           str(tmp_path / name), "--output", str(tmp_path / "o.csv")], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+    assert_one_line_error(done.returncode, done.stderr, phrase)
