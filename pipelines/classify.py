@@ -91,11 +91,8 @@ def run(args: argparse.Namespace) -> int:
     _check_output(args)
     if not Path(args.input).is_file():
         raise UserError(f"input file {args.input} not found")
-    device = dist.init(args.device)  # joins the process group under torchrun; nothing otherwise
-    try:
+    with dist.session(args.device) as device:  # joins the process group under torchrun; nothing otherwise
         return _classify(args, device)
-    finally:
-        dist.cleanup()
 
 
 def _finished_chunks(args) -> tuple[Path, set[str]]:

@@ -76,6 +76,9 @@ def _data(args):
         vtexts, vlabels = _load_split(args.valid, args, "valid")
     else:
         tr, va = stratified_split(labels, valid_fraction=0.1, seed=args.seed)
+        if not va:
+            raise UserError(f"no validation split can be carved from {len(labels)} documents with one example per "
+                            "class; add examples or pass --valid")
         texts, labels, vtexts, vlabels = [texts[i] for i in tr], [labels[i] for i in tr], \
             [texts[i] for i in va], [labels[i] for i in va]
     return texts, labels, vtexts, vlabels
@@ -198,11 +201,8 @@ def _start(args, label_set: LabelSet, texts: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    device = dist.init(args.device)  # joins the process group under torchrun; nothing otherwise
-    try:
+    with dist.session(args.device) as device:  # joins the process group under torchrun; nothing otherwise
         return _train(args, device)
-    finally:
-        dist.cleanup()
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> int:
