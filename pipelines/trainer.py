@@ -186,14 +186,18 @@ class Trainer:
         ck = self.out / "checkpoint"
         if not (ck / "state.json").is_file():
             return False
-        self.state = TrainState(**json.loads((ck / "state.json").read_text()))
+        try:
+            self.state = TrainState(**json.loads((ck / "state.json").read_text()))
+            weights = load_file(str(ck / "model.safetensors"))
+            self.model.load_state_dict(weights, strict=False)
+            saved = torch.load(ck / "optim.pt", weights_only=True)  # refuses anything but tensors and containers
+            self.opt.load_state_dict(saved["opt"])
+            self.sched.load_state_dict(saved["sched"])
+        except Exception as e:  # json, safetensors, torch and pickle raise many types for a damaged file
+            raise UserError(f"the checkpoint in {ck} is damaged or not from this run ({type(e).__name__}); "
+                            "delete it to start over, or restore it") from None
         if self.state.stopped.startswith("time"):  # a resumed run gets the new --max-minutes budget
             self.state.stopped = ""
-        weights = load_file(str(ck / "model.safetensors"))
-        self.model.load_state_dict(weights, strict=False)
-        saved = torch.load(ck / "optim.pt", weights_only=True)
-        self.opt.load_state_dict(saved["opt"])
-        self.sched.load_state_dict(saved["sched"])
         rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
         torch.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world() else rngs[0])
         return True
