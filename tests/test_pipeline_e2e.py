@@ -75,15 +75,16 @@ def test_classify_after_sigkill_loses_and_repeats_nothing(model, tmp_path):
     whole, killed = tmp_path / "whole.csv", tmp_path / "killed.csv"
     args = ["classify", "--model", str(model), "--input", str(src), "--chunk-rows", "40", "--precision", "float32"]
     assert main([*args, "--output", str(whole)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args, "--output", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     partial = Path(str(killed) + ".partial")
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(partial.glob("part-*"))) < 2:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not killed.exists() and len(list(partial.glob("part-*"))) >= 2
+    for parts_before_kill in (2, 5, 9):  # three kills, each after more chunks are done
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args, "--output", str(killed)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(partial.glob("part-*"))) < parts_before_kill:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not killed.exists() and len(list(partial.glob("part-*"))) >= parts_before_kill
     assert main([*args, "--output", str(killed)]) == 0
     a, b = pd.read_csv(whole), pd.read_csv(killed)
     assert list(b["id"]) == list(range(len(big)))
