@@ -1,6 +1,7 @@
 """Test accuracy of the default `txl train` recipe next to `txl baseline` on the shared data sets.
 
     python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy [--datasets bbc_news r8] [--max-minutes 40]
+        [--recipe default|minilm]
 
 For each data set: the TF-IDF + LinearSVC baseline, then `txl train` with the default recipe (a time budget
 per data set), then `txl evaluate` on the test split. Writes the table into benchmarks/RESULTS.md between
@@ -25,6 +26,9 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
     "20newsgroups": ("20newsgroups/train.csv.xz", "20newsgroups/test.csv.xz"),
     "imdb": ("imdb/train.csv.xz", "imdb/test.csv.xz"),
 }
+# Recipes: `txl train` flags. `default`: the from-scratch default; `minilm`: fine-tuning the all-MiniLM-L6-v2
+# start (the `minilm` extra) in bf16 autocast, with a pre-trained start's small learning rate.
+RECIPES = {"default": [], "minilm": ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "bf16"]}
 
 
 def txl(*args: str) -> str:
@@ -34,21 +38,22 @@ def txl(*args: str) -> str:
     return done.stdout
 
 
-def run_one(name: str, data: Path, runs: Path, max_minutes: float) -> dict:
+def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str = "default") -> dict:
     train, test = (str(data / f) for f in DATASETS[name])
-    out, ev = runs / name, runs / f"{name}.eval"
+    tag = name if recipe == "default" else f"{name}.{recipe}"
+    out, ev = runs / tag, runs / f"{tag}.eval"
     base = runs / f"{name}.baseline.json"
     if not base.is_file():
         txl("baseline", "--train", train, "--test", test, "--out", str(base))
     started = time.time()
     if not (ev / "metrics.json").is_file():
-        txl("train", "--train", train, "--out", str(out), "--max-minutes", str(max_minutes),
+        txl("train", "--train", train, "--out", str(out), "--max-minutes", str(max_minutes), *RECIPES[recipe],
             *(["--resume"] if (out / "checkpoint").is_dir() else []))
         txl("evaluate", "--model", str(out), "--data", test, "--out", str(ev), "--precision", "float32")
     card = json.loads((out / "metrics.json").read_text())
     model = json.loads((ev / "metrics.json").read_text())
     baseline = json.loads(base.read_text())
-    return {"dataset": name, "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
+    return {"dataset": name, "recipe": recipe, "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
             "baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"],
             "train_minutes": card.get("training", {}).get("minutes", round((time.time() - started) / 60, 1)),
             "n_test": model["n_documents"]}
@@ -56,10 +61,10 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float) -> dict:
 
 def table(rows: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}. Command: `python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy`.",
-             "", "| data set | test docs | txl accuracy | txl macro-F1 | baseline accuracy | baseline macro-F1 | train min |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| data set | recipe | test docs | txl accuracy | txl macro-F1 | baseline accuracy | baseline macro-F1 "
+             "| train min |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['n_test']} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | "
+        lines.append(f"| {r['dataset']} | {r.get('recipe', 'default')} | {r['n_test']} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | "
                      f"{100 * r['baseline_accuracy']:.1f} | {100 * r['baseline_macro_f1']:.1f} | {r['train_minutes']} |")
     return "\n".join(lines)
 
@@ -80,14 +85,17 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     p.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "accuracy")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--recipe", default="default", choices=list(RECIPES), help="the `txl train` flags (RECIPES)")
     p.add_argument("--max-minutes", type=float, default=40.0, help="training budget per data set")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     saved = HERE / "accuracy.json"
-    by_name = {r["dataset"]: r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
+    key = lambda r: (r["dataset"], r.get("recipe", "default"))  # noqa: E731
+    by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
     for name in args.datasets:  # rows of earlier runs stay; the ones run now are replaced
-        by_name[name] = run_one(name, args.data, args.runs, args.max_minutes)
-    rows = [by_name[name] for name in DATASETS if name in by_name]
+        row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe)
+        by_key[key(row)] = row
+    rows = [by_key[k] for k in sorted(by_key, key=lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1])))]
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
     saved.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     write_section(table(rows, machine))

@@ -1,9 +1,11 @@
 """Speed and memory of txl_core on the machine it runs on: the measurements behind `txl bench`.
 
 Sections: `throughput` (encoder tokens/s reading documents segment by segment with memory; float32, bf16 as
-the product runs it (autocast), int8 (dynamic quantization of the Linear layers); GFLOP/s against a matmul
-ceiling measured in the same run), `reference` (Hugging Face TransfoXLModel in .refenv, same weights),
-`memory` (peak RSS, each run in a fresh process), `e2e` (`predict` documents/s, `Trainer.step` tokens/s).
+the product runs it (bf16 weights under autocast), int8 (dynamic quantization of the Linear layers); GFLOP/s
+against a matmul ceiling measured in the same run), `reference` (Hugging Face TransfoXLModel in .refenv, same
+weights, at each batch size),
+`memory` (peak RSS, each run in a fresh process), `e2e` (`predict` documents/s, `Trainer.step` tokens/s),
+`accuracy` (the bundled bbc_news model's test accuracy in each precision).
 A reading stops after `budget` seconds: once the memory is full every segment costs the same, so tokens/s
 over the segments read stands for the whole document; the tables say how many tokens were read.
 
@@ -40,7 +42,9 @@ from txl_core.recompute import backward_document
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWSGROUPS = ROOT.parent / "shared" / "data" / "20newsgroups" / "test.csv.xz"
-SECTIONS = ("throughput", "reference", "memory", "e2e")
+SECTIONS = ("throughput", "reference", "memory", "e2e", "accuracy")
+BBC = ROOT.parent / "shared" / "data" / "bbc_news" / "bbc_news.csv.xz"
+BUNDLED = ROOT / "app" / "models" / "bbc_news"
 PRECISIONS = ("float32", "bf16", "int8")
 # Children get the allocator setting pipelines.inference.tune_cpu_allocator gives this process.
 CHILD_ENV = {"PYTHONPATH": str(ROOT), "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
@@ -120,6 +124,12 @@ def _int8(module: torch.nn.Module) -> torch.nn.Module:
     return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def _fast_path(encoder: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The encoder as `pipelines.inference.prepare` runs it on a CPU: bf16 weights under autocast, or int8."""
+    from pipelines.inference import to_bf16
+    return {"int8": _int8, "bf16": to_bf16}.get(precision, lambda m: m)(encoder)
+
+
 def encoder_rate(model, ids, *, precision: str, budget: float) -> dict:
     with torch.inference_mode(), _autocast(precision):
         model(ids[:, :model.config.segment_len])  # warm-up: first allocations, kernel choices
@@ -134,9 +144,11 @@ def closeness(cfg: TXLConfig) -> dict:
     with torch.inference_mode():
         model.head.weight.mul_(2 / model(ids).logits.std())
         ref = model(ids).logits.softmax(-1)
+        encoder = model.transformer
+        model.transformer = _fast_path(copy.deepcopy(encoder), "bf16")
         with _autocast("bf16"):
             bf16 = model(ids).logits.float().softmax(-1)
-        model.transformer = _int8(model.transformer)
+        model.transformer = _int8(encoder)
         int8 = model(ids).logits.softmax(-1)
     return {"bf16": float((bf16 - ref).abs().max()), "int8": float((int8 - ref).abs().max()), "docs": 4,
             "doc_tokens": ids.size(1)}
@@ -146,8 +158,7 @@ def section_throughput(plan: Plan, ceiling: dict) -> dict:
     cfg, rows = TXLConfig(**plan.model), []
     for precision in PRECISIONS:
         torch.manual_seed(0)
-        model = TXLModel(cfg).eval()
-        model = _int8(model) if precision == "int8" else model
+        model = _fast_path(TXLModel(cfg).eval(), precision)
         for n in plan.doc_lens:
             for b in plan.batches:
                 r = encoder_rate(model, _ids(cfg, b, n), precision=precision, budget=plan.budget)
@@ -167,7 +178,7 @@ def _child(python: str | Path, *args) -> dict:
 
 
 def section_reference(plan: Plan, refenv: Path) -> dict:
-    """Our float32 batch-1 reading against TransfoXLModel's, same weights, measured one after the other."""
+    """Our float32 reading against TransfoXLModel's at each batch size, same weights, one after the other."""
     if not (refenv / "bin" / "python").exists():
         return {"skipped": f"no reference venv at {refenv} (create it: bash benchmarks/reference_env.sh)"}
     cfg = TXLConfig(**plan.model)
@@ -176,16 +187,17 @@ def section_reference(plan: Plan, refenv: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)  # our names are HF's `transformer.*` minus the prefix: TransfoXLModel's own
         for n in plan.doc_lens:
-            ids = _ids(cfg, 1, n)
-            torch.save(ids, Path(tmp, "ids.pt"))
-            ref = _child(refenv / "bin" / "python", "reference", tmp, plan.budget)
-            ours = encoder_rate(model, ids, precision="float32", budget=plan.budget)
-            with torch.inference_mode():  # the reference's first segment reads mem_len zero vectors
-                first = model(ids[:, :cfg.segment_len], mems=reference_mems(cfg, 1)).last_hidden_state
-            diff = (first - torch.load(Path(tmp, "first.pt"), weights_only=True)).abs().max()
-            rows.append(dict(doc_tokens=n, ours=ours["tokens_per_s"], reference=ref["tokens_per_s"],
-                             ratio=ours["tokens_per_s"] / ref["tokens_per_s"], reference_read=ref["tokens"],
-                             max_abs_diff=float(diff), load=ours["load"]))
+            for b in plan.batches:
+                ids = _ids(cfg, b, n)
+                torch.save(ids, Path(tmp, "ids.pt"))
+                ref = _child(refenv / "bin" / "python", "reference", tmp, plan.budget)
+                ours = encoder_rate(model, ids, precision="float32", budget=plan.budget)
+                with torch.inference_mode():  # the reference's first segment reads mem_len zero vectors
+                    first = model(ids[:, :cfg.segment_len], mems=reference_mems(cfg, b)).last_hidden_state
+                diff = (first - torch.load(Path(tmp, "first.pt"), weights_only=True)).abs().max()
+                rows.append(dict(doc_tokens=n, batch=b, ours=ours["tokens_per_s"], reference=ref["tokens_per_s"],
+                                 ratio=ours["tokens_per_s"] / ref["tokens_per_s"], reference_read=ref["tokens"],
+                                 max_abs_diff=float(diff), load=ours["load"]))
     return {"rows": rows}
 
 
@@ -294,10 +306,34 @@ def section_e2e(plan: Plan, quick: bool, model: str | None) -> dict:
     texts, labels = sample
     md = load_model_dir(model) if model else _model_dir(plan, texts, labels)
     ids = [e.ids for e in md.tokenizer.encode_batch(texts, add_special_tokens=False)]
-    rows = [_classify_rate(md, texts, p, sum(map(len, ids))) for p in ("float32", "int8")]
+    rows = [_classify_rate(md, texts, p, sum(map(len, ids))) for p in PRECISIONS]
     return {"rows": rows + [_train_rate(md, [x for x in ids if x], plan.budget)],
             "model": model or f"random init, {md.tokenizer.get_vocab_size():,}-token tokenizer trained on the sample",
             "source": "synthetic texts" if quick else f"{plan.n_docs} random documents of {NEWSGROUPS.name}"}
+
+
+def section_accuracy(quick: bool) -> dict:
+    """The accuracy cost of each fast path: the bundled bbc_news model on the bbc_news test split (444
+    documents) in float32, bf16 and int8, as `txl classify` runs them; quick mode: the first 20 documents."""
+    if not BBC.is_file() or not (BUNDLED / "config.json").is_file():
+        return {"skipped": f"{BBC} or {BUNDLED} is absent"}
+    import pandas as pd
+    from pipelines.inference import predict, prepare
+    from pipelines.modeldir import load_model_dir
+    frame = pd.read_csv(BBC, keep_default_na=False)
+    frame = frame[frame["split"] == "test"].head(20 if quick else None)
+    texts, labels, rows, ref = frame["text"].tolist(), frame["label"].tolist(), [], None
+    for precision in PRECISIONS:
+        md = prepare(load_model_dir(BUNDLED), precision=precision, device="cpu")
+        start = time.perf_counter()
+        preds = predict(md, texts)
+        seconds = time.perf_counter() - start
+        probs = torch.tensor([[p.probs[name] for name in md.labels] for p in preds])  # (N, L)
+        ref = probs if ref is None else ref
+        rows.append(dict(precision=precision, accuracy=100 * sum(p.label == y for p, y in zip(preds, labels)) / len(labels),
+                         max_prob_diff=float((probs - ref).abs().max()), docs_per_s=len(texts) / seconds,
+                         changed=int((probs.argmax(1) != ref.argmax(1)).sum()), load=os.getloadavg()[0]))
+    return {"rows": rows, "docs": len(texts), "model": str(BUNDLED.relative_to(ROOT))}
 
 
 def machine() -> dict:
@@ -321,7 +357,8 @@ def run_bench(*, sections=SECTIONS, quick: bool = False, model: str | None = Non
                       "bf16": matmul_ceiling(torch.bfloat16, plan.ceiling_n // 2)}
     work = {"throughput": lambda: section_throughput(plan, res["ceiling"]),
             "reference": lambda: section_reference(plan, Path(refenv)),
-            "memory": lambda: section_memory(plan, quick), "e2e": lambda: section_e2e(plan, quick, model)}
+            "memory": lambda: section_memory(plan, quick), "e2e": lambda: section_e2e(plan, quick, model),
+            "accuracy": lambda: section_accuracy(quick)}
     for name in sections:
         res[name] = work[name]()
     res["load_end"] = os.getloadavg()

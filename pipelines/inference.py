@@ -49,13 +49,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 on a GPU, float32 on a CPU."""
+def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> str:
+    """`auto`: bf16 on a GPU; on a CPU with bf16 matrix units bf16 for inference (measured to cost no test
+    accuracy, benchmarks/RESULTS.md) and float32 for training (not yet measured there); else float32."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
+    if device.type == "cuda" or (not training and cpu_has_native_bf16()):
         return "bf16"
-    return "float32"  # bf16 pays off only with native bf16 units (`cpu_has_native_bf16`), see benchmarks/RESULTS.md
+    return "float32"  # without bf16 units torch's bf16 matmul is a slow fallback
 
 
 def cpu_has_native_bf16() -> bool:
@@ -81,8 +82,11 @@ def tune_cpu_allocator() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto") -> ModelDir:
-    """Move the model to its device and apply the precision's fast path (in place); returns `md`."""
+def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto", keep_weights: bool = False) -> ModelDir:
+    """Move the model to its device and apply the precision's fast path (in place); returns `md`.
+
+    `keep_weights`: leave the weights' dtype alone (a model being trained is evaluated under autocast only).
+    """
     dev = resolve_device(device)
     md.precision = resolve_precision(precision, dev)
     md.device = dev
@@ -92,6 +96,8 @@ def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto") -> M
     if md.precision == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("this CPU has no bf16 matrix units (AVX512-BF16/AMX): bf16 runs several times slower "
                       "than float32 here; use --precision float32 or int8", stacklevel=2)
+    if md.precision == "bf16" and dev.type == "cpu" and not keep_weights:
+        to_bf16(model.transformer)
     if md.precision == "int8":
         if dev.type != "cpu":
             raise ValueError("int8 runs on the CPU only; use --precision bf16 on a GPU")
@@ -99,6 +105,13 @@ def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto") -> M
         torch.ao.quantization.quantize_dynamic(model.transformer, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     md.model = model
     return md
+
+
+def to_bf16(encoder: torch.nn.Module) -> torch.nn.Module:
+    """The encoder's weights in bf16 (in place), for CPU inference under autocast. Autocast alone casts every
+    weight again for every segment: the whole encoder in bf16 read 1.3x faster at batch 1 (benchmarks/RESULTS.md).
+    The pooling and the head stay float32 (the classifier pools float32 copies of the hidden states)."""
+    return encoder.to(torch.bfloat16)
 
 
 def _autocast(md: ModelDir):

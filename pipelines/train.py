@@ -170,7 +170,7 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer) -> dict:
     best = load_model_dir(out)
     if args.test:
         ttexts, tlabels = _load_split(args.test, args, "test")
-        prepare(best, precision=trainer.precision, device=str(trainer.device))
+        prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
         predicted = dist.map_sharded(lambda part: [p.label for p in predict(best, part)], ttexts)
         final["test"] = compute_metrics(tlabels, predicted, best.labels, multi_label=best.multi_label)
     summary.update(minutes=state.seconds / 60, stopped=state.stopped)

@@ -47,7 +47,7 @@ class Recipe:
     patience: int = 3
     evals_per_epoch: int = 1
     class_weights: str = "sqrt"  # none | sqrt | balanced
-    precision: str = "auto"  # auto = bf16 autocast on a GPU, float32 on a CPU (no bf16 units here)
+    precision: str = "auto"  # auto: bf16 autocast on a GPU, float32 on a CPU (bf16 there: --precision bf16)
     max_minutes: float | None = None
     seed: int = 0
 
@@ -99,7 +99,7 @@ class Trainer:
         self.valid_texts, self.valid_labels = valid_texts, valid_labels
         self.lengths = [len(x) for x in train_ids]
         self.model = md.model.to(device)
-        self.precision = resolve_precision(recipe.precision, device)
+        self.precision = resolve_precision(recipe.precision, device, training=True)
         # DDP checks that every rank holds the same shapes and copies rank 0's weights to the others; the
         # gradient sum is done in `step` (see there), not by its hooks.
         self.ddp = None if dist.world() == 1 else DistributedDataParallel(
@@ -159,7 +159,7 @@ class Trainer:
     def evaluate(self, texts: list[str], labels: list[str]) -> dict:
         """Metrics of the current model; each rank predicts its shard of `texts`, every rank gets the metrics."""
         self.model.eval()
-        prepare(self.md, precision=self.precision, device=str(self.device))
+        prepare(self.md, precision=self.precision, device=str(self.device), keep_weights=True)
         predicted = dist.map_sharded(lambda part: [p.label for p in predict(self.md, part)], texts)
         return compute_metrics(labels, predicted, self.md.labels, multi_label=self.md.multi_label)
 

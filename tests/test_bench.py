@@ -41,13 +41,22 @@ def test_quick_bench_writes_every_row(tmp_path):
         [("inference", n) for n in plan.infer_mem] + [("train", n) for n in plan.train_mem]
     assert all(r["peak_mb"] >= r["baseline_mb"] > 0 for r in memory)
 
-    assert [r["what"] for r in res["e2e"]["rows"]] == ["classify float32", "classify int8", "train float32"]
+    assert [r["what"] for r in res["e2e"]["rows"]] == ["classify float32", "classify bf16", "classify int8",
+                                                         "train float32"]
     assert all(r["rate"] > 0 for r in res["e2e"]["rows"])
+
+    accuracy = res["accuracy"]
+    if "skipped" not in accuracy:  # ../shared is beside the repo: the bundled model on bbc_news documents
+        assert [r["precision"] for r in accuracy["rows"]] == ["float32", "bf16", "int8"]
+        assert accuracy["rows"][0]["max_prob_diff"] == 0 and accuracy["docs"] == 20
+        assert all(0 <= r["accuracy"] <= 100 and r["max_prob_diff"] < 0.2 for r in accuracy["rows"])
 
     reference = res["reference"]
     if "skipped" not in reference:  # .refenv exists: same weights, so the first segment agrees
-        assert [r["doc_tokens"] for r in reference["rows"]] == list(plan.doc_lens)
+        assert [(r["doc_tokens"], r["batch"]) for r in reference["rows"]] == \
+            [(n, b) for n in plan.doc_lens for b in plan.batches]
         assert all(r["ours"] > 0 and r["reference"] > 0 and r["max_abs_diff"] < 1e-4 for r in reference["rows"])
+        assert "(float32)" in text and "fastest path" in text
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipelines import inference as inference_module
 from pipelines.inference import predict, prepare, resolve_device, resolve_precision
 from pipelines.modeldir import ModelDir, load_model_dir
 from pipelines.trainer import Recipe, Trainer
@@ -33,9 +34,15 @@ def test_auto_is_the_gpu_with_bf16_when_there_is_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_precision("auto", resolve_device("auto")) == "bf16"
+    assert resolve_precision("auto", resolve_device("auto"), training=True) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
-    assert resolve_precision("auto", resolve_device("auto")) == "float32"
+    cpu = torch.device("cpu")
+    for native, inference in ((True, "bf16"), (False, "float32")):  # training stays float32 on any CPU
+        monkeypatch.setattr(inference_module, "cpu_has_native_bf16", lambda: native)
+        assert resolve_precision("auto", cpu) == inference
+        assert resolve_precision("auto", cpu, training=True) == "float32"
+        assert resolve_precision("int8", cpu) == "int8"
 
 
 def _trainer(device: str, *, multi_label: bool, class_weights: str = "none") -> Trainer:
