@@ -70,7 +70,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _autocast(device: torch.device):
-    """bf16 on a GPU, float32 on a CPU: what `--precision auto` does."""
+    """bf16 autocast on a GPU (what `--precision auto` does there); the CPU check runs float32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 

@@ -101,7 +101,8 @@ def main() -> int:
     rows = [measure(nomem, test, 0) | {"model": "no memory (0)"}]
     rows += [measure(mem, test, m) | {"model": f"memory ({SEGMENT})"} for m in EVAL_MEMS]
     config = json.loads((mem / "config.json").read_text())
-    result = {"machine": f"{_cpu()}, {os.cpu_count()} cores, AVX2, OMP_NUM_THREADS="
+    import torch
+    result = {"machine": f"{_cpu()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, OMP_NUM_THREADS="
                          f"{os.environ.get('OMP_NUM_THREADS', 'default')}, shared with other jobs (contended)",
               "recipe": RECIPE, "segment_len": SEGMENT, "vocab": config["vocab_size"], "params": trained["mem"]["params"],
               "train_tokens_seen": trained["mem"]["train_tokens_seen"],

@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--top-k", type=int, default=0, help="also write the K most probable labels and scores")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto = bf16 on a GPU, float32 on a CPU; int8 = dynamic quantization (CPU)")
+                   help="auto = bf16 on a GPU or a CPU with bf16 units (AVX512-BF16/AMX), else float32; int8 = dynamic "
+                   "quantization (CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
     p.add_argument("--batch-size", type=int, default=16)

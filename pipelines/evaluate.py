@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label")
     p.add_argument("--split-column", default="split")
     p.add_argument("--split", default="test", help="rows of this split, when the file has a split column")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as for txl classify")
     p.add_argument("--device", default="auto")
 
 
