@@ -210,6 +210,7 @@ class Trainer:
     def fit(self, on_best) -> TrainState:
         """Train until the epochs, the patience or the time budget run out; `on_best(metrics)` saves the model."""
         r, st, started = self.recipe, self.state, time.time()
+        self.validated_at = st.step  # a checkpoint is written right after a validation
         n_eval = max(1, min(r.evals_per_epoch, self.steps_per_epoch))
         eval_at = {round(k * self.steps_per_epoch / n_eval) for k in range(1, n_eval + 1)}
         bar = tqdm(total=self.steps_per_epoch * r.epochs, initial=st.step, unit="step", dynamic_ncols=True,
@@ -237,14 +238,17 @@ class Trainer:
             if st.batch >= len(batches):
                 st.epoch, st.batch = st.epoch + 1, 0
         bar.close()
-        if st.stopped.startswith("time") and st.best_f1 < 0:
-            self._validate(on_best)  # a budget shorter than one evaluation still leaves a model
+        if st.stopped.startswith("time") and (st.best_f1 < 0 or st.step > self.validated_at):
+            # the steps since the last evaluation get theirs (and a budget shorter than one evaluation still
+            # leaves a model); the budget is overrun by one validation pass
+            self._validate(on_best)
         st.seconds += time.time() - started
         self.save_checkpoint()
         return st
 
     def _validate(self, on_best) -> None:
         st = self.state
+        self.validated_at = st.step
         metrics = self.evaluate(self.valid_texts, self.valid_labels)
         if dist.is_main():
             tqdm.write(f"step {st.step}: validation accuracy {metrics['accuracy']:.4f} "
