@@ -26,9 +26,11 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
     "20newsgroups": ("20newsgroups/train.csv.xz", "20newsgroups/test.csv.xz"),
     "imdb": ("imdb/train.csv.xz", "imdb/test.csv.xz"),
 }
-# Recipes: `txl train` flags. `default`: the from-scratch default; `minilm`: fine-tuning the all-MiniLM-L6-v2
-# start (the `minilm` extra) in bf16 autocast, with a pre-trained start's small learning rate.
-RECIPES = {"default": [], "minilm": ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "bf16"]}
+# Recipes: `txl train` flags. `default`: random weights (`--init none`, the default before pre-trained starts);
+# `minilm`: fine-tuning the all-MiniLM-L6-v2 start (the `minilm` extra) in bf16 autocast, with a pre-trained
+# start's small learning rate (1e-4, the default from a start).
+RECIPES = {"default": ["--init", "none"], "minilm": ["--init", "minilm", "--lr", "1e-4", "--epochs", "2",
+                                                     "--precision", "bf16"]}
 
 
 def txl(*args: str) -> str:

@@ -50,15 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-column", default="split", help="column naming each row's split, when the file has one")
     p.add_argument("--init", help="start from pre-trained weights: a `txl train`/`txl pretrain` directory, a "
                    "Hugging Face transfo-xl directory (e.g. transfo-xl-wt103), a BERT-family encoder directory, "
-                   "or `minilm` (all-MiniLM-L6-v2 from the minilm extra)")
+                   "or `minilm` (all-MiniLM-L6-v2 from the minilm extra); default or `none`: random weights, "
+                   "which measured best so far (benchmarks/RESULTS.md)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
     for name, default in ARCH_DEFAULTS.items():  # None = not given: --init's value, else the default
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
                        help=f"model: {name} (default {default})" + (" [mean|max|attention|last]" if name == "pooling" else ""))
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"recipe: peak learning rate (default {SCRATCH_LR} from random weights, {START_LR} from --init)")
     for f in fields(Recipe):
-        if f.name in ("max_minutes",):
+        if f.name in ("max_minutes", "lr"):
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
                        help=f"recipe: {f.name} (default {f.default})")
@@ -94,6 +97,8 @@ def _config(args, tokenizer, label_set: LabelSet) -> TXLConfig:
 
 
 SHAPE_FLAGS = ("d_model", "n_layer", "n_head", "d_inner", "vocab_size")
+SCRATCH_LR, START_LR = 2e-3, 1e-4  # a pre-trained start wants a small learning rate
+
 
 
 def _fill_arch(args, start: dict | None) -> None:
@@ -206,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> int:
+    args.init = None if args.init in ("", "none") else args.init
+    if args.lr is None:
+        args.lr = START_LR if args.init else SCRATCH_LR
     torch.manual_seed(args.seed)
     out = Path(args.out)
     _check_out(out, args)

@@ -221,3 +221,20 @@ def test_minilm_fine_tunes_and_classifies_end_to_end(tmp_path):
     md = load_model_dir(out)
     assert md.model.config.d_model == 384 and md.tokenizer.get_vocab_size() == 30522
     assert len(md.tokenizer.encode("x " * 600, add_special_tokens=False).ids) == 600  # never truncated at BERT's 512
+
+
+
+def test_learning_rate_defaults_to_the_start(tmp_path, monkeypatch):
+    """--lr unset: 2e-3 from random weights, 1e-4 from a pre-trained start; given, it is kept."""
+    from pipelines import train
+    from pipelines.errors import UserError
+    seen = []
+
+    def stop_here(out, args):  # the first step after the flags are settled
+        seen.append((args.init, args.lr))
+        raise UserError("stop")
+
+    monkeypatch.setattr(train, "_check_out", stop_here)
+    for argv in ([], ["--init", "none"], ["--init", "minilm"], ["--init", "minilm", "--lr", "3e-4"]):
+        assert main(["train", "--train", "t.csv", "--out", str(tmp_path / "o"), *argv]) == 2
+    assert seen == [(None, 2e-3), (None, 2e-3), ("minilm", 1e-4), ("minilm", 3e-4)]
