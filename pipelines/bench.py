@@ -2,7 +2,8 @@
 
 Sections (--sections, default all): throughput (encoder tokens/s reading 4k and 16k-token documents segment by
 segment with memory, batch 1 and 8, float32 / bf16 / int8, achieved GFLOP/s against a matmul ceiling measured
-in the same run), reference (the Hugging Face TransfoXLModel in .refenv with the same weights, float32, batch 1),
+in the same run), reference (the Hugging Face TransfoXLModel in .refenv with the same weights, float32, batch 1
+and 8, next to txl_core's float32 and its fastest path),
 memory (peak resident memory of inference on 4k / 64k / 1M tokens and of a training step on 2k / 8k / 32k,
 each in a fresh process), e2e (classify documents/s and train tokens/s on a 20newsgroups sample), accuracy (the
 bundled bbc_news model's test accuracy in float32 / bf16 / int8: the accuracy cost of each fast path). The full run

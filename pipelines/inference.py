@@ -109,7 +109,7 @@ def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto", keep
 
 def to_bf16(encoder: torch.nn.Module) -> torch.nn.Module:
     """The encoder's weights in bf16 (in place), for CPU inference under autocast. Autocast alone casts every
-    weight again for every segment: the whole encoder in bf16 read 1.3x faster at batch 1 (benchmarks/RESULTS.md).
+    weight again for every segment: the whole encoder in bf16 read 1.1x faster (benchmarks/RESULTS.md).
     The pooling and the head stay float32 (the classifier pools float32 copies of the hidden states)."""
     return encoder.to(torch.bfloat16)
 

@@ -100,7 +100,6 @@ SHAPE_FLAGS = ("d_model", "n_layer", "n_head", "d_inner", "vocab_size")
 SCRATCH_LR, START_LR = 2e-3, 1e-4  # a pre-trained start wants a small learning rate
 
 
-
 def _fill_arch(args, start: dict | None) -> None:
     """Unset model flags take the start's values (--init), else ARCH_DEFAULTS; a start fixes the shape."""
     given = [n for n in SHAPE_FLAGS if getattr(args, n) is not None]
