@@ -3,9 +3,8 @@
 Sections: `throughput` (encoder tokens/s reading documents segment by segment with memory; float32, bf16 as
 the product runs it (bf16 weights under autocast), int8 (dynamic quantization of the Linear layers); GFLOP/s
 against a matmul ceiling measured in the same run), `reference` (Hugging Face TransfoXLModel in .refenv, same
-weights, at each batch size),
-`memory` (peak RSS, each run in a fresh process), `e2e` (`predict` documents/s, `Trainer.step` tokens/s),
-`accuracy` (the bundled bbc_news model's test accuracy in each precision).
+weights, at each batch size), `memory` (peak RSS, each run in a fresh process), `e2e` (`predict` documents/s,
+`Trainer.step` tokens/s), `accuracy` (the bundled bbc_news model's test accuracy in each precision).
 A reading stops after `budget` seconds: once the memory is full every segment costs the same, so tokens/s
 over the segments read stands for the whole document; the tables say how many tokens were read.
 
