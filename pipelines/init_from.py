@@ -12,8 +12,8 @@ Accepted, recognised from the directory's `config.json`:
 How a BERT layer becomes a Transformer-XL layer (both are post-LN): q/k/v go into `qkv_net`, the output
 projection into `o_net`, the feed-forward and both layer norms map one to one (with GELU and biases, the
 two config options that exist for this). What BERT lacks is the relative-position machinery: `r_net`, u and
-v start at zero, so the first forward pass is BERT's content attention (causal, as Transformer-XL reads);
-fine-tuning learns the position terms. BERT's absolute positions have no place in a recurrence over
+v start at zero, so the first forward pass is BERT's content attention, bidirectional within a segment as
+BERT was trained (`--attention causal` reads as the paper does); fine-tuning learns the position terms. BERT's absolute positions have no place in a recurrence over
 unbounded length: their mean over a segment's positions is folded, with the token-type-0 vector and the
 embedding LayerNorm, into one lookup table, divided by sqrt(d_model) to undo the embedding's scale.
 """
@@ -112,7 +112,7 @@ def _bert_config(raw: dict) -> dict:
             "cutoffs": [], "div_val": 1, "tie_projs": [False], "pre_lnorm": False, "untie_r": True,
             "ff_activation": "gelu", "attn_bias": True, "layer_norm_epsilon": raw.get("layer_norm_eps", 1e-12),
             "dropout": raw.get("hidden_dropout_prob", 0.1), "dropatt": raw.get("attention_probs_dropout_prob", 0.0),
-            "same_length": False, "pad_token_id": raw.get("pad_token_id", 0)}
+            "same_length": False, "bidirectional": True, "pad_token_id": raw.get("pad_token_id", 0)}
 
 
 def bert_embedding_table(state: dict, raw: dict, *, segment_len: int) -> torch.Tensor:

@@ -37,7 +37,11 @@ from .trainer import Recipe, Trainer
 # The default recipe: small enough to train from scratch on a 2-core CPU in minutes per epoch on a few
 # thousand documents (benchmarks/RESULTS.md); pass larger sizes on a GPU.
 ARCH_DEFAULTS = {"d_model": 128, "n_layer": 2, "n_head": 4, "d_inner": 512, "segment_len": 256, "mem_len": 256,
-                 "vocab_size": 8000, "pooling": "mean", "dropout": 0.1}
+                 "vocab_size": 8000, "pooling": "mean", "dropout": 0.1, "attention": "causal"}
+ATTENTIONS = ("causal", "bidirectional")
+ARCH_HELP = {"pooling": " [mean|max|attention|last]",
+             "attention": "; bidirectional: a token also sees the later tokens of its segment (the default from a "
+                          "BERT-family --init, which was trained that way); causal: the paper's, the default otherwise"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
     for name, default in ARCH_DEFAULTS.items():  # None = not given: --init's value, else the default
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
-                       help=f"model: {name} (default {default})" + (" [mean|max|attention|last]" if name == "pooling" else ""))
+                       choices=ATTENTIONS if name == "attention" else None,
+                       help=f"model: {name} (default {default})" + ARCH_HELP.get(name, ""))
     p.add_argument("--lr", type=float, default=None,
                    help=f"recipe: peak learning rate (default {SCRATCH_LR} from random weights, {START_LR} from --init)")
     for f in fields(Recipe):
@@ -93,7 +98,8 @@ def _config(args, tokenizer, label_set: LabelSet) -> TXLConfig:
                      n_head=args.n_head, d_head=d_head, d_inner=args.d_inner, n_layer=args.n_layer, cutoffs=[],
                      div_val=1, mem_len=args.mem_len, clamp_len=args.mem_len + args.segment_len, same_length=False,
                      dropout=args.dropout, num_labels=len(label_set.names), labels=list(label_set.names),
-                     multi_label=label_set.multi_label, pooling=args.pooling, segment_len=args.segment_len)
+                     multi_label=label_set.multi_label, pooling=args.pooling, segment_len=args.segment_len,
+                     bidirectional=args.attention == "bidirectional")
 
 
 SHAPE_FLAGS = ("d_model", "n_layer", "n_head", "d_inner", "vocab_size")
@@ -106,22 +112,32 @@ def _fill_arch(args, start: dict | None) -> None:
     if start is not None and given:
         raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when starting from --init "
                         "(the pre-trained weights fix the model's shape)")
-    start = start or {}
+    start = dict(start or {})
+    if "bidirectional" in start:
+        start["attention"] = ATTENTIONS[bool(start["bidirectional"])]
     for name, default in ARCH_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, start.get(name, default))
 
 
 def _initial_model(args, label_set, texts):
-    """Model and tokenizer: from --init, from an interrupted run, or new."""
+    """Model and tokenizer: from an interrupted run, from --init, or new."""
     ck = Path(args.out) / "checkpoint"
+    if args.resume and (ck / "config.json").is_file() and (ck / "tokenizer.json").is_file():
+        config = TXLConfig.load(ck)  # the interrupted run's model, whichever model flags this call repeats
+        if list(config.labels) != list(label_set.names):
+            raise UserError(f"the checkpoint in {ck} was trained on labels {config.labels[:5]}, not this data's; "
+                            "pass the same --train, or another --out")
+        return TXLDocumentClassifier(config), load_tokenizer(ck / "tokenizer.json")
     if args.init:
         start = load_start(args.init, segment_len=args.segment_len or ARCH_DEFAULTS["segment_len"])
         _fill_arch(args, start.config)
         config = TXLConfig.from_dict(start.config | {
             "num_labels": len(label_set.names), "labels": list(label_set.names), "multi_label": label_set.multi_label,
             "pooling": args.pooling, "segment_len": args.segment_len, "mem_len": args.mem_len, "dropout": args.dropout,
-            "clamp_len": start.config.get("clamp_len", args.mem_len + args.segment_len)})
+            "clamp_len": start.config.get("clamp_len", args.mem_len + args.segment_len),
+            "bidirectional": args.attention == "bidirectional"}
+            | ({"same_length": False} if args.attention == "bidirectional" else {}))
         model = TXLDocumentClassifier(config)
         model.transformer.load_state_dict(start.encoder)
         return model, start.tokenizer

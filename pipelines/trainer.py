@@ -174,6 +174,7 @@ class Trainer:
     def _write_checkpoint(self, rngs: list[torch.Tensor]) -> None:
         ck = self.out / "checkpoint"
         ck.mkdir(parents=True, exist_ok=True)
+        write_atomic(ck / "config.json", self.md.model.config.to_json())  # a resumed run rebuilds this model
         tmp = ck / ".model.safetensors.tmp"
         save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, str(tmp))
         tmp.replace(ck / "model.safetensors")

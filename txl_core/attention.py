@@ -35,6 +35,17 @@ def shift_padded(padded: torch.Tensor) -> torch.Tensor:
     return flat[..., qlen:qlen + qlen * (klen1 - 1)].view(*lead, qlen, klen1 - 1)  # (..., T, K)
 
 
+def shift_bidirectional(x: torch.Tensor, klen: int) -> torch.Tensor:
+    """(..., T, K+T-1) scores against distances K-1 ... 1-T -> a view (..., T, K), out[..., i, j] = distance M + i - j.
+
+    Row i finds distance M + i - j in column j + T - 1 - i: flat element T - 1 + i (K+T-2) + j of the row-major
+    block, a strided view in which every entry is valid (there is no future key to hide).
+    """
+    x = x.contiguous()
+    *lead, qlen, width = x.shape
+    return x.as_strided((*lead, qlen, klen), (*x.stride()[:-2], width - 1, 1), x.storage_offset() + qlen - 1)
+
+
 def attention_mask(*, qlen: int, mlen: int, mem_len: int, same_length: bool, device=None) -> torch.Tensor:
     """Bool (T, K), True = masked: future keys, and with `same_length` keys older than `mem_len` steps.
 
@@ -59,6 +70,7 @@ class RelMultiHeadAttn(nn.Module):
         self.scale = 1 / config.d_head ** 0.5
         self.pre_lnorm = config.pre_lnorm
         self.same_length = config.same_length
+        self.bidirectional = config.bidirectional
         self.qkv_net = nn.Linear(config.d_model, 3 * config.n_head * config.d_head, bias=config.attn_bias)
         self.r_net = nn.Linear(config.d_model, config.n_head * config.d_head, bias=False)
         self.o_net = nn.Linear(config.n_head * config.d_head, config.d_model, bias=config.attn_bias)
@@ -73,8 +85,9 @@ class RelMultiHeadAttn(nn.Module):
         """One attention sub-layer.
 
         Args:
-            x: (B, T, C) this segment; mem: (B, M, C) or None; pos_emb: (K, C) sinusoids of K-1 ... 0;
-            mask: (T, K) bool, True = masked; r_w_bias / r_r_bias: shared (H, D) biases when `untie_r` is off.
+            x: (B, T, C) this segment; mem: (B, M, C) or None; pos_emb: (K, C) sinusoids of K-1 ... 0, or
+            (K+T-1, C) of K-1 ... 1-T when bidirectional; mask: (T, K) bool, True = masked, or when
+            bidirectional (B, 1, 1, K) padding keys; r_w_bias / r_r_bias: shared (H, D) biases when `untie_r` is off.
         Returns:
             (out (B, T, C), probs (B, H, T, K) or None)
         """
@@ -83,9 +96,16 @@ class RelMultiHeadAttn(nn.Module):
         r = self.r_net(pos_emb).view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, K, D)
         u = self.r_w_bias if r_w_bias is None else r_w_bias
         v_bias = self.r_r_bias if r_r_bias is None else r_r_bias
-        # A zero first row of R gives bd the zero column rel_shift pads in; the scale rides on the small q.
-        r = F.pad(r, (0, 0, 1, 0))  # (H, K+1, D)
-        bd = shift_padded(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)))  # (B, H, T, K)
+        if self.bidirectional:
+            bd = shift_bidirectional(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)),
+                                     cat.size(1))  # (B, H, T, K)
+            if mask is not None:
+                bd = bd.masked_fill(mask, torch.finfo(bd.dtype).min)
+            mask = None
+        else:
+            # A zero first row of R gives bd the zero column rel_shift pads in; the scale rides on the small q.
+            r = F.pad(r, (0, 0, 1, 0))  # (H, K+1, D)
+            bd = shift_padded(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)))  # (B, H, T, K)
         vec, probs = self._attend(q + u[:, None], k, v, bd, mask, need_probs)  # (B, H, T, D)
         vec = vec.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, H*D)
         out = self.drop(self.o_net(vec))  # (B, T, C)

@@ -3,8 +3,9 @@
 Shapes: B batch, N padded document length, T segment length, M memory, C = d_model, L labels, S segments.
 
 Documents of different lengths share a batch: row b is real up to `lengths[b]` (right padding). Causal
-attention already hides the padding from real tokens, pooling ignores it, and a document leaves the batch
-after its last segment, so a prediction never depends on the other documents in the batch.
+attention already hides the padding from real tokens (bidirectional attention masks it as keys), pooling
+ignores it, and a document leaves the batch after its last segment, so a prediction never depends on the
+other documents in the batch.
 """
 from __future__ import annotations
 
@@ -66,10 +67,10 @@ class TXLDocumentClassifier(PretrainedMixin, nn.Module):
                 active = active[alive]
                 mems = None if mems is None else [m[alive] for m in mems]
             ids = input_ids[active, start:start + seg_len]  # (R, T)
-            out = self.transformer(ids, mems=mems)
-            mems = out.mems
             steps = torch.arange(start, start + ids.size(1), device=ids.device)
             valid = steps[None, :] < lengths[active, None]  # (R, T)
+            out = self.transformer(ids, mems=mems, valid=valid)
+            mems = out.mems
             yield Segment(start, active, out.last_hidden_state, valid, lengths[active] <= start + seg_len)
 
     def segment_state(self, seg: Segment, *, ref: torch.Tensor | None = None) -> PoolState:

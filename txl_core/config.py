@@ -53,6 +53,9 @@ class TXLConfig:
     # GELU and biased q/k/v/output projections. The defaults are the reference's.
     ff_activation: str = "relu"
     attn_bias: bool = False
+    # Not in the reference: within a segment every token also sees the segment's later tokens (the memory
+    # is the past either way). For classifiers only: a language model would see the tokens it predicts.
+    bidirectional: bool = False
     init_std: float = 0.02
     proj_init_std: float = 0.01
     eos_token_id: int = 0
@@ -91,6 +94,8 @@ class TXLConfig:
              f"d_embed={self.d_embed} is too small for div_val={self.div_val} over {len(self.cutoffs) + 1} clusters")
         need(0.0 <= self.dropout < 1.0 and 0.0 <= self.dropatt < 1.0, "dropout and dropatt must be in [0, 1)")
         need(self.ff_activation in ACTIVATIONS, f"ff_activation must be one of {ACTIVATIONS}, got {self.ff_activation!r}")
+        need(not (self.bidirectional and self.same_length),
+             "bidirectional attention needs same_length=False (same_length limits how far back a causal query sees)")
         need(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         need(not self.labels or len(self.labels) == self.num_labels,
              f"{len(self.labels)} label names for num_labels={self.num_labels}")

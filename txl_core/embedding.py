@@ -69,16 +69,17 @@ class AdaptiveEmbedding(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    """Relative-position sinusoids R for distances K-1 ... 0, clamped at `clamp_len`."""
+    """Relative-position sinusoids R for distances K-1 ... 0 (down to 1-T with `future=T-1`), clamped at `clamp_len`."""
 
     def __init__(self, d_model: int):
         super().__init__()
         inv_freq = 1 / (10000 ** (torch.arange(0.0, d_model, 2.0) / d_model))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, klen: int, *, clamp_len: int) -> torch.Tensor:
-        pos_seq = torch.arange(klen - 1, -1, -1.0, device=self.inv_freq.device)
+    def forward(self, klen: int, *, clamp_len: int, future: int = 0) -> torch.Tensor:
+        """(K + future, C): distances K-1 down to -future; `future` = T - 1 for bidirectional attention."""
+        pos_seq = torch.arange(klen - 1, -future - 1, -1.0, device=self.inv_freq.device)
         if clamp_len > 0:
-            pos_seq = pos_seq.clamp(max=clamp_len)
-        sinusoid = torch.outer(pos_seq, self.inv_freq)  # (K, C/2)
-        return torch.cat([sinusoid.sin(), sinusoid.cos()], dim=-1)  # (K, C)
+            pos_seq = pos_seq.clamp(min=-clamp_len, max=clamp_len)
+        sinusoid = torch.outer(pos_seq, self.inv_freq)  # (K + future, C/2)
+        return torch.cat([sinusoid.sin(), sinusoid.cos()], dim=-1)  # (K + future, C)

@@ -33,6 +33,8 @@ class TXLLMOutput:
 class TXLLMHeadModel(PretrainedMixin, nn.Module):
     def __init__(self, config: TXLConfig):
         super().__init__()
+        if config.bidirectional:
+            raise ValueError("invalid TXLConfig: a language model cannot be bidirectional (it would see its targets)")
         self.config = config
         self.transformer = TXLModel(config)
         self.crit = ProjectedAdaptiveLogSoftmax(config)

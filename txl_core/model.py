@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention_mask
@@ -44,22 +45,30 @@ class TXLModel(PretrainedMixin, nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         self.apply(lambda m: init_weights(m, config))
 
-    def forward(self, input_ids: torch.Tensor, *, mems: Mems | None = None, output_hidden_states: bool = False,
-                output_attentions: bool = False) -> TXLOutput:
+    def forward(self, input_ids: torch.Tensor, *, mems: Mems | None = None, valid: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> TXLOutput:
         """Read one segment.
 
         Args:
             input_ids: (B, T) token ids.
             mems: L x (B, M, C) from the previous segment, or None for an empty memory.
+            valid: (B, T) bool, False = right padding; only bidirectional attention needs it (a causal query
+                never sees the padding after it). The memory is never padding: a document ends in its last segment.
         Returns:
             TXLOutput; its `mems` hold the last `mem_len` steps of [mems ; this segment's layer inputs].
         """
         cfg = self.config
         qlen, mlen = input_ids.size(1), 0 if mems is None else mems[0].size(1)
         x = self.drop(self.word_emb(input_ids))  # (B, T, C)
-        pos_emb = self.drop(self.pos_emb(mlen + qlen, clamp_len=cfg.clamp_len).to(x.dtype))  # (K, C)
-        mask = attention_mask(qlen=qlen, mlen=mlen, mem_len=cfg.mem_len, same_length=cfg.same_length,
-                              device=x.device)  # (T, K)
+        future = qlen - 1 if cfg.bidirectional else 0
+        pos_emb = self.drop(self.pos_emb(mlen + qlen, clamp_len=cfg.clamp_len, future=future).to(x.dtype))  # (K+future, C)
+        if not cfg.bidirectional:
+            mask = attention_mask(qlen=qlen, mlen=mlen, mem_len=cfg.mem_len, same_length=cfg.same_length,
+                                  device=x.device)  # (T, K)
+        elif valid is not None and not bool(valid.all()):
+            mask = F.pad(~valid, (mlen, 0))[:, None, None, :]  # (B, 1, 1, K) padding keys
+        else:
+            mask = None
         shared = {} if cfg.untie_r else {"r_w_bias": self.r_w_bias, "r_r_bias": self.r_r_bias}
         hids, probs = [], []
         for i, layer in enumerate(self.layers):
