@@ -472,3 +472,23 @@ def test_lm_overfits_one_batch():
         losses.append(loss.item())
     assert losses[0] > math.log(13)  # the untrained head is close to uniform over its 13 + 2 entries
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_inference_reuses_position_keys_until_the_weights_change():
+    """In inference r_net(pos_emb) is cached per segment shape; a weight changed in place invalidates it."""
+    model = perturb(TXLModel(tiny_config())).eval()
+    ids = random_ids(BSZ, QLEN, seed=4)
+    att = model.layers[0].dec_attn
+    with torch.no_grad():
+        first = model(ids).last_hidden_state
+        assert len(att._r_cache) == 1
+        assert torch.equal(model(ids).last_hidden_state, first)  # served from the cache
+        att.r_net.weight.mul_(2)
+        changed = model(ids).last_hidden_state
+    assert (changed - first).abs().max() > 1e-3
+    torch.testing.assert_close(changed, model(ids).last_hidden_state.detach(), rtol=0, atol=1e-5)  # uncached route
+    model.load_state_dict({k: v * 1.5 for k, v in model.state_dict().items()})
+    with torch.inference_mode():
+        loaded = model(ids).last_hidden_state
+    with torch.no_grad():
+        torch.testing.assert_close(loaded, model.train()(ids).last_hidden_state, rtol=0, atol=1e-5)  # tiny: no dropout

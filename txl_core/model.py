@@ -70,6 +70,8 @@ class TXLModel(PretrainedMixin, nn.Module):
         else:
             mask = None
         shared = {} if cfg.untie_r else {"r_w_bias": self.r_w_bias, "r_r_bias": self.r_r_bias}
+        if not self.training and not torch.is_grad_enabled():  # pos_emb is then a function of this key
+            shared["cache_key"] = (mlen, qlen, cfg.clamp_len, cfg.bidirectional, x.dtype, x.device)
         hids, probs = [], []
         for i, layer in enumerate(self.layers):
             hids.append(x)
