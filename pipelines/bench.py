@@ -127,13 +127,17 @@ def _reference(r: dict, fastest: dict) -> list[str]:
     for x in r["rows"]:
         b = x.get("batch", 1)
         rate, precision = fastest.get((x["doc_tokens"], b), (None, ""))
-        rows.append([f"{x['doc_tokens']:,}", b, _n(x["reference"]), _n(x["ours"]), f"{x['ratio']:.2f}x",
+        pairs = x.get("pair_ratios", [])
+        spread = f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else ""
+        rows.append([f"{x['doc_tokens']:,}", b, _n(x["reference"]), _n(x["ours"]), f"{x['ratio']:.2f}x{spread}",
                      f"{_n(rate)} ({precision})" if rate else "not measured",
                      f"{rate / x['reference']:.2f}x" if rate else "", f"{x['max_abs_diff']:.2g}", _load(x["load"])])
-    return _table(["document tokens", "batch", "reference tokens/s (float32)", "txl_core float32", "ratio",
+    return _table(["document tokens", "batch", "reference tokens/s (float32)", "txl_core float32",
+                   "ratio (range over pairs)",
                    "txl_core fastest path (throughput table)", "ratio", "max abs diff, first segment", "load"], rows) + [
-        "", "The reference and txl_core float32 are measured one after the other with the same weights; the fastest "
-        "path is the fastest precision of the throughput table above, at the same size (same run)."]
+        "", "The reference and txl_core float32 are measured alternately with the same weights, the median of each "
+        "over the repeated readings (the range is over the reference-then-ours pairs); the fastest path is the "
+        "fastest precision of the throughput table above, at the same size (same run)."]
 
 
 def _memory(r: dict, m: dict) -> list[str]:
