@@ -41,7 +41,7 @@ def _subset(src: Path, work: Path, n_docs: int) -> tuple[Path, Path]:
 def run_once(procs: int, threads: int, train: Path, valid: Path, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    args = ["train", "--train", str(train), "--valid", str(valid), "--out", str(out), "--epochs", "1"]
+    args = ["train", "--train", str(train), "--valid", str(valid), "--out", str(out), "--epochs", "1", "--init", "none"]
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)] if procs > 1 else []
     launch = [sys.executable, *torchrun, "-m", "pipelines.cli"]
     load = os.getloadavg()[0]

@@ -20,6 +20,7 @@ embedding LayerNorm, into one lookup table, divided by sqrt(d_model) to undo the
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,11 @@ class Start:
     encoder: dict[str, torch.Tensor]
     tokenizer: object
     kind: str
+
+
+def minilm_available() -> bool:
+    """Whether the `minilm` extra (all-MiniLM-L6-v2's weights) is installed."""
+    return importlib.util.find_spec(ALIASES["minilm"]) is not None
 
 
 def resolve(spec: str) -> Path:

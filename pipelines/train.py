@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -24,12 +25,12 @@ from txl_core.classifier import TXLDocumentClassifier
 
 from . import distributed as dist
 from .errors import UserError
-from .inference import predict, prepare
+from .inference import cpu_has_native_bf16, predict, prepare
 from .io import load_labeled
 from .labels import LabelSet, stratified_split
 from .metrics import compute_metrics
 from .modeldir import ModelDir, load_model_dir, save_model_dir
-from .init_from import load_start
+from .init_from import load_start, minilm_available
 from .subword import train_tokenizer
 from .word_tokenizer import load_tokenizer
 from .trainer import Recipe, Trainer
@@ -52,10 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label", help="labels; 'a|b|c' marks a multi-label data set")
     p.add_argument("--split-column", default="split", help="column naming each row's split, when the file has one")
-    p.add_argument("--init", help="start from pre-trained weights: a `txl train`/`txl pretrain` directory, a "
-                   "Hugging Face transfo-xl directory (e.g. transfo-xl-wt103), a BERT-family encoder directory, "
-                   "or `minilm` (all-MiniLM-L6-v2 from the minilm extra); default or `none`: random weights, "
-                   "which measured best so far (benchmarks/RESULTS.md)")
+    p.add_argument("--init", default="auto",
+                   help="start from pre-trained weights: `minilm` (all-MiniLM-L6-v2 from the minilm extra), a "
+                   "BERT-family encoder directory, a Hugging Face transfo-xl directory (e.g. transfo-xl-wt103), "
+                   "a `txl train`/`txl pretrain` directory, or `none` (random weights). Default `auto`: minilm "
+                   "when the extra is installed and no model-shape flag (--d-model, --n-layer, --n-head, "
+                   "--d-inner, --vocab-size) is given, else random weights (benchmarks/RESULTS.md)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
@@ -65,8 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"model: {name} (default {default})" + ARCH_HELP.get(name, ""))
     p.add_argument("--lr", type=float, default=None,
                    help=f"recipe: peak learning rate (default {SCRATCH_LR} from random weights, {START_LR} from --init)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"recipe: passes over the training data (default {SCRATCH_EPOCHS} from random weights, "
+                   f"{START_EPOCHS} from --init)")
     for f in fields(Recipe):
-        if f.name in ("max_minutes", "lr"):
+        if f.name in ("max_minutes", "lr", "epochs"):
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
                        help=f"recipe: {f.name} (default {f.default})")
@@ -104,6 +110,22 @@ def _config(args, tokenizer, label_set: LabelSet) -> TXLConfig:
 
 SHAPE_FLAGS = ("d_model", "n_layer", "n_head", "d_inner", "vocab_size")
 SCRATCH_LR, START_LR = 2e-3, 1e-4  # a pre-trained start wants a small learning rate
+SCRATCH_EPOCHS, START_EPOCHS = 8, 2  # ... and few passes (bbc_news: best validation after the second)
+
+
+def _resolve_init(args) -> str | None:
+    """`auto` -> `minilm` when its extra is installed and no shape flag asks for a model of its own, else None."""
+    if args.init in ("", "none"):
+        return None
+    if args.init != "auto":
+        return args.init
+    shaped = any(getattr(args, n) is not None for n in SHAPE_FLAGS)
+    chosen = "minilm" if minilm_available() and not shaped else None  # a --resume repeats the flags: same choice
+    if dist.is_main() and not args.resume:
+        print("txl train: starting from " + ("all-MiniLM-L6-v2 (--init minilm)" if chosen else
+              "random weights" + (" (model-shape flags given)" if shaped else " (the minilm extra is not installed)")),
+              file=sys.stderr)
+    return chosen
 
 
 def _fill_arch(args, start: dict | None) -> None:
@@ -226,9 +248,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> int:
-    args.init = None if args.init in ("", "none") else args.init
+    args.init = _resolve_init(args)
     if args.lr is None:
         args.lr = START_LR if args.init else SCRATCH_LR
+    if args.epochs is None:
+        args.epochs = START_EPOCHS if args.init else SCRATCH_EPOCHS
+    if args.precision == "auto" and args.init and device.type == "cpu" and cpu_has_native_bf16():
+        args.precision = "bf16"  # fine-tuning a start in bf16 autocast is the measured recipe, 1.7x float32's speed
     torch.manual_seed(args.seed)
     out = Path(args.out)
     _check_out(out, args)
