@@ -35,8 +35,8 @@ from .subword import train_tokenizer
 from .word_tokenizer import load_tokenizer
 from .trainer import Recipe, Trainer
 
-# The default recipe: small enough to train from scratch on a 2-core CPU in minutes per epoch on a few
-# thousand documents (benchmarks/RESULTS.md); pass larger sizes on a GPU.
+# The model from random weights (`--init none`, or any shape flag): small enough to train from scratch on a
+# 2-core CPU in minutes per epoch on a few thousand documents (benchmarks/RESULTS.md); larger on a GPU.
 ARCH_DEFAULTS = {"d_model": 128, "n_layer": 2, "n_head": 4, "d_inner": 512, "segment_len": 256, "mem_len": 256,
                  "vocab_size": 8000, "pooling": "mean", "dropout": 0.1, "attention": "causal"}
 ATTENTIONS = ("causal", "bidirectional")

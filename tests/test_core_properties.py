@@ -492,3 +492,8 @@ def test_inference_reuses_position_keys_until_the_weights_change():
         loaded = model(ids).last_hidden_state
     with torch.no_grad():
         torch.testing.assert_close(loaded, model.train()(ids).last_hidden_state, rtol=0, atol=1e-5)  # tiny: no dropout
+    model.eval().to(torch.bfloat16).float()  # a cast and back: the same parameter objects, rounded values
+    with torch.no_grad():
+        rounded = model(ids).last_hidden_state
+    torch.testing.assert_close(rounded, model(ids).last_hidden_state.detach(), rtol=0, atol=1e-5)
+    assert (rounded - loaded).abs().max() > 1e-4  # the rounding shows: a stale R would not be caught otherwise

@@ -89,17 +89,18 @@ class RelMultiHeadAttn(nn.Module):
         if cache_key is None:
             return self.r_net(pos_emb)
         weight = getattr(self.r_net, "weight", None)
-        try:  # a weight changed in place (an optimiser step, load_state_dict) bumps its version
-            stamp = (weight, weight._version) if isinstance(weight, torch.Tensor) else (self.r_net, 0)
+        try:  # a weight changed in place (an optimiser step, load_state_dict) bumps its version; a cast moves it
+            stamp = (weight._version, weight.data_ptr()) if isinstance(weight, torch.Tensor) else (0, 0)
         except RuntimeError:  # an inference tensor keeps no version counter
             return self.r_net(pos_emb)
+        owner = weight if isinstance(weight, torch.Tensor) else self.r_net
         hit = self._r_cache.get(cache_key)
-        if hit is not None and hit[0] is stamp[0] and hit[1] == stamp[1]:
+        if hit is not None and hit[0] is owner and hit[1] == stamp:
             return hit[2]
         if len(self._r_cache) >= 8:
             self._r_cache.clear()
         r = self.r_net(pos_emb)
-        self._r_cache[cache_key] = (*stamp, r)
+        self._r_cache[cache_key] = (owner, stamp, r)
         return r
 
     def forward(self, x, *, pos_emb, mem=None, mask=None, r_w_bias=None, r_r_bias=None, need_probs=False,
