@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from pre-trained weights: `minilm` (all-MiniLM-L6-v2 from the minilm extra), a "
                    "BERT-family encoder directory, a Hugging Face transfo-xl directory (e.g. transfo-xl-wt103), "
                    "a `txl train`/`txl pretrain` directory, or `none` (random weights). Default `auto`: minilm "
-                   "when the extra is installed and no model-shape flag (--d-model, --n-layer, --n-head, "
-                   "--d-inner, --vocab-size) is given, else random weights (benchmarks/RESULTS.md)")
+                   "when the extra is installed, the labels are single-label and no model-shape flag (--d-model, "
+                   "--n-layer, --n-head, --d-inner, --vocab-size) is given, else random weights (benchmarks/RESULTS.md)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
@@ -113,17 +113,20 @@ SCRATCH_LR, START_LR = 2e-3, 1e-4  # a pre-trained start wants a small learning 
 SCRATCH_EPOCHS, START_EPOCHS = 8, 2  # ... and few passes (bbc_news: best validation after the second)
 
 
-def _resolve_init(args) -> str | None:
-    """`auto` -> `minilm` when its extra is installed and no shape flag asks for a model of its own, else None."""
+def _resolve_init(args, *, multi_label: bool) -> str | None:
+    """`auto` -> `minilm` when its extra is installed, the labels are single-label (where it was measured to win;
+    on multi-label ModApte-90 its recipe predicted no label at all) and no shape flag asks for a model of its
+    own; else None (random weights)."""
     if args.init in ("", "none"):
         return None
     if args.init != "auto":
         return args.init
     shaped = any(getattr(args, n) is not None for n in SHAPE_FLAGS)
-    chosen = "minilm" if minilm_available() and not shaped else None  # a --resume repeats the flags: same choice
+    why = ("model-shape flags given" if shaped else "multi-label data" if multi_label
+           else "the minilm extra is not installed" if not minilm_available() else "")
+    chosen = None if why else "minilm"  # a --resume repeats the flags and the data: the same choice
     if dist.is_main() and not args.resume:
-        print("txl train: starting from " + ("all-MiniLM-L6-v2 (--init minilm)" if chosen else
-              "random weights" + (" (model-shape flags given)" if shaped else " (the minilm extra is not installed)")),
+        print("txl train: starting from " + ("all-MiniLM-L6-v2 (--init minilm)" if chosen else f"random weights ({why})"),
               file=sys.stderr)
     return chosen
 
@@ -248,18 +251,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, device: torch.device) -> int:
-    args.init = _resolve_init(args)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    _check_out(out, args)
+    texts, labels, vtexts, vlabels = _data(args)
+    label_set = _label_set(labels, vlabels)
+    args.init = _resolve_init(args, multi_label=label_set.multi_label)
     if args.lr is None:
         args.lr = START_LR if args.init else SCRATCH_LR
     if args.epochs is None:
         args.epochs = START_EPOCHS if args.init else SCRATCH_EPOCHS
     if args.precision == "auto" and args.init and device.type == "cpu" and cpu_has_native_bf16():
         args.precision = "bf16"  # fine-tuning a start in bf16 autocast is the measured recipe, 1.7x float32's speed
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    _check_out(out, args)
-    texts, labels, vtexts, vlabels = _data(args)
-    label_set = _label_set(labels, vlabels)
     model, tokenizer = _start(args, label_set, texts)
     if dist.world() > 1:  # one dropout stream per rank: equal masks on every rank would correlate the noise
         torch.manual_seed(args.seed + 1 + dist.rank())

@@ -231,22 +231,26 @@ def test_minilm_fine_tunes_and_classifies_end_to_end(tmp_path):
 
 
 def test_the_recipe_follows_the_start(tmp_path, monkeypatch, capsys):
-    """--init auto: MiniLM when its extra is installed and no shape flag is given, else random weights; the
-    learning rate (2e-3 / 1e-4) and epochs (8 / 2) follow the start unless given."""
+    """--init auto: MiniLM when its extra is installed, the data single-label and no shape flag given, else
+    random weights; the learning rate (2e-3 / 1e-4) and epochs (8 / 2) follow the start unless given."""
     from pipelines import train
     from pipelines.errors import UserError
     from pipelines.init_from import minilm_available
     seen = []
 
-    def stop_here(out, args):  # the first step after the flags are settled
+    def stop_here(args, label_set, texts):  # the first step after the flags are settled
         seen.append((args.init, args.lr, args.epochs))
         raise UserError("stop")
 
-    monkeypatch.setattr(train, "_check_out", stop_here)
-    for argv in ([], ["--d-model", "64"], ["--init", "none"], ["--init", "minilm"],
-                 ["--init", "minilm", "--lr", "3e-4", "--epochs", "5"]):
-        assert main(["train", "--train", "t.csv", "--out", str(tmp_path / "o"), *argv]) == 2
+    monkeypatch.setattr(train, "_start", stop_here)
+    single, multi = tmp_path / "single.csv", tmp_path / "multi.csv"
+    make_corpus(40, seed=1).to_csv(single, index=False)
+    pd.DataFrame({"text": ["a b c", "d e f"] * 10, "label": ["x|y", "y"] * 10}).to_csv(multi, index=False)
+    for data, argv in ((single, []), (multi, []), (single, ["--d-model", "64"]), (single, ["--init", "none"]),
+                       (single, ["--init", "minilm"]), (single, ["--init", "minilm", "--lr", "3e-4", "--epochs", "5"])):
+        assert main(["train", "--train", str(data), "--out", str(tmp_path / "o"), *argv]) == 2
     auto = ("minilm", 1e-4, 2) if minilm_available() else (None, 2e-3, 8)
-    assert seen == [auto, (None, 2e-3, 8), (None, 2e-3, 8), ("minilm", 1e-4, 2), ("minilm", 3e-4, 5)]
+    assert seen == [auto, (None, 2e-3, 8), (None, 2e-3, 8), (None, 2e-3, 8), ("minilm", 1e-4, 2), ("minilm", 3e-4, 5)]
     err = capsys.readouterr().err
-    assert "model-shape flags given" in err and ("all-MiniLM-L6-v2" in err) == minilm_available()
+    assert "model-shape flags given" in err and "multi-label data" in err
+    assert ("all-MiniLM-L6-v2" in err) == minilm_available()
