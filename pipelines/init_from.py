@@ -13,8 +13,8 @@ How a BERT layer becomes a Transformer-XL layer (both are post-LN): q/k/v go int
 projection into `o_net`, the feed-forward and both layer norms map one to one (with GELU and biases, the
 two config options that exist for this). What BERT lacks is the relative-position machinery: `r_net`, u and
 v start at zero, so the first forward pass is BERT's content attention, bidirectional within a segment as
-BERT was trained (`--attention causal` reads as the paper does); fine-tuning learns the position terms. BERT's absolute positions have no place in a recurrence over
-unbounded length: their mean over a segment's positions is folded, with the token-type-0 vector and the
+BERT was trained (`--attention causal` reads as the paper does); fine-tuning learns the position terms.
+BERT's absolute positions have no place in a recurrence over unbounded length: their mean over a segment's positions is folded, with the token-type-0 vector and the
 embedding LayerNorm, into one lookup table, divided by sqrt(d_model) to undo the embedding's scale.
 """
 from __future__ import annotations
