@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .metrics import decide
 from .modeldir import ModelDir
 
 PRECISIONS = ("auto", "float32", "bf16", "int8")
@@ -35,7 +36,7 @@ class SegmentExplanation:
 
 @dataclass
 class Prediction:
-    label: str  # multi-label: the predicted labels joined by "|" ("" when none passes 0.5)
+    label: str  # multi-label: the predicted labels joined by "|" (those at or above their threshold, at least one)
     score: float  # probability of `label` (multi-label: the highest probability)
     probs: dict[str, float]
     n_tokens: int
@@ -180,8 +181,8 @@ def _prediction(md: ModelDir, probs: torch.Tensor, n_tokens: int) -> Prediction:
     names = md.labels
     table = {name: float(p) for name, p in zip(names, probs)}
     if md.multi_label:
-        chosen = [n for n, p in zip(names, probs) if p >= 0.5]
-        return Prediction("|".join(chosen), float(probs.max()), table, n_tokens)
+        chosen = decide(probs.numpy()[None], md.model.config.thresholds)[0]
+        return Prediction("|".join(n for n, c in zip(names, chosen) if c), float(probs.max()), table, n_tokens)
     best = int(probs.argmax())
     return Prediction(names[best], float(probs[best]), table, n_tokens)
 

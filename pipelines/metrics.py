@@ -45,6 +45,46 @@ def multi_label_metrics(y_true: list[list[str]], y_pred: list[list[str]], labels
     }
 
 
+# Multi-label decisions. Each label's threshold is tuned on validation data (`tune_thresholds`): a label needs
+# MIN_POSITIVES validation examples to get its own, the others share the one that maximises micro-F1.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
+MIN_POSITIVES = 10
+
+
+def decide(probs: np.ndarray, thresholds: list[float] | np.ndarray | None = None) -> np.ndarray:
+    """Multi-hot decisions (N, L) from sigmoid probabilities (N, L): every label at or above its threshold
+    (default 0.5), and each document's most probable label in any case (a training row always has one)."""
+    probs = np.atleast_2d(np.asarray(probs, dtype=float))
+    out = probs >= (0.5 if thresholds is None else np.asarray(thresholds, dtype=float)[None])
+    out[np.arange(len(probs)), probs.argmax(1)] = True
+    return out
+
+
+def _f1(truth: np.ndarray, chosen: np.ndarray) -> float:
+    tp = float((truth & chosen).sum())
+    denominator = float(truth.sum() + chosen.sum())
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def tune_thresholds(probs: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Per-label thresholds from validation probabilities (N, L) and true multi-hot rows (N, L): the grid value
+    with the best micro-F1 for all labels, then, for each label with MIN_POSITIVES examples, the one with its
+    best F1 (ties go to the value nearest the shared one)."""
+    probs, truth = np.asarray(probs, dtype=float), np.asarray(truth).astype(bool)
+    top = np.zeros_like(truth)
+    top[np.arange(len(probs)), probs.argmax(1)] = True  # `decide` keeps these whatever the threshold
+
+    def best(scores: list[float], near: float) -> float:
+        high = max(scores)
+        return float(min((t for t, s in zip(THRESHOLD_GRID, scores) if s >= high - 1e-12), key=lambda t: abs(t - near)))
+
+    shared = best([_f1(truth, (probs >= t) | top) for t in THRESHOLD_GRID], 0.5)
+    thresholds = [shared] * probs.shape[1]
+    for j in np.flatnonzero(truth.sum(0) >= MIN_POSITIVES):
+        thresholds[j] = best([_f1(truth[:, j], (probs[:, j] >= t) | top[:, j]) for t in THRESHOLD_GRID], shared)
+    return thresholds
+
+
 def compute_metrics(y_true: list[str], y_pred: list[str], labels: list[str], *, multi_label: bool) -> dict:
     """Metrics for label strings; multi-label strings are '|'-joined sets."""
     if multi_label:

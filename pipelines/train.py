@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from pre-trained weights: `minilm` (all-MiniLM-L6-v2 from the minilm extra), a "
                    "BERT-family encoder directory, a Hugging Face transfo-xl directory (e.g. transfo-xl-wt103), "
                    "a `txl train`/`txl pretrain` directory, or `none` (random weights). Default `auto`: minilm "
-                   "when the extra is installed, the labels are single-label and no model-shape flag (--d-model, "
+                   "when the extra is installed and no model-shape flag (--d-model, "
                    "--n-layer, --n-head, --d-inner, --vocab-size) is given, else random weights (benchmarks/RESULTS.md)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
@@ -113,17 +113,15 @@ SCRATCH_LR, START_LR = 2e-3, 1e-4  # a pre-trained start wants a small learning 
 SCRATCH_EPOCHS, START_EPOCHS = 8, 2  # ... and few passes (bbc_news: best validation after the second)
 
 
-def _resolve_init(args, *, multi_label: bool) -> str | None:
-    """`auto` -> `minilm` when its extra is installed, the labels are single-label (where it was measured to win;
-    on multi-label ModApte-90 its recipe predicted no label at all) and no shape flag asks for a model of its
-    own; else None (random weights)."""
+def _resolve_init(args) -> str | None:
+    """`auto` -> `minilm` when its extra is installed and no shape flag asks for a model of its own, else None
+    (random weights)."""
     if args.init in ("", "none"):
         return None
     if args.init != "auto":
         return args.init
     shaped = any(getattr(args, n) is not None for n in SHAPE_FLAGS)
-    why = ("model-shape flags given" if shaped else "multi-label data" if multi_label
-           else "the minilm extra is not installed" if not minilm_available() else "")
+    why = "model-shape flags given" if shaped else "the minilm extra is not installed" if not minilm_available() else ""
     chosen = None if why else "minilm"  # a --resume repeats the flags and the data: the same choice
     if dist.is_main() and not args.resume:
         print("txl train: starting from " + ("all-MiniLM-L6-v2 (--init minilm)" if chosen else f"random weights ({why})"),
@@ -256,7 +254,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     _check_out(out, args)
     texts, labels, vtexts, vlabels = _data(args)
     label_set = _label_set(labels, vlabels)
-    args.init = _resolve_init(args, multi_label=label_set.multi_label)
+    args.init = _resolve_init(args)
     if args.lr is None:
         args.lr = START_LR if args.init else SCRATCH_LR
     if args.epochs is None:

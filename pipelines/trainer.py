@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
@@ -30,7 +31,8 @@ from txl_core.recompute import backward_document
 from . import distributed as dist
 from .errors import UserError
 from .inference import predict, prepare, resolve_precision
-from .metrics import compute_metrics
+from .labels import LabelSet
+from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
 from .modeldir import ModelDir, write_atomic
 
 
@@ -83,12 +85,31 @@ def bucketed_batches(lengths: list[int], *, batch_size: int, seed: int) -> list[
 
 
 def class_weight_tensor(targets: torch.Tensor, n_labels: int, how: str) -> torch.Tensor | None:
-    """Per-class loss weights against imbalance: (N / (K n_c)) or its square root, mean 1 over documents."""
+    """Loss weights against imbalance, `how` = none | sqrt | balanced.
+
+    Single-label: per class, N / (K n_c) or its square root (mean 1 over documents). Multi-label: per label, the
+    weight of its positive examples against its negative ones, n_neg / n_pos or its square root (rare labels
+    are mostly negatives; weighting whole label columns instead let their negatives dominate the loss).
+    """
     if how == "none":
         return None
-    counts = targets.sum(0) if targets.dim() == 2 else torch.bincount(targets, minlength=n_labels)
-    w = (counts.sum() / (n_labels * counts.clamp(min=1).float()))
+    if targets.dim() == 2:
+        positives = targets.sum(0)
+        w = (len(targets) - positives).clamp(min=1) / positives.clamp(min=1)
+    else:
+        counts = torch.bincount(targets, minlength=n_labels)
+        w = counts.sum() / (n_labels * counts.clamp(min=1).float())
     return w.sqrt() if how == "sqrt" else w
+
+
+def prior_bias(targets: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
+    """Multi-label head bias at which a document-blind model's (weighted) loss is smallest: each label's
+    log-odds. Starting there, the first gradients carry what tells documents apart, not the label frequencies;
+    from a zero bias, fitting 90 rare labels' frequencies collapsed a pre-trained encoder to one output."""
+    n, positives = len(targets), targets.sum(0).float()
+    p = (positives + 0.5) / (n + 1.0)  # smoothed: a label without examples gets a finite bias
+    w = torch.ones_like(p) if pos_weight is None else pos_weight.float()
+    return torch.log(w * p / (1 - p))
 
 
 class Trainer:
@@ -100,6 +121,10 @@ class Trainer:
         self.lengths = [len(x) for x in train_ids]
         self.model = md.model.to(device)
         self.precision = resolve_precision(recipe.precision, device, training=True)
+        self.weights = class_weight_tensor(train_y, md.model.config.num_labels, recipe.class_weights)
+        if md.multi_label:  # a resumed run loads its trained bias over this one
+            with torch.no_grad():
+                md.model.head.bias.copy_(prior_bias(train_y, self.weights))
         # DDP checks that every rank holds the same shapes and copies rank 0's weights to the others; the
         # gradient sum is done in `step` (see there), not by its hooks.
         self.ddp = None if dist.world() == 1 else DistributedDataParallel(
@@ -113,7 +138,6 @@ class Trainer:
         warm = max(1, int(recipe.warmup * total))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-        self.weights = class_weight_tensor(train_y, md.model.config.num_labels, recipe.class_weights)
         self.state = TrainState()
 
     # ---- one step -------------------------------------------------------------------------------------------
@@ -124,7 +148,7 @@ class Trainer:
         if self.md.multi_label:
             n = y_global.numel()  # the mean runs over every (document, label) pair
             return lambda logits: torch.nn.functional.binary_cross_entropy_with_logits(
-                logits.float(), y.float(), weight=w, reduction="sum") / n
+                logits.float(), y.float(), pos_weight=w, reduction="sum") / n
         n = len(y_global) if w is None else float(w[y_global.to(self.device)].sum())
         return lambda logits: torch.nn.functional.cross_entropy(logits.float(), y, weight=w, reduction="sum") / n
 
@@ -157,11 +181,23 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, texts: list[str], labels: list[str]) -> dict:
-        """Metrics of the current model; each rank predicts its shard of `texts`, every rank gets the metrics."""
+        """Metrics of the current model; each rank predicts its shard of `texts`, every rank gets the metrics.
+
+        Multi-label: the decision thresholds are tuned on these texts first and kept in the model's config.
+        """
         self.model.eval()
         prepare(self.md, precision=self.precision, device=str(self.device), keep_weights=True)
-        predicted = dist.map_sharded(lambda part: [p.label for p in predict(self.md, part)], texts)
-        return compute_metrics(labels, predicted, self.md.labels, multi_label=self.md.multi_label)
+        names = self.md.labels
+        if not self.md.multi_label:
+            predicted = dist.map_sharded(lambda part: [p.label for p in predict(self.md, part)], texts)
+            return compute_metrics(labels, predicted, names, multi_label=False)
+        probs = np.array(dist.map_sharded(
+            lambda part: [[p.probs.get(n, 0.0) for n in names] for p in predict(self.md, part)], texts))
+        truth = multi_hot([LabelSet(names, True).split(y) for y in labels], names)
+        self.md.model.config.thresholds = tune_thresholds(probs, truth)
+        chosen = decide(probs, self.md.model.config.thresholds)
+        predicted = ["|".join(n for n, c in zip(names, row) if c) for row in chosen]
+        return compute_metrics(labels, predicted, names, multi_label=True)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -253,7 +289,7 @@ class Trainer:
         metrics = self.evaluate(self.valid_texts, self.valid_labels)
         if dist.is_main():
             tqdm.write(f"step {st.step}: validation accuracy {metrics['accuracy']:.4f} "
-                       f"macro-F1 {metrics['macro_f1']:.4f}")
+                       f"macro-F1 {metrics['macro_f1']:.4f} micro-F1 {metrics['micro_f1']:.4f}")
         if metrics["macro_f1"] > st.best_f1:
             st.best_f1, st.best_metrics, st.bad_evals = metrics["macro_f1"], metrics, 0
             if dist.is_main():

@@ -64,7 +64,7 @@ def _mean_loss_grads(trainer: Trainer) -> list[torch.Tensor]:
     model.zero_grad()
     logits = model(*trainer._padded(docs)).logits
     y, w = trainer.y[docs], trainer.weights
-    loss = F.binary_cross_entropy_with_logits(logits, y.float(), weight=w) if trainer.md.multi_label \
+    loss = F.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=w) if trainer.md.multi_label \
         else F.cross_entropy(logits, y, weight=w)
     loss.backward()
     return [p.grad.clone() for p in model.parameters()]

@@ -141,8 +141,18 @@ def test_multi_label_end_to_end(tmp_path):
     assert main(["train", "--train", str(tmp_path / "ml.csv"), "--out", str(out), "--epochs", "2", *TINY]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["multi_label"] is True
+    # thresholds tuned on the validation split, one per label, kept with the model and used by classify
+    assert len(config["thresholds"]) == 3 and all(0 < t < 1 for t in config["thresholds"])
     assert main(["evaluate", "--model", str(out), "--data", str(tmp_path / "ml.csv"), "--out", str(tmp_path / "ev")]) == 0
     assert "micro_f1" in json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert main(["classify", "--model", str(out), "--input", str(tmp_path / "ml.csv"),
+                 "--output", str(tmp_path / "pred.csv")]) == 0
+    pred = pd.read_csv(tmp_path / "pred.csv", keep_default_na=False)
+    probs = pred[[f"prob_{name}" for name in config["labels"]]].to_numpy()
+    for row, label in zip(probs, pred["predicted_label"]):
+        chosen = set(label.split("|"))
+        expected = {n for n, p, t in zip(config["labels"], row, config["thresholds"]) if p >= t}
+        assert chosen == expected | {config["labels"][int(row.argmax())]}  # at least the most probable one
 
 
 @pytest.mark.parametrize("case, phrase", [

@@ -67,6 +67,9 @@ class TXLConfig:
     pooling: str = "mean"
     segment_len: int = 256
     classifier_dropout: float = 0.1
+    # Multi-label: per-label decision thresholds on the sigmoid probabilities, tuned on validation data by
+    # `txl train` (None: 0.5 for every label).
+    thresholds: list[float] | None = None
 
     def __post_init__(self):
         self.cutoffs = [int(c) for c in self.cutoffs]
@@ -99,6 +102,9 @@ class TXLConfig:
         need(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         need(not self.labels or len(self.labels) == self.num_labels,
              f"{len(self.labels)} label names for num_labels={self.num_labels}")
+        need(self.thresholds is None or (len(self.thresholds) == self.num_labels
+                                         and all(0.0 < t < 1.0 for t in self.thresholds)),
+             f"thresholds needs one value in (0, 1) per label ({self.num_labels}), got {self.thresholds}")
 
     @property
     def n_clusters(self) -> int:
