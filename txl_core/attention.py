@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TXLConfig
+from .dropout import Dropout
 
 
 def rel_shift(x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +76,8 @@ class RelMultiHeadAttn(nn.Module):
         self.r_net = nn.Linear(config.d_model, config.n_head * config.d_head, bias=False)
         self.o_net = nn.Linear(config.n_head * config.d_head, config.d_model, bias=config.attn_bias)
         self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
-        self.drop = nn.Dropout(config.dropout)
-        self.dropatt = nn.Dropout(config.dropatt)
+        self.drop = Dropout(config.dropout)
+        self.dropatt = Dropout(config.dropatt)
         if config.untie_r:
             self.r_w_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))  # u, (H, D)
             self.r_r_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))  # v, (H, D)
@@ -159,7 +160,8 @@ class RelMultiHeadAttn(nn.Module):
         """softmax(ac / sqrt(D) + bd) v, with `bd` already scaled; masked entries get the dtype's minimum.
 
         Without `need_probs` the fused `scaled_dot_product_attention` computes `ac`, the softmax and the
-        weighted sum, with `bd` (masked) passed as its additive bias.
+        weighted sum, with `bd` (masked) passed as its additive bias; except when training with attention
+        dropout on a CPU, where its mask (one `bernoulli_` draw per score) cost more than the whole attention.
         """
         if mask is not None:
             # In place (bd is this call's own): without `same_length` the first M + 1 columns are never masked,
@@ -168,9 +170,9 @@ class RelMultiHeadAttn(nn.Module):
             first = 0 if self.same_length else bd.size(-1) - bd.size(-2)
             bias = torch.zeros(mask[:, first:].shape, dtype=bd.dtype, device=bd.device)
             bd[..., first:] += bias.masked_fill_(mask[:, first:], torch.finfo(bd.dtype).min)  # (B, H, T, K)
-        if not need_probs:
-            p = self.dropatt.p if self.training else 0.0
+        p = self.dropatt.p if self.training else 0.0
+        if not need_probs and (p == 0.0 or q_u.device.type != "cpu"):
             return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
         score = torch.matmul(q_u, k.transpose(-1, -2)) * self.scale + bd  # (B, H, T, K)
         probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
-        return torch.matmul(self.dropatt(probs), v), probs
+        return torch.matmul(self.dropatt(probs), v), probs if need_probs else None

@@ -17,6 +17,7 @@ from torch import nn
 
 from .checkpoint import PretrainedMixin
 from .config import TXLConfig
+from .dropout import Dropout
 from .memory import Mems
 from .model import TXLModel
 from .pooling import PoolState, combine, finalize, segment_state, share
@@ -52,7 +53,7 @@ class TXLDocumentClassifier(PretrainedMixin, nn.Module):
         self.transformer = TXLModel(config)
         if config.pooling == "attention":
             self.pool_query = nn.Parameter(torch.zeros(config.d_model))  # zero: starts as mean pooling
-        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.dropout = Dropout(config.classifier_dropout)
         self.head = nn.Linear(config.d_model, config.num_labels)
         nn.init.normal_(self.head.weight, 0.0, config.init_std)
         nn.init.zeros_(self.head.bias)

@@ -9,6 +9,7 @@ from torch import nn
 
 from .attention import RelMultiHeadAttn
 from .config import TXLConfig
+from .dropout import Dropout
 
 
 class PositionwiseFF(nn.Module):
@@ -19,8 +20,8 @@ class PositionwiseFF(nn.Module):
         self.pre_lnorm = config.pre_lnorm
         self.CoreNet = nn.Sequential(
             nn.Linear(config.d_model, config.d_inner),
-            nn.ReLU(inplace=True) if config.ff_activation == "relu" else nn.GELU(), nn.Dropout(config.dropout),
-            nn.Linear(config.d_inner, config.d_model), nn.Dropout(config.dropout),
+            nn.ReLU(inplace=True) if config.ff_activation == "relu" else nn.GELU(), Dropout(config.dropout),
+            nn.Linear(config.d_inner, config.d_model), Dropout(config.dropout),
         )
         self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
 

@@ -15,6 +15,7 @@ from .config import TXLConfig
 from .embedding import AdaptiveEmbedding, PositionalEmbedding
 from .checkpoint import PretrainedMixin
 from .init import init_weights
+from .dropout import Dropout
 from .layer import DecoderLayer
 from .memory import Mems, update_mems
 
@@ -38,7 +39,7 @@ class TXLModel(PretrainedMixin, nn.Module):
         self.config = config
         self.word_emb = AdaptiveEmbedding(config)
         self.pos_emb = PositionalEmbedding(config.d_model)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         if not config.untie_r:  # one (u, v) pair shared by every layer, as in the original PyTorch code
             self.r_w_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))
             self.r_r_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))
