@@ -1,0 +1,74 @@
+"""Fine-tuning speed of the default start (all-MiniLM-L6-v2, bidirectional, bf16 autocast on a CPU with bf16
+units, batches of 16 bbc_news documents), the training steps alone: no validation, no data loading.
+
+    python benchmarks/train_speed.py [--data ../shared/data] [--steps 4] [--dropatt 0.1] [--profile]
+
+Prints one JSON line (tokens/s over the timed steps, after one warm-up step); `--profile` also prints torch's
+operator table of two steps. Needs the `minilm` extra and `../shared/data/bbc_news`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipelines.init_from import load_start
+from pipelines.inference import cpu_has_native_bf16
+from pipelines.modeldir import ModelDir
+from pipelines.trainer import Recipe, Trainer
+from txl_core import TXLConfig
+from txl_core.classifier import TXLDocumentClassifier
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dropatt", type=float, default=None, help="attention dropout (default: the start's, 0.1)")
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    start = load_start("minilm", segment_len=256)
+    overrides = {"num_labels": 5, "labels": list("abcde"), "segment_len": 256, "mem_len": 256,
+                 "bidirectional": True, "same_length": False}
+    if args.dropatt is not None:
+        overrides["dropatt"] = args.dropatt
+    model = TXLDocumentClassifier(TXLConfig.from_dict(start.config | overrides))
+    model.transformer.load_state_dict(start.encoder)
+    n_docs = args.batch_size * (args.steps + 1)
+    texts = pd.read_csv(args.data / "bbc_news" / "bbc_news.csv.xz")["text"].head(n_docs).tolist()
+    ids = [e.ids for e in start.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    torch.manual_seed(0)
+    precision = "bf16" if cpu_has_native_bf16() else "float32"
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(ModelDir(model, start.tokenizer, list("abcde")),
+                          Recipe(precision=precision, batch_size=args.batch_size), train_ids=ids,
+                          train_y=torch.randint(0, 5, (len(ids),)), valid_texts=[], valid_labels=[], out=Path(out),
+                          device=torch.device("cpu"))
+        batches = [list(range(i, i + args.batch_size)) for i in range(0, n_docs, args.batch_size)]
+        trainer.step(batches[0])  # warm-up
+        started, tokens = time.perf_counter(), 0
+        for batch in batches[1:]:
+            trainer.step(batch)
+            tokens += sum(len(ids[i]) for i in batch)
+        seconds = time.perf_counter() - started
+        print(json.dumps({"precision": precision, "threads": torch.get_num_threads(), "steps": args.steps,
+                          "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
+                          "dropatt": model.config.dropatt}))
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for batch in batches[1:3]:
+                    trainer.step(batch)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+if __name__ == "__main__":
+    main()
