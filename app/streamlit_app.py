@@ -118,7 +118,7 @@ def single_result_ui(doc: Document, pred) -> None:
     if pred.error:
         st.warning(f"{doc.name}: {pred.error}; nothing to classify.")
         return
-    st.subheader(f"{doc.name}: **{pred.label or '(no label above 0.5)'}** ({pred.score:.1%})")
+    st.subheader(f"{doc.name}: **{pred.label or '(no label)'}** ({pred.score:.1%})")
     probs = pd.DataFrame({"probability": pred.probs}).sort_values("probability", ascending=False)
     st.bar_chart(probs, horizontal=True)
     st.caption(f"{pred.n_tokens:,} tokens read in {len(pred.segments)} segment(s), all of them, with memory.")
