@@ -30,7 +30,7 @@ from txl_core.recompute import backward_document
 
 from . import distributed as dist
 from .errors import UserError
-from .inference import predict, prepare, resolve_precision
+from .inference import predict, prepare, resolve_precision, tune_cpu_allocator
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
 from .modeldir import ModelDir, write_atomic
@@ -120,6 +120,8 @@ class Trainer:
         self.valid_texts, self.valid_labels = valid_texts, valid_labels
         self.lengths = [len(x) for x in train_ids]
         self.model = md.model.to(device)
+        if device.type == "cpu":  # from the first step, not the first validation's `prepare`: 1.6x (train_speed)
+            tune_cpu_allocator()
         self.precision = resolve_precision(recipe.precision, device, training=True)
         self.weights = class_weight_tensor(train_y, md.model.config.num_labels, recipe.class_weights)
         if md.multi_label:  # a resumed run loads its trained bias over this one
