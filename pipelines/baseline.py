@@ -20,7 +20,8 @@ from sklearn.preprocessing import MultiLabelBinarizer
 from sklearn.svm import LinearSVC
 
 from .errors import UserError
-from .io import load_labeled, table_columns
+from .io import table_columns
+from .labeled import load_labeled
 from .labels import LabelSet
 from .metrics import compute_metrics
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .inference import PRECISIONS, predict, prepare
-from .io import load_labeled
+from .labeled import load_labeled
 from .metrics import compute_metrics
 from .modeldir import load_model_dir, write_atomic
 

@@ -138,7 +138,7 @@ def predict(md: ModelDir, texts: Sequence[str], *, batch_size: int = 16, max_tok
     """Classify every text; empty texts get a Prediction with `error` set instead of a label."""
     if md.device is None:
         prepare(md, precision="float32", device="cpu")
-    # whitespace alone is no document (as in training, `io.load_labeled`), though byte-level BPE would encode it
+    # whitespace alone is no document (as in training, `labeled.load_labeled`), though byte-level BPE would encode it
     encodings = md.tokenizer.encode_batch([t if isinstance(t, str) and t.strip() else "" for t in texts],
                                           add_special_tokens=False)
     lengths = [len(e.ids) for e in encodings]

@@ -20,21 +20,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
 from .errors import DataWarning, UserError
-from .labels import SEPARATOR, normalize_label
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": zstandard.open}
 SUPPORTED = ".csv, .tsv, .jsonl, .ndjson or .parquet (csv/tsv/jsonl may end in .gz, .xz, .zst or .bz2)"
 DAMAGED = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError)  # gzip's BadGzipFile is an OSError
 DELIMITERS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "vertical bars"}
-SPLIT_NAMES = (("train", "training"), ("valid", "validation", "val", "dev"), ("test", "testing"))
 PEEK_BYTES = 1 << 16
 CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v") + b"\x7f"
 DEFAULT_CHUNK_ROWS = 2000
@@ -267,49 +264,3 @@ def as_text(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return value if isinstance(value, str) else str(value)
-
-
-def _label_text(value) -> str:
-    """A label cell as a string; a list of labels (JSON lines, Parquet) becomes the multi-label 'a|b'."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return SEPARATOR.join(as_text(v) for v in value)
-    return as_text(value)
-
-
-def _select_split(frame: pd.DataFrame, path: Path, column: str, split: str) -> pd.DataFrame:
-    """Rows whose split is `split`, accepting the usual spellings (valid / validation / dev ...)."""
-    values = frame[column].map(lambda v: as_text(v).strip().lower())
-    wanted = next((set(names) for names in SPLIT_NAMES if split.lower() in names), {split.lower()})
-    rows = frame[values.isin(wanted)]
-    if rows.empty:
-        found = ", ".join(map(repr, sorted(set(values))[:10]))
-        raise UserError(f"{path.name}: no rows with {column} = {split!r} (it has {found}); use a file for this "
-                        f"split, or one whose {column!r} column names it")
-    return rows
-
-
-def load_labeled(path: str | Path, *, text_column: str = "text", label_column: str = "label",
-                 split: str | None = None, split_column: str = "split") -> tuple[list[str], list[str]]:
-    """Texts and label strings ('a|b' for a multi-label row) of a labelled table.
-
-    With `split`, and when the file has a `split_column`, only that split's rows. Rows with an empty text
-    or no label are dropped with a DataWarning; a UserError when no row is left.
-    """
-    path = Path(path)
-    has_split = split is not None and split_column in table_columns(path)
-    frame = read_table(path, columns=[text_column, label_column, *([split_column] if has_split else [])])
-    if has_split:
-        frame = _select_split(frame, path, split_column, split)
-    texts = [as_text(t) for t in frame[text_column]]
-    labels = [normalize_label(_label_text(y)) for y in frame[label_column]]
-    no_text = [i for i, t in enumerate(texts) if not t.strip()]
-    no_label = [i for i, y in enumerate(labels) if not y and texts[i].strip()]
-    for rows, what in ((no_text, "an empty text"), (no_label, "no label")):
-        if rows:
-            warnings.warn(f"{path.name}: skipped {len(rows)} of {len(texts)} rows with {what} "
-                          f"(the first is data row {frame.index[rows[0]]})", DataWarning, stacklevel=2)
-    drop = set(no_text) | set(no_label)
-    keep = [i for i in range(len(texts)) if i not in drop]
-    if not keep:
-        raise UserError(f"{path.name}: no row has both a text in {text_column!r} and a label in {label_column!r}")
-    return [texts[i] for i in keep], [labels[i] for i in keep]

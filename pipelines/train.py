@@ -26,7 +26,7 @@ from txl_core.classifier import TXLDocumentClassifier
 from . import distributed as dist
 from .errors import UserError
 from .inference import cpu_has_native_bf16, predict, prepare
-from .io import load_labeled
+from .labeled import load_labeled
 from .labels import LabelSet, stratified_split
 from .metrics import compute_metrics
 from .modeldir import ModelDir, load_model_dir, save_model_dir

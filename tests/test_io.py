@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from pipelines.errors import DataWarning, UserError
-from pipelines.io import iter_table, load_labeled, read_table, table_columns
+from pipelines.io import iter_table, read_table, table_columns
+from pipelines.labeled import load_labeled
 
 # texts that break naive readers: the delimiter, quotes, newlines, "NA", a number with a leading zero, unicode
 TEXTS = ['plain words', 'a, comma', 'say "hi"', 'two\nlines', 'NA', '007', 'naïve café 東京 😀', 'tab\there']
