@@ -42,7 +42,8 @@ def txl(*args: str) -> str:
     return done.stdout
 
 
-def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str = "minilm") -> dict:
+def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str = "minilm",
+            continue_later: bool = False) -> dict | None:
     train, test = (str(data / f) for f in DATASETS[name])
     tag = name if recipe == "scratch" else f"{name}.{recipe}"
     out, ev = runs / tag, runs / f"{tag}.eval"
@@ -53,6 +54,11 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
     if not (ev / "metrics.json").is_file():
         txl("train", "--train", train, "--out", str(out), "--max-minutes", str(max_minutes), *RECIPES[recipe],
             *(["--resume"] if (out / "checkpoint").is_dir() else []))
+        state = json.loads((out / "checkpoint" / "state.json").read_text())
+        if continue_later and state["stopped"].startswith("time"):
+            print(f"{tag}: stopped by the time budget in epoch {state['epoch'] + 1}, after {state['step']} steps "
+                  f"and {state['seconds'] / 60:.0f} minutes; rerun with a larger --max-minutes to continue")
+            return None
         txl("evaluate", "--model", str(out), "--data", test, "--out", str(ev), "--precision", "float32")
     card = json.loads((out / "metrics.json").read_text())
     model = json.loads((ev / "metrics.json").read_text())
@@ -97,14 +103,17 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--recipe", default="minilm", choices=list(RECIPES), help="the `txl train` flags (RECIPES)")
     p.add_argument("--max-minutes", type=float, default=40.0, help="training budget per data set")
+    p.add_argument("--continue-later", action="store_true",
+                   help="leave a training stopped by its budget unevaluated, for a later run to resume")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     saved = HERE / "accuracy.json"
     key = lambda r: (r["dataset"], r.get("recipe", "scratch"))  # noqa: E731
     by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
     for name in args.datasets:  # rows of earlier runs stay; the ones run now are replaced
-        row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe)
-        by_key[key(row)] = row
+        row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later)
+        if row is not None:
+            by_key[key(row)] = row
     rows = [by_key[k] for k in sorted(by_key, key=lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1])))]
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
     saved.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
