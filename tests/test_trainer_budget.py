@@ -1,7 +1,13 @@
 """`--max-minutes`: a run stopped by its time budget validates the steps done since its last evaluation, so
-the work of the last stretch is not thrown away, and a budget shorter than one evaluation still leaves a model."""
+the work of the last stretch is not thrown away, and a budget shorter than one evaluation still leaves a model.
+Also: a CPU trainer keeps big buffers in the heap from its first step."""
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from pipelines.modeldir import load_model_dir
@@ -75,11 +81,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_the_tuned_allocator_reuses_freed_pages():
     """Property behind `tune_cpu_allocator`: a big tensor allocated again takes no new page faults (glibc),
     where by default each one is a fresh mmap whose 16,384 pages fault in (are zeroed) again."""
-    import platform
-    import subprocess
-    import sys
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        import pytest
         pytest.skip("glibc only")
     faults = {}
     for mode in ("plain", "tuned"):
