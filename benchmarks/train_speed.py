@@ -3,13 +3,16 @@ units, batches of 16 bbc_news documents), the training steps alone: no validatio
 
     python benchmarks/train_speed.py [--data ../shared/data] [--steps 4] [--dropatt 0.1] [--profile]
 
-Prints one JSON line (tokens/s over the timed steps, after one warm-up step); `--profile` also prints torch's
+Prints one JSON line (tokens/s over the timed steps, after one warm-up step; peak resident memory, and on glibc
+how much of the heap is in use vs kept free by the allocator setting); `--profile` also prints torch's
 operator table of two steps. Needs the `minilm` extra and `../shared/data/bbc_news`.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,25 @@ from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
 
 HERE = Path(__file__).resolve().parent
+
+
+class _MallInfo2(ctypes.Structure):  # <malloc.h> struct mallinfo2, glibc 2.33+
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def memory_mb() -> dict:
+    """Peak RSS; on glibc also the heap's bytes in use and free (freed but kept), in MB."""
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+    except (AttributeError, OSError):  # not glibc, or older than 2.33
+        return out
+    return out | {"heap_in_use_mb": round((info.uordblks + info.hblkhd) / 2**20),
+                  "heap_free_mb": round(info.fordblks / 2**20)}
 
 
 def main() -> None:
@@ -61,7 +83,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         print(json.dumps({"precision": precision, "threads": torch.get_num_threads(), "steps": args.steps,
                           "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-                          "dropatt": model.config.dropatt}))
+                          "dropatt": model.config.dropatt} | memory_mb()))
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
             with profile(activities=[ProfilerActivity.CPU]) as prof:
