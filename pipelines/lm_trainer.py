@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from txl_core import TXLLMHeadModel
 
+from .checkpoints import checkpoint_dir, write_checkpoint
 from .lm_stream import batchify, n_segments, segment, segment_nll
 from .modeldir import write_atomic
 
@@ -44,17 +45,6 @@ class LMState:
     seconds: float = 0.0
     loss: float = float("nan")  # moving average of the training NLL per token
     stopped: str = ""
-
-
-def checkpoint_dir(out: Path) -> Path:
-    return Path(out) / "checkpoint"
-
-
-def _replace_with(path: Path, write) -> None:
-    """`write(temporary path)`, then rename into place: a kill never leaves half a file under `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 class LMTrainer:
@@ -108,14 +98,12 @@ class LMTrainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        ck = checkpoint_dir(self.out)
-        ck.mkdir(parents=True, exist_ok=True)
-        _replace_with(ck / "model.safetensors", lambda p: save_model(self.model, str(p)))
         mems = {str(i): m.detach().contiguous().cpu() for i, m in enumerate(self.mems or [])}
-        _replace_with(ck / "mems.safetensors", lambda p: save_file(mems, str(p)))
-        _replace_with(ck / "optim.pt", lambda p: torch.save({"opt": self.opt.state_dict(),
-                                                             "rng": torch.get_rng_state()}, p))
-        write_atomic(ck / "state.json", json.dumps(asdict(self.state), indent=1))  # last: marks a whole checkpoint
+        write_checkpoint(self.out, {
+            "model.safetensors": lambda p: save_model(self.model, str(p)),
+            "mems.safetensors": lambda p: save_file(mems, str(p)),
+            "optim.pt": lambda p: torch.save({"opt": self.opt.state_dict(), "rng": torch.get_rng_state()}, p),
+            "state.json": json.dumps(asdict(self.state), indent=1)})
 
     def load_checkpoint(self) -> None:
         ck = checkpoint_dir(self.out)

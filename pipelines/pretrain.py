@@ -21,10 +21,11 @@ import torch
 
 from txl_core import TXLConfig, TXLLMHeadModel
 
+from .checkpoints import checkpoint_dir
 from .errors import UserError
 from .inference import resolve_device, tune_cpu_allocator
 from .lm_stream import EOS, count_words, encode_stream, perplexity, read_documents
-from .lm_trainer import LMRecipe, LMTrainer, checkpoint_dir
+from .lm_trainer import LMRecipe, LMTrainer
 from .modeldir import load_lm_dir
 from .subword import train_tokenizer
 from .word_tokenizer import load_tokenizer

@@ -24,12 +24,13 @@ from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
 
 from . import distributed as dist
+from .checkpoints import checkpoint_dir
 from .errors import UserError
 from .inference import cpu_has_native_bf16, predict, prepare
 from .labeled import load_labeled
 from .labels import LabelSet, stratified_split
 from .metrics import compute_metrics
-from .modeldir import ModelDir, load_model_dir, save_model_dir
+from .modeldir import ModelDir, load_model_dir, save_model_dir, write_atomic
 from .init_from import load_start, minilm_available
 from .subword import train_tokenizer
 from .word_tokenizer import load_tokenizer
@@ -145,7 +146,7 @@ def _fill_arch(args, start: dict | None) -> None:
 
 def _initial_model(args, label_set, texts):
     """Model and tokenizer: from an interrupted run, from --init, or new."""
-    ck = Path(args.out) / "checkpoint"
+    ck = checkpoint_dir(args.out)
     if args.resume and (ck / "config.json").is_file() and (ck / "tokenizer.json").is_file():
         config = TXLConfig.load(ck)  # the interrupted run's model, whichever model flags this call repeats
         if list(config.labels) != list(label_set.names):
@@ -193,7 +194,13 @@ def model_card(summary: dict, metrics: dict) -> str:
 
 
 def _check_out(out: Path, args) -> None:
-    if (out / "config.json").exists() and not args.resume and not (out / "checkpoint").exists():
+    """A new run never overwrites a model or an interrupted run's checkpoint (a forgotten --resume)."""
+    if args.resume:
+        return
+    if (checkpoint_dir(out) / "state.json").exists():
+        raise UserError(f"{out} holds a training run (its checkpoint/); pass --resume to continue it, or choose "
+                        "another --out")
+    if (out / "config.json").exists():
         raise UserError(f"{out} already holds a model; choose another --out or pass --resume")
 
 
@@ -232,11 +239,10 @@ def _start(args, label_set: LabelSet, texts: list[str]):
     Under torchrun rank 0 makes them (tokenizers trained apart need not agree); the other ranks build the same
     shape from its config and read its tokenizer, and DDP gives them rank 0's weights.
     """
-    ck = Path(args.out) / "checkpoint"
+    ck = checkpoint_dir(args.out)
     if dist.is_main():
         model, tokenizer = _initial_model(args, label_set, texts)
-        ck.mkdir(parents=True, exist_ok=True)
-        (ck / "tokenizer.json").write_text(tokenizer.to_str())
+        write_atomic(ck / "tokenizer.json", tokenizer.to_str())
     config = dist.all_gather_object(model.config.to_dict() if dist.is_main() else None)[0]  # also a barrier
     if not dist.is_main():
         model, tokenizer = TXLDocumentClassifier(TXLConfig.from_dict(config)), load_tokenizer(ck / "tokenizer.json")

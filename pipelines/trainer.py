@@ -33,7 +33,8 @@ from .errors import UserError
 from .inference import predict, prepare, resolve_precision, tune_cpu_allocator
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
-from .modeldir import ModelDir, write_atomic
+from .checkpoints import checkpoint_dir, write_checkpoint
+from .modeldir import ModelDir
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Recipe:
     patience: int = 3
     evals_per_epoch: int = 1
     class_weights: str = "sqrt"  # none | sqrt | balanced
+    save_every: float = 10.0  # minutes between resumable checkpoints (also after every validation); 0 = every step
     precision: str = "auto"  # auto: bf16 autocast on a GPU, float32 on a CPU (bf16 there: --precision bf16)
     max_minutes: float | None = None
     seed: int = 0
@@ -68,6 +70,7 @@ class TrainState:
     bad_evals: int = 0
     seconds: float = 0.0
     stopped: str = ""
+    validated_at: int = -1  # the step of the last validation (-1: the checkpoint's own step, as written before)
 
 
 def bucketed_batches(lengths: list[int], *, batch_size: int, seed: int) -> list[list[int]]:
@@ -210,19 +213,16 @@ class Trainer:
         dist.barrier()
 
     def _write_checkpoint(self, rngs: list[torch.Tensor]) -> None:
-        ck = self.out / "checkpoint"
-        ck.mkdir(parents=True, exist_ok=True)
-        write_atomic(ck / "config.json", self.md.model.config.to_json())  # a resumed run rebuilds this model
-        tmp = ck / ".model.safetensors.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, str(tmp))
-        tmp.replace(ck / "model.safetensors")
-        torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": rngs},
-                   ck / ".optim.pt.tmp")
-        (ck / ".optim.pt.tmp").replace(ck / "optim.pt")
-        write_atomic(ck / "state.json", json.dumps(asdict(self.state), indent=1))  # last: marks a whole checkpoint
+        weights = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        write_checkpoint(self.out, {
+            "config.json": self.md.model.config.to_json(),  # a resumed run rebuilds this model
+            "model.safetensors": lambda path: save_file(weights, str(path)),
+            "optim.pt": lambda path: torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                                                 "rng": rngs}, path),
+            "state.json": json.dumps(asdict(self.state), indent=1)})
 
     def load_checkpoint(self) -> bool:
-        ck = self.out / "checkpoint"
+        ck = checkpoint_dir(self.out)
         if not (ck / "state.json").is_file():
             return False
         try:
@@ -237,6 +237,8 @@ class Trainer:
                             "delete it to start over, or restore it") from None
         if self.state.stopped.startswith("time"):  # a resumed run gets the new --max-minutes budget
             self.state.stopped = ""
+        if self.state.validated_at < 0:
+            self.state.validated_at = self.state.step
         rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
         torch.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world() else rngs[0])
         return True
@@ -247,9 +249,14 @@ class Trainer:
         return budget is not None and self.state.seconds + time.time() - started > budget * 60
 
     def fit(self, on_best) -> TrainState:
-        """Train until the epochs, the patience or the time budget run out; `on_best(metrics)` saves the model."""
-        r, st, started = self.recipe, self.state, time.time()
-        self.validated_at = st.step  # a checkpoint is written right after a validation
+        """Train until the epochs, the patience or the time budget run out; `on_best(metrics)` saves the model.
+
+        A checkpoint is written after every validation and every `save_every` minutes between them, so a
+        killed run loses at most that much work (an epoch of a large data set can take hours on a CPU)."""
+        r, st = self.recipe, self.state
+        started = last_save = time.time()
+        if st.validated_at < 0:
+            st.validated_at = st.step
         n_eval = max(1, min(r.evals_per_epoch, self.steps_per_epoch))
         eval_at = {round(k * self.steps_per_epoch / n_eval) for k in range(1, n_eval + 1)}
         bar = tqdm(total=self.steps_per_epoch * r.epochs, initial=st.step, unit="step", dynamic_ncols=True,
@@ -271,13 +278,20 @@ class Trainer:
                     self._validate(on_best)
                     if st.stopped:
                         break
-                    st.seconds += time.time() - started
-                    started = time.time()
-                    self.save_checkpoint()
+                elif not dist.any_rank(time.time() - last_save >= 60 * r.save_every):
+                    continue
+                rolled = st.batch >= len(batches)  # the checkpoint resumes at the next epoch's first batch
+                if rolled:
+                    st.epoch, st.batch = st.epoch + 1, 0
+                st.seconds += time.time() - started
+                started = last_save = time.time()
+                self.save_checkpoint()
+                if rolled:
+                    break
             if st.batch >= len(batches):
                 st.epoch, st.batch = st.epoch + 1, 0
         bar.close()
-        if st.stopped.startswith("time") and (st.best_f1 < 0 or st.step > self.validated_at):
+        if st.stopped.startswith("time") and (st.best_f1 < 0 or st.step > st.validated_at):
             # the steps since the last evaluation get theirs (and a budget shorter than one evaluation still
             # leaves a model); the budget is overrun by one validation pass
             self._validate(on_best)
@@ -287,7 +301,7 @@ class Trainer:
 
     def _validate(self, on_best) -> None:
         st = self.state
-        self.validated_at = st.step
+        st.validated_at = st.step
         metrics = self.evaluate(self.valid_texts, self.valid_labels)
         if dist.is_main():
             tqdm.write(f"step {st.step}: validation accuracy {metrics['accuracy']:.4f} "
