@@ -20,6 +20,7 @@ from txl_core import TXLLMHeadModel
 from .checkpoints import checkpoint_dir, write_checkpoint
 from .lm_stream import batchify, n_segments, segment, segment_nll
 from .modeldir import write_atomic
+from .trainer import minutes_text
 
 
 @dataclass
@@ -152,4 +153,4 @@ class LMTrainer:
         left = seconds / max(1, self.state.step) * (self.total - self.state.step)
         if self.recipe.max_minutes is not None:
             left = min(left, max(0.0, 60 * self.recipe.max_minutes - seconds))
-        return f"{left / 60:.1f}min"
+        return minutes_text(left)

@@ -29,11 +29,11 @@ from tqdm import tqdm
 from txl_core.recompute import backward_document
 
 from . import distributed as dist
+from .checkpoints import checkpoint_dir, write_checkpoint
 from .errors import UserError
 from .inference import predict, prepare, resolve_precision, tune_cpu_allocator
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
-from .checkpoints import checkpoint_dir, write_checkpoint
 from .modeldir import ModelDir
 
 
@@ -113,6 +113,12 @@ def prior_bias(targets: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.
     p = (positives + 0.5) / (n + 1.0)  # smoothed: a label without examples gets a finite bias
     w = torch.ones_like(p) if pos_weight is None else pos_weight.float()
     return torch.log(w * p / (1 - p))
+
+
+def minutes_text(seconds: float) -> str:
+    """A progress bar's time left: `12.5min`, or `2h05m` from an hour up."""
+    minutes = seconds / 60
+    return f"{minutes:.1f}min" if minutes < 60 else f"{int(minutes // 60)}h{int(minutes % 60):02d}m"
 
 
 class Trainer:
@@ -254,7 +260,8 @@ class Trainer:
         A checkpoint is written after every validation and every `save_every` minutes between them, so a
         killed run loses at most that much work (an epoch of a large data set can take hours on a CPU)."""
         r, st = self.recipe, self.state
-        started = last_save = time.time()
+        started = last_save = session = time.time()
+        first_step = st.step
         if st.validated_at < 0:
             st.validated_at = st.step
         n_eval = max(1, min(r.evals_per_epoch, self.steps_per_epoch))
@@ -272,7 +279,8 @@ class Trainer:
                 loss = self.step(batch)
                 st.batch, st.step = st.batch + 1, st.step + 1
                 tokens = sum(self.lengths[i] for i in batch)
-                bar.set_postfix(epoch=st.epoch, loss=f"{loss:.3f}", tok_s=f"{tokens / (time.time() - t0):,.0f}")
+                bar.set_postfix(epoch=st.epoch, loss=f"{loss:.3f}", tok_s=f"{tokens / (time.time() - t0):,.0f}",
+                                left=self._time_left(st.seconds + time.time() - started, first_step, session))
                 bar.update(1)
                 if st.batch in eval_at:
                     self._validate(on_best)
@@ -298,6 +306,14 @@ class Trainer:
         st.seconds += time.time() - started
         self.save_checkpoint()
         return st
+
+    def _time_left(self, seconds: float, first_step: int, session: float) -> str:
+        """Minutes to the end at this session's pace (validations included), or to the budget if sooner."""
+        steps = self.state.step - first_step
+        left = (time.time() - session) / max(1, steps) * (self.steps_per_epoch * self.recipe.epochs - self.state.step)
+        if self.recipe.max_minutes is not None:
+            left = min(left, max(0.0, 60 * self.recipe.max_minutes - seconds))
+        return minutes_text(left)
 
     def _validate(self, on_best) -> None:
         st = self.state

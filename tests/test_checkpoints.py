@@ -113,3 +113,4 @@ def test_a_new_run_refuses_to_overwrite_an_interrupted_one(data, tmp_path, capsy
     err = capsys.readouterr().err
     assert "--resume" in err and len(err.strip().splitlines()) == 1
     assert json.loads((out / "checkpoint" / "state.json").read_text()) == {"step": 5}
+

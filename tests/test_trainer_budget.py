@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipelines.modeldir import load_model_dir
-from pipelines.trainer import Recipe, Trainer
+from pipelines.trainer import Recipe, Trainer, minutes_text
 from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 
@@ -54,6 +54,10 @@ def test_a_budget_shorter_than_one_evaluation_still_leaves_a_model(tmp_path):
     saved = []
     state = trainer.fit(saved.append)
     assert validated == [2] and len(saved) == 1 and state.best_f1 >= 0
+
+
+def test_the_progress_bar_says_how_long_is_left():
+    assert [minutes_text(s) for s in (30, 754, 3600, 7500)] == ["0.5min", "12.6min", "1h00m", "2h05m"]
 
 
 def test_training_keeps_big_buffers_in_the_heap_from_its_first_step(tmp_path, monkeypatch):
