@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import math
 import platform
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -81,6 +82,33 @@ def tune_cpu_allocator() -> bool:
     libc = ctypes.CDLL(None)
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc's `malloc_trim`); returns whether it ran.
+
+    Batches of changing shapes fragment the heap: freed chunks that no later request fits stay resident,
+    with glibc's default as with `tune_cpu_allocator` (a fine-tuning run on 20newsgroups grew to 13 GB that
+    way while a few GB were in use). Long loops call it between steps (`FreeMemoryEvery`); the next step
+    pays once for fresh pages.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    ctypes.CDLL(None).malloc_trim(0)
+    return True
+
+
+class FreeMemoryEvery:
+    """`tick()` after each step of a long loop: `release_free_memory` at most once per `seconds`."""
+
+    def __init__(self, seconds: float = 60.0):
+        self.seconds, self.last = seconds, time.monotonic()
+
+    def tick(self) -> bool:
+        if time.monotonic() - self.last < self.seconds:
+            return False
+        self.last = time.monotonic()
+        return release_free_memory()
 
 
 def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto", keep_weights: bool = False) -> ModelDir:

@@ -31,7 +31,7 @@ from txl_core.recompute import backward_document
 from . import distributed as dist
 from .checkpoints import checkpoint_dir, write_checkpoint
 from .errors import UserError
-from .inference import predict, prepare, resolve_precision, tune_cpu_allocator
+from .inference import FreeMemoryEvery, predict, prepare, resolve_precision, tune_cpu_allocator
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
 from .modeldir import ModelDir
@@ -261,7 +261,7 @@ class Trainer:
         killed run loses at most that much work (an epoch of a large data set can take hours on a CPU)."""
         r, st = self.recipe, self.state
         started = last_save = session = time.time()
-        first_step = st.step
+        first_step, trim = st.step, FreeMemoryEvery(60)
         if st.validated_at < 0:
             st.validated_at = st.step
         n_eval = max(1, min(r.evals_per_epoch, self.steps_per_epoch))
@@ -277,6 +277,8 @@ class Trainer:
                     break
                 t0, batch = time.time(), batches[st.batch]
                 loss = self.step(batch)
+                if self.device.type == "cpu":
+                    trim.tick()
                 st.batch, st.step = st.batch + 1, st.step + 1
                 tokens = sum(self.lengths[i] for i in batch)
                 bar.set_postfix(epoch=st.epoch, loss=f"{loss:.3f}", tok_s=f"{tokens / (time.time() - t0):,.0f}",
