@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .errors import UserError
-from .inference import PRECISIONS, FreeMemoryEvery, predict, prepare
+from .inference import PRECISIONS, predict, prepare
 from .io import iter_table
 from .modeldir import load_model_dir, write_atomic
 from .output import output_format, write_frame
@@ -110,7 +110,6 @@ def _classify(args, device) -> int:
     md = prepare(load_model_dir(args.model), precision=args.precision, device=str(device))
     part_dir, finished = _finished_chunks(args)
     todo = rows = 0
-    trim = FreeMemoryEvery(60)
     bar = tqdm(unit="doc", dynamic_ncols=True, desc="classify", disable=not dist.is_main())
     for index, chunk in enumerate(iter_table(args.input, chunk_rows=args.chunk_rows, text_column=args.text_column)):
         target = part_dir / f"part-{index:06d}.parquet"
@@ -126,8 +125,6 @@ def _classify(args, device) -> int:
         tmp = part_dir / f".part-{index:06d}.tmp"
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, target)
-        if md.device is not None and md.device.type == "cpu":
-            trim.tick()  # millions of rows: the heap's fragments would otherwise pile up
     bar.close()
     dist.barrier()  # every chunk is written
     if not dist.is_main():

@@ -111,6 +111,9 @@ class FreeMemoryEvery:
         return release_free_memory()
 
 
+_FREE_MEMORY = FreeMemoryEvery(60)  # one clock for every `predict` call of the process
+
+
 def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto", keep_weights: bool = False) -> ModelDir:
     """Move the model to its device and apply the precision's fast path (in place); returns `md`.
 
@@ -181,6 +184,8 @@ def predict(md: ModelDir, texts: Sequence[str], *, batch_size: int = 16, max_tok
             results[i] = pred
         if progress:
             progress(len(rows))
+        if md.device.type == "cpu":
+            _FREE_MEMORY.tick()  # each batch's shapes differ: without it the heap's fragments pile up (6 GB)
     if progress and len(todo) < len(texts):
         progress(len(texts) - len(todo))
     return results

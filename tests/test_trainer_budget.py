@@ -112,7 +112,7 @@ print(before, rss())
 
 
 def test_freed_fragments_go_back_to_the_system():
-    """`release_free_memory` (called every minute by training and `txl classify`) returns the pages of freed
+    """`release_free_memory` (called at most every minute by training steps and `predict` batches) returns the pages of freed
     chunks that the kept heap cannot hand back by itself: here 256 MB of holes between live tensors."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
@@ -138,3 +138,14 @@ def test_training_releases_free_memory_as_it_goes(tmp_path, monkeypatch):
     trainer, _ = _trainer(tmp_path, stop_at=3)
     trainer.fit(lambda metrics: None)
     assert len(ticks) == 3  # after every CPU step
+
+
+def test_predict_releases_free_memory_as_it_goes(tmp_path, monkeypatch):
+    import pipelines.inference as inference
+    from pipelines.inference import predict, prepare
+    ticks = []
+    monkeypatch.setattr(inference._FREE_MEMORY, "tick", lambda: ticks.append(1))
+    md = prepare(load_model_dir(make_model_dir(tmp_path / "m")), precision="float32", device="cpu")
+    texts = make_corpus(10, seed=3)["text"].tolist()
+    assert len(predict(md, texts, batch_size=4)) == 10
+    assert len(ticks) == 3  # after each of the 3 batches
