@@ -51,8 +51,15 @@ def _summary(module_name: str) -> str | None:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (argparse prints the whole usage block first), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="txl", description="Long-document classification with Transformer-XL.",
         epilog="Run `txl COMMAND --help` for a command's options. Set TXL_DEBUG=1 to see tracebacks.")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -80,7 +87,7 @@ def _import_command(name: str) -> ModuleType:
 
 def _dispatch(name: str, rest: list[str]) -> int:
     module = _import_command(name)
-    parser = argparse.ArgumentParser(prog=f"txl {name}", description=(module.__doc__ or "").strip() or None,
+    parser = _Parser(prog=f"txl {name}", description=(module.__doc__ or "").strip() or None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)

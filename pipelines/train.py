@@ -41,6 +41,21 @@ from .trainer import Recipe, Trainer
 ARCH_DEFAULTS = {"d_model": 128, "n_layer": 2, "n_head": 4, "d_inner": 512, "segment_len": 256, "mem_len": 256,
                  "vocab_size": 8000, "pooling": "mean", "dropout": 0.1, "attention": "causal"}
 ATTENTIONS = ("causal", "bidirectional")
+RECIPE_HELP = {  # Recipe field: (help, choices)
+    "batch_size": ("documents per optimiser step (whole documents, grouped by length)", None),
+    "weight_decay": ("AdamW weight decay of the matrices (not of embeddings, biases, norms)", None),
+    "warmup": ("fraction of the steps over which the learning rate rises linearly, before its linear decay", None),
+    "clip": ("gradient norm clipping", None),
+    "patience": ("stop after this many validations without a better macro-F1", None),
+    "evals_per_epoch": ("validations (and checkpoints) per epoch", None),
+    "class_weights": ("loss weights against class imbalance: none, sqrt (of balanced) or balanced (N / (K n_c); "
+                      "multi-label: each label's negatives / positives)", ["none", "sqrt", "balanced"]),
+    "save_every": ("minutes between resumable checkpoints besides those at validations; 0: after every step",
+                   None),
+    "precision": ("auto (bf16 autocast on a GPU, and on a CPU with bf16 units when fine-tuning a start; "
+                  "float32 otherwise), float32 or bf16", ["auto", "float32", "bf16"]),
+    "seed": ("random seed (split, initialisation, batches, dropout)", None),
+}
 ARCH_HELP = {"pooling": " [mean|max|attention|last]",
              "attention": "; bidirectional: a token also sees the later tokens of its segment (the default from a "
                           "BERT-family --init, which was trained that way); causal: the paper's, the default otherwise"}
@@ -75,9 +90,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(Recipe):
         if f.name in ("max_minutes", "lr", "epochs"):
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                       help=f"recipe: {f.name} (default {f.default})")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop gracefully after this many minutes")
+        text, choices = RECIPE_HELP[f.name]
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default, choices=choices,
+                       help=f"recipe: {text} (default {f.default})")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop gracefully after this many minutes of training, counted over --resume runs too; "
+                   "the steps since the last validation are validated first and the best model is kept")
 
 
 def _load_split(path: str, args, split: str | None):

@@ -126,3 +126,12 @@ def test_usage_errors_reach_a_real_command(tmp_path, capsys):
     code = cli.main(["baseline", "--train", str(tmp_path / "none.csv"), "--test", str(tmp_path / "none.csv")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "not found" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["train", "--train", "x.csv", "--out", "y", "--precision", "bf17"], ["frobnicate"],
+                                  ["baseline", "--train", "x"], ["classify", "--top-k", "two"],
+                                  ["train", "--train", "x.csv", "--out", "y", "--class-weights", "inverse"]])
+def test_argument_errors_are_one_line_that_points_to_help(argv, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "--help" in err, err
