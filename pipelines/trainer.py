@@ -243,8 +243,6 @@ class Trainer:
                             "delete it to start over, or restore it") from None
         if self.state.stopped.startswith("time"):  # a resumed run gets the new --max-minutes budget
             self.state.stopped = ""
-        if self.state.validated_at < 0:
-            self.state.validated_at = self.state.step
         rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
         torch.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world() else rngs[0])
         return True
