@@ -11,14 +11,15 @@ over the segments read stands for the whole document; the tables say how many to
 FLOPs per token (`flops_per_token`): a multiply-add counts 2, and everything computed counts, masked keys
 included. One layer, a segment of T tokens reading M memory, K = M + T, C = d_model, A = n_head * d_head,
 F = d_inner, B rows:
-    q on the T rows, k and v on all K rows      2 T C A + 4 K C A
+    q, k and v on the T rows                    6 T C A  (the memory rows' k and v are kept from the segment
+                                                         that made them; int8 projects them again: + 4 M C A)
     r_net on the K positions                    0 (computed once per segment shape, then cached in inference)
     ac, bd, probs @ v                           2 T K A + 2 T (K+1) A + 2 T K A
     o_net, feed-forward                         2 T A C + 4 T C F
-summed over the layers and divided by T: 2 x (non-embedding parameters but r_net) per token, plus the
-attention terms and the memory rows' keys and values. Embedding lookups, layer norms, softmax and pooling are
-left out. (Before the memory rows' queries were dropped and r_net cached, both counted: runs up to
-2026-12-01 01:00 used that count, 6% more per token at batch 8.)
+summed over the layers and divided by T: 2 x (non-embedding parameters but r_net) per token plus the
+attention terms. Embedding lookups, layer norms, softmax and pooling are left out. (Runs up to 2026-12-01
+01:00 counted the memory rows' queries and r_net too, 6% more per token at batch 8; runs up to 2026-12-02
+counted the memory rows' keys and values, which every precision then computed, 11% more.)
 """
 from __future__ import annotations
 
@@ -78,11 +79,13 @@ QUICK = Plan(CLASSIFIER | dict(vocab_size=500, d_model=32, d_embed=32, n_head=2,
              (128, 256), (1, 2), (256, 1024), (256,), 6, 300, 0.5, 128)
 
 
-def flops_per_token(cfg: TXLConfig) -> float:
-    """Encoder FLOPs per token once the memory is full (the formula is in the module docstring)."""
+def flops_per_token(cfg: TXLConfig, *, kept_kv: bool = True) -> float:
+    """Encoder FLOPs per token once the memory is full (the formula is in the module docstring); `kept_kv`
+    False: the memory rows' keys and values are projected again (int8)."""
     t, m, c, a, f = cfg.segment_len, cfg.mem_len, cfg.d_model, cfg.n_head * cfg.d_head, cfg.d_inner
     k = m + t
-    per_row = 2 * t * c * a + 4 * k * c * a + 4 * t * k * a + 2 * t * (k + 1) * a + 2 * t * a * c + 4 * t * c * f
+    per_row = (6 * t * c * a + (0 if kept_kv else 4 * m * c * a) + 4 * t * k * a + 2 * t * (k + 1) * a
+               + 2 * t * a * c + 4 * t * c * f)
     return cfg.n_layer * per_row / t
 
 
@@ -164,7 +167,7 @@ def section_throughput(plan: Plan, ceiling: dict) -> dict:
         for n in plan.doc_lens:
             for b in plan.batches:
                 r = encoder_rate(model, _ids(cfg, b, n), precision=precision, budget=plan.budget)
-                gflops = r["tokens_per_s"] * flops_per_token(cfg) / 1e9
+                gflops = r["tokens_per_s"] * flops_per_token(cfg, kept_kv=precision != "int8") / 1e9
                 rows.append(dict(precision=precision, doc_tokens=n, batch=b, **r, gflops=gflops,
                                  pct_of_ceiling=100 * gflops / ceiling["bf16" if precision == "bf16" else "float32"]))
     return {"rows": rows, "closeness": closeness(cfg)}

@@ -80,3 +80,23 @@ def test_markdown_gets_heading_and_markers_once(tmp_path):
     text = path.read_text()
     assert text.count(HEADING) == text.count(START) == 1
     assert "second" in text and "first" not in text and "Someone else's section" in text
+
+
+def test_the_flop_count_is_what_a_segment_with_full_memory_runs():
+    """`flops_per_token` against torch's own count of the products one segment runs once the memory is full
+    (attention computed explicitly so that every product is visible to the counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from txl_core import TXLConfig, TXLModel
+
+    bench = load_bench()
+    cfg = TXLConfig(**bench.QUICK.model)
+    model, t = TXLModel(cfg).eval(), cfg.segment_len
+    ids = torch.randint(0, cfg.vocab_size, (2, 3 * t), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        mems = model(ids[:, t:2 * t], mems=model(ids[:, :t]).mems).mems
+        with FlopCounterMode(display=False) as counter:
+            model(ids[:, 2 * t:], mems=mems, output_attentions=True)
+    assert counter.get_total_flops() == bench.flops_per_token(cfg) * ids.size(0) * t
+    assert bench.flops_per_token(cfg, kept_kv=False) == bench.flops_per_token(cfg) + 4 * cfg.mem_len * cfg.d_model \
+        * cfg.n_head * cfg.d_head * cfg.n_layer / t

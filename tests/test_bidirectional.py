@@ -55,8 +55,8 @@ def test_bidirectional_attention_matches_its_definition(mlen, clamp_len):
     mem = torch.randn(2, mlen, cfg.d_model, generator=torch.Generator().manual_seed(2))
     pos = PositionalEmbedding(cfg.d_model)(mlen + qlen, clamp_len=clamp_len, future=qlen - 1)
     with torch.no_grad():
-        got, _ = att(x, pos_emb=pos, mem=mem)
-        probs_path, probs = att(x, pos_emb=pos, mem=mem, need_probs=True)
+        got, _, _ = att(x, pos_emb=pos, mem=mem)
+        probs_path, probs, _ = att(x, pos_emb=pos, mem=mem, need_probs=True)
         expected = _naive(att, x, mem, clamp_len)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(probs_path, expected, rtol=1e-4, atol=1e-5)

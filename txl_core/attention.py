@@ -104,26 +104,56 @@ class RelMultiHeadAttn(nn.Module):
         self._r_cache[cache_key] = (owner, stamp, r)
         return r
 
+    def weights_stamp(self):
+        """What the keys and values of a row depend on besides the row: `qkv_net`'s weights (and the layer norm's
+        with `pre_lnorm`), as (id, version, address) per weight, which an in-place change (an optimiser step,
+        `load_state_dict`) or a cast alters. None when a weight keeps no version counter (an inference tensor),
+        and for a dynamically quantized `qkv_net`: it scales its input per call, so a row's keys depend on the
+        rows projected with it."""
+        if type(self.qkv_net) is not nn.Linear:
+            return None
+        parts = []
+        for module in (self.qkv_net, self.layer_norm) if self.pre_lnorm else (self.qkv_net,):
+            parts.append(id(module))
+            for name in ("weight", "bias"):
+                t = getattr(module, name, None)
+                if isinstance(t, torch.Tensor):
+                    try:
+                        parts.append((id(t), t._version, t.data_ptr()))
+                    except RuntimeError:
+                        return None
+        return tuple(parts)
+
     def forward(self, x, *, pos_emb, mem=None, mask=None, r_w_bias=None, r_r_bias=None, need_probs=False,
-                cache_key=None):
+                cache_key=None, mem_kv=None):
         """One attention sub-layer.
 
         Args:
             x: (B, T, C) this segment; mem: (B, M, C) or None; pos_emb: (K, C) sinusoids of K-1 ... 0, or
             (K+T-1, C) of K-1 ... 1-T when bidirectional; mask: (T, K) bool, True = masked, or when
             bidirectional (B, 1, 1, K) padding keys; r_w_bias / r_r_bias: shared (H, D) biases when `untie_r` is off;
-            cache_key: given when `pos_emb` is a function of it (see `position_keys`).
+            cache_key: given when `pos_emb` is a function of it (see `position_keys`); mem_kv: the keys and values
+            of the memory rows, 2 x (B, H, M, D), when the caller kept them from the segment that made `mem`.
         Returns:
-            (out (B, T, C), probs (B, H, T, K) or None)
+            (out (B, T, C), probs (B, H, T, K) or None, (k, v) of all K rows, 2 x (B, H, K, D))
         """
-        cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # (B, K, C)
-        q, k, v = self._project(self.layer_norm(cat) if self.pre_lnorm else cat, qlen=x.size(1))
+        qlen = x.size(1)
+        if mem_kv is not None:  # a row's keys and values depend on the row only: project this segment's rows
+            q, k, v = self._project(self.layer_norm(x) if self.pre_lnorm else x, qlen=qlen)
+            if mem_kv[0].dtype == k.dtype:
+                k, v = torch.cat([mem_kv[0], k], dim=2), torch.cat([mem_kv[1], v], dim=2)  # (B, H, K, D)
+            else:  # kept under another precision
+                mem_kv = None
+        if mem_kv is None:
+            cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # (B, K, C)
+            q, k, v = self._project(self.layer_norm(cat) if self.pre_lnorm else cat, qlen=qlen)
+        klen = k.size(2)
         r = self.position_keys(pos_emb, cache_key).view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, K, D)
         u = self.r_w_bias if r_w_bias is None else r_w_bias
         v_bias = self.r_r_bias if r_r_bias is None else r_r_bias
         if self.bidirectional:
             bd = shift_bidirectional(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)),
-                                     cat.size(1))  # (B, H, T, K)
+                                     klen)  # (B, H, T, K)
             if mask is not None:
                 bd = bd.masked_fill(mask, torch.finfo(bd.dtype).min)
             mask = None
@@ -132,9 +162,9 @@ class RelMultiHeadAttn(nn.Module):
             r = F.pad(r, (0, 0, 1, 0))  # (H, K+1, D)
             bd = shift_padded(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)))  # (B, H, T, K)
         vec, probs = self._attend(q + u[:, None], k, v, bd, mask, need_probs)  # (B, H, T, D)
-        vec = vec.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, H*D)
+        vec = vec.transpose(1, 2).reshape(x.size(0), qlen, -1)  # (B, T, H*D)
         out = self.drop(self.o_net(vec))  # (B, T, C)
-        return (x + out if self.pre_lnorm else self.layer_norm(x + out)), probs
+        return (x + out if self.pre_lnorm else self.layer_norm(x + out)), probs, (k, v)
 
     def _project(self, cat, *, qlen):
         """q of the segment's rows, k and v of all K rows: (B, H, T, D), (B, H, K, D), (B, H, K, D).

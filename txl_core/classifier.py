@@ -66,7 +66,7 @@ class TXLDocumentClassifier(PretrainedMixin, nn.Module):
             alive = lengths[active] > start
             if not bool(alive.all()):
                 active = active[alive]
-                mems = None if mems is None else [m[alive] for m in mems]
+                mems = None if mems is None else self.transformer.select_mems(mems, alive)
             ids = input_ids[active, start:start + seg_len]  # (R, T)
             steps = torch.arange(start, start + ids.size(1), device=ids.device)
             valid = steps[None, :] < lengths[active, None]  # (R, T)

@@ -38,8 +38,9 @@ class DecoderLayer(nn.Module):
         self.pos_ff = PositionwiseFF(config)
 
     def forward(self, x, *, pos_emb, mem=None, mask=None, r_w_bias=None, r_r_bias=None, need_probs=False,
-                cache_key=None):
-        """x (B, T, C), mem (B, M, C) -> (out (B, T, C), attention probs (B, H, T, K) or None)."""
-        x, probs = self.dec_attn(x, pos_emb=pos_emb, mem=mem, mask=mask, r_w_bias=r_w_bias, r_r_bias=r_r_bias,
-                                 need_probs=need_probs, cache_key=cache_key)
-        return self.pos_ff(x), probs
+                cache_key=None, mem_kv=None):
+        """x (B, T, C), mem (B, M, C) -> (out (B, T, C), attention probs (B, H, T, K) or None, (k, v) of the
+        K rows, 2 x (B, H, K, D)); `mem_kv`: see `RelMultiHeadAttn.forward`."""
+        x, probs, kv = self.dec_attn(x, pos_emb=pos_emb, mem=mem, mask=mask, r_w_bias=r_w_bias, r_r_bias=r_r_bias,
+                                     need_probs=need_probs, cache_key=cache_key, mem_kv=mem_kv)
+        return self.pos_ff(x), probs, kv
