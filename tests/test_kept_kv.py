@@ -136,3 +136,21 @@ def test_bf16_models_keep_rows_and_int8_models_do_not():
         again, _ = read(quantized, segments, keep=False)
     assert len(quantized._mem_kv) == 0
     assert torch.equal(kept, again)
+
+
+def test_copies_and_pickles_start_with_nothing_kept():
+    import copy
+    import io
+    model = perturb(TXLModel(tiny_config())).eval()
+    with torch.no_grad():
+        out = model(random_ids(2, 9))
+        twin = copy.deepcopy(model)
+        assert len(model._mem_kv) == 3 and len(twin._mem_kv) == 0
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        expected = model(random_ids(2, 9, seed=5), mems=out.mems).last_hidden_state
+        for other in (twin, loaded):
+            torch.testing.assert_close(other(random_ids(2, 9, seed=5), mems=out.mems).last_hidden_state, expected,
+                                       rtol=0, atol=1e-5)

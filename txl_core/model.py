@@ -49,6 +49,13 @@ class TXLModel(PretrainedMixin, nn.Module):
         # Inference only: a memory tensor this model returned -> the keys and values of its rows (see `forward`).
         self._mem_kv = WeakIdKeyDictionary()
 
+    def __getstate__(self):  # copies and pickles start with nothing kept (weak references do not pickle)
+        return {k: v for k, v in super().__getstate__().items() if k != "_mem_kv"}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._mem_kv = WeakIdKeyDictionary()
+
     def _kept_kv(self, mem: torch.Tensor, layer: DecoderLayer):
         """The keys and values kept for `mem`, 2 x (B, H, M, D), if `mem` is unchanged since and so are the
         weights they came from; else None (the layer projects the memory rows again)."""
