@@ -182,30 +182,41 @@ def _child(python: str | Path, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _median(readings: list[dict]) -> float:
+    return sorted(r["tokens_per_s"] for r in readings)[len(readings) // 2]
+
+
 def section_reference(plan: Plan, refenv: Path) -> dict:
-    """Our float32 reading against TransfoXLModel's at each batch size, same weights, one after the other."""
+    """TransfoXLModel's reading against ours at each batch size, same weights, one after the other: float32,
+    and the fast paths (bf16, int8) in the same rounds, so that each ratio is measured side by side."""
     if not (refenv / "bin" / "python").exists():
         return {"skipped": f"no reference venv at {refenv} (create it: bash benchmarks/reference_env.sh)"}
     cfg = TXLConfig(**plan.model)
     torch.manual_seed(0)
     model, rows = TXLModel(cfg).eval(), []
+    fast = {p: _fast_path(copy.deepcopy(model), p) for p in PRECISIONS if p != "float32"}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)  # our names are HF's `transformer.*` minus the prefix: TransfoXLModel's own
         for n in plan.doc_lens:
             for b in plan.batches:
                 ids = _ids(cfg, b, n)
                 torch.save(ids, Path(tmp, "ids.pt"))
-                refs, ours = [], []
-                for _ in range(plan.repeats):  # alternated, so that a slow spell of the host hits both
+                refs, ours, fast_reads = [], [], {p: [] for p in fast}
+                for _ in range(plan.repeats):  # alternated, so that a slow spell of the host hits all alike
                     refs.append(_child(refenv / "bin" / "python", "reference", tmp, plan.budget))
                     ours.append(encoder_rate(model, ids, precision="float32", budget=plan.budget))
-                ref, mine = (sorted(r["tokens_per_s"] for r in x)[len(x) // 2] for x in (refs, ours))
+                    for p, m in fast.items():
+                        fast_reads[p].append(encoder_rate(m, ids, precision=p, budget=plan.budget))
+                ref, mine = _median(refs), _median(ours)
                 with torch.inference_mode():  # the reference's first segment reads mem_len zero vectors
                     first = model(ids[:, :cfg.segment_len], mems=reference_mems(cfg, b)).last_hidden_state
                 diff = (first - torch.load(Path(tmp, "first.pt"), weights_only=True)).abs().max()
+                pairs = lambda xs: [o["tokens_per_s"] / r["tokens_per_s"] for o, r in zip(xs, refs)]  # noqa: E731
                 rows.append(dict(doc_tokens=n, batch=b, ours=mine, reference=ref, ratio=mine / ref,
-                                 pair_ratios=[o["tokens_per_s"] / r["tokens_per_s"] for o, r in zip(ours, refs)],
-                                 reference_read=refs[0]["tokens"], max_abs_diff=float(diff), load=ours[-1]["load"]))
+                                 pair_ratios=pairs(ours), reference_read=refs[0]["tokens"],
+                                 fast={p: {"tokens_per_s": _median(x), "ratio": _median(x) / ref,
+                                           "pair_ratios": pairs(x)} for p, x in fast_reads.items()},
+                                 max_abs_diff=float(diff), load=ours[-1]["load"]))
     return {"rows": rows}
 
 

@@ -124,20 +124,28 @@ def _throughput(t: dict, m: dict) -> list[str]:
 
 def _reference(r: dict, fastest: dict) -> list[str]:
     rows = []
+    spread = lambda pairs: f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else ""  # noqa: E731
     for x in r["rows"]:
         b = x.get("batch", 1)
-        rate, precision = fastest.get((x["doc_tokens"], b), (None, ""))
-        pairs = x.get("pair_ratios", [])
-        spread = f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else ""
-        rows.append([f"{x['doc_tokens']:,}", b, _n(x["reference"]), _n(x["ours"]), f"{x['ratio']:.2f}x{spread}",
-                     f"{_n(rate)} ({precision})" if rate else "not measured",
-                     f"{rate / x['reference']:.2f}x" if rate else "", f"{x['max_abs_diff']:.2g}", _load(x["load"])])
+        if x.get("fast"):  # measured in the same rounds as the reference
+            precision, f = max(x["fast"].items(), key=lambda item: item[1]["tokens_per_s"])
+            rate, ratio = f["tokens_per_s"], f"{f['ratio']:.2f}x{spread(f['pair_ratios'])}"
+        else:  # runs before 2026-12-02: the fastest precision of the throughput table
+            rate, precision = fastest.get((x["doc_tokens"], b), (None, ""))
+            ratio = f"{rate / x['reference']:.2f}x" if rate else ""
+        rows.append([f"{x['doc_tokens']:,}", b, _n(x["reference"]), _n(x["ours"]),
+                     f"{x['ratio']:.2f}x{spread(x.get('pair_ratios', []))}",
+                     f"{_n(rate)} ({precision})" if rate else "not measured", ratio,
+                     f"{x['max_abs_diff']:.2g}", _load(x["load"])])
+    same_rounds = all(x.get("fast") for x in r["rows"])
     return _table(["document tokens", "batch", "reference tokens/s (float32)", "txl_core float32",
-                   "ratio (range over pairs)",
-                   "txl_core fastest path (throughput table)", "ratio", "max abs diff, first segment", "load"], rows) + [
-        "", "The reference and txl_core float32 are measured alternately with the same weights, the median of each "
-        "over the repeated readings (the range is over the reference-then-ours pairs); the fastest path is the "
-        "fastest precision of the throughput table above, at the same size (same run)."]
+                   "ratio (range over rounds)", "txl_core fastest path", "ratio (range over rounds)",
+                   "max abs diff, first segment", "load"], rows) + [
+        "", "The reference and txl_core are measured in alternated rounds with the same weights (the reference, "
+        "then float32, " + ("bf16 and int8" if same_rounds else "") + "), each the median of its readings; a "
+        "range is over the rounds' ratios. " + ("The fastest path is the faster of bf16 and int8 in those rounds."
+                                                if same_rounds else "The fastest path is the fastest precision of "
+                                                "the throughput table above, at the same size (same run).")]
 
 
 def _memory(r: dict, m: dict) -> list[str]:

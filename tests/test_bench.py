@@ -56,7 +56,19 @@ def test_quick_bench_writes_every_row(tmp_path):
         assert [(r["doc_tokens"], r["batch"]) for r in reference["rows"]] == \
             [(n, b) for n in plan.doc_lens for b in plan.batches]
         assert all(r["ours"] > 0 and r["reference"] > 0 and r["max_abs_diff"] < 1e-4 for r in reference["rows"])
-        assert "(float32)" in text and "fastest path" in text
+        assert all(set(r["fast"]) == {"bf16", "int8"} and len(r["fast"]["bf16"]["pair_ratios"]) == plan.repeats
+                   and r["fast"]["int8"]["ratio"] > 0 for r in reference["rows"])
+        assert "(float32)" in text and "fastest path is the faster of bf16 and int8 in those rounds" in text
+
+
+def test_a_reference_table_of_an_earlier_run_still_renders():
+    """bench.json files written before the fast paths joined the reference rounds take them from the
+    throughput table."""
+    old = {"rows": [{"doc_tokens": 4096, "batch": 8, "ours": 7000.0, "reference": 2000.0, "ratio": 3.5,
+                     "pair_ratios": [3.4, 3.6], "max_abs_diff": 1e-6, "load": 1.0}]}
+    from pipelines.bench import _reference
+    text = "\n".join(_reference(old, {(4096, 8): (9000.0, "bf16")}))
+    assert "| 9,000 (bf16) | 4.50x |" in text and "fastest precision of the throughput table" in text
 
 
 @pytest.mark.slow
