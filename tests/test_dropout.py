@@ -68,3 +68,80 @@ def test_attention_dropout_averages_to_the_attention_without_it():
     mean = runs.mean(0)
     assert F.mse_loss(runs[0], expected) > 1e-3  # dropout did act
     assert F.mse_loss(mean, expected) < 0.01 * F.mse_loss(runs[0], expected)
+
+
+def _unfused(score, v, p):
+    """What the training attention computed before SoftmaxDropoutValues: softmax, Dropout, product."""
+    probs = torch.softmax(score.float(), dim=-1).to(v.dtype)
+    return torch.matmul(Dropout(p).train()(probs), v)
+
+
+def _run(fn, score, v, p, grad, seed=3):
+    score, v = score.clone().requires_grad_(), v.clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = fn(score, v, p)
+    out.backward(grad)
+    return out, score.grad, v.grad
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
+def test_fused_softmax_dropout_values_equals_the_unfused_ops_in_float32(p):
+    from txl_core.attention import SoftmaxDropoutValues
+    gen = torch.Generator().manual_seed(0)
+    score, v = torch.randn(2, 3, 7, 11, generator=gen) * 3, torch.randn(2, 3, 11, 5, generator=gen)
+    grad = torch.randn(2, 3, 7, 5, generator=gen)
+    fused = _run(SoftmaxDropoutValues.apply, score, v, p, grad)
+    plain = _run(_unfused, score, v, p, grad)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_fused_softmax_dropout_values_under_bf16_autocast_is_as_close_as_bf16_allows():
+    """bf16: the softmax gradient comes from the kept bf16 probabilities instead of float32 ones."""
+    from txl_core.attention import SoftmaxDropoutValues
+    gen = torch.Generator().manual_seed(1)
+    score = (torch.randn(2, 4, 16, 32, generator=gen) * 3).bfloat16()
+    v, grad = torch.randn(2, 4, 32, 8, generator=gen).bfloat16(), torch.randn(2, 4, 16, 8, generator=gen).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = _run(SoftmaxDropoutValues.apply, score, v, 0.1, grad)
+        plain = _run(_unfused, score, v, 0.1, grad)
+    assert [t.dtype for t in fused] == [t.dtype for t in plain] == [torch.bfloat16] * 3
+    torch.testing.assert_close(fused[0], plain[0], rtol=0, atol=0)  # the same forward
+    for a, b in zip(fused[1:], plain[1:]):
+        assert (a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max()
+
+
+def test_training_attention_keeps_less_than_half_for_the_backward():
+    """Bytes saved for the backward by one training attention call (CPU, attention dropout): the fused path
+    keeps bf16 probabilities and a mask, 3 bytes per score, where the unfused ops kept 7."""
+    config = tiny_config(dropout=0.0, dropatt=0.1, n_head=4, d_head=8, d_model=32)
+    attn = RelMultiHeadAttn(config).train()
+    with torch.no_grad():
+        for prm in attn.parameters():
+            prm.normal_(0.0, 0.5)
+    x, mem, pos = torch.randn(4, 64, 32), torch.randn(4, 64, 32), torch.randn(128, 32)
+    mask = attention_mask(qlen=64, mlen=64, mem_len=64, same_length=False)
+
+    scores = 4 * 4 * 64 * 128  # B H T K
+
+    def saved_bytes_per_score(fused: bool) -> float:
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            if t.numel() == scores:  # the score-sized tensors (the rest: q, k, v, weights, norms)
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        import txl_core.attention as module
+        original = module.SoftmaxDropoutValues.apply
+        if not fused:
+            module.SoftmaxDropoutValues.apply = _unfused
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16), \
+                    torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                attn(x, pos_emb=pos, mem=mem, mask=mask)
+        finally:
+            module.SoftmaxDropoutValues.apply = original
+        return sum(seen.values()) / scores
+
+    assert saved_bytes_per_score(True) == 3  # bf16 probabilities and the mask
+    assert saved_bytes_per_score(False) == 7  # float32 softmax output, the mask, the dropped bf16 copy

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TXLConfig
-from .dropout import Dropout
+from .dropout import Dropout, keep_mask
 
 
 def rel_shift(x: torch.Tensor) -> torch.Tensor:
@@ -204,5 +204,40 @@ class RelMultiHeadAttn(nn.Module):
         if not need_probs and (p == 0.0 or q_u.device.type != "cpu"):
             return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
         score = torch.matmul(q_u, k.transpose(-1, -2)) * self.scale + bd  # (B, H, T, K)
+        if not need_probs and torch.is_grad_enabled() and p < 1.0:
+            return SoftmaxDropoutValues.apply(score, v, p), None
         probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
         return torch.matmul(self.dropatt(probs), v), probs if need_probs else None
+
+
+class SoftmaxDropoutValues(torch.autograd.Function):
+    """dropout(softmax(score)) @ v, for CPU training with attention dropout, keeping for the backward only the
+    probabilities in v's precision and the keep mask (3 bytes per score in bf16, where the unfused ops kept the
+    float32 softmax output, the mask and the dropped probabilities: 7). The softmax is computed in float32 and
+    its gradient from the kept probabilities; with float32 values that is the unfused computation exactly. The
+    mask is drawn where `Dropout` draws it, so a restored random state replays it."""
+
+    @staticmethod
+    def forward(ctx, score, v, p):
+        with torch.autocast(score.device.type, enabled=False):
+            probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
+            keep = keep_mask(probs.shape, p, probs.device) if p > 0.0 else None
+            dropped = probs if keep is None else torch.where(keep, probs * (1.0 / (1.0 - p)), 0.0)
+            ctx.save_for_backward(probs, keep, v)
+            ctx.p, ctx.score_dtype = p, score.dtype
+            return torch.matmul(dropped, v)  # (B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, grad):
+        probs, keep, v = ctx.saved_tensors
+        scale = 1.0 / (1.0 - ctx.p)
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.to(v.dtype)
+            dropped = probs if keep is None else torch.where(keep, probs * scale, 0.0)
+            grad_v = torch.matmul(dropped.transpose(-1, -2), grad)  # (B, H, K, D)
+            grad_dropped = torch.matmul(grad, v.transpose(-1, -2))  # (B, H, T, K)
+            if keep is not None:
+                grad_dropped = torch.where(keep, grad_dropped * scale, 0.0)
+            g, y = grad_dropped.float(), probs.float()
+            grad_score = y * (g - (g * y).sum(-1, keepdim=True))
+        return grad_score.to(ctx.score_dtype), grad_v, None
