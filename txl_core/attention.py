@@ -203,7 +203,7 @@ class RelMultiHeadAttn(nn.Module):
         p = self.dropatt.p if self.training else 0.0
         if not need_probs and (p == 0.0 or q_u.device.type != "cpu"):
             return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
-        score = torch.matmul(q_u, k.transpose(-1, -2)) * self.scale + bd  # (B, H, T, K)
+        score = torch.matmul(q_u, k.transpose(-1, -2)).mul_(self.scale).add_(bd)  # (B, H, T, K), one buffer
         if not need_probs and torch.is_grad_enabled() and p < 1.0:
             return SoftmaxDropoutValues.apply(score, v, p), None
         probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
@@ -220,7 +220,7 @@ class SoftmaxDropoutValues(torch.autograd.Function):
     @staticmethod
     def forward(ctx, score, v, p):
         with torch.autocast(score.device.type, enabled=False):
-            probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
+            probs = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, K)
             keep = keep_mask(probs.shape, p, probs.device) if p > 0.0 else None
             dropped = probs if keep is None else torch.where(keep, probs * (1.0 / (1.0 - p)), 0.0)
             ctx.save_for_backward(probs, keep, v)
@@ -238,6 +238,7 @@ class SoftmaxDropoutValues(torch.autograd.Function):
             grad_dropped = torch.matmul(grad, v.transpose(-1, -2))  # (B, H, T, K)
             if keep is not None:
                 grad_dropped = torch.where(keep, grad_dropped * scale, 0.0)
-            g, y = grad_dropped.float(), probs.float()
-            grad_score = y * (g - (g * y).sum(-1, keepdim=True))
+            y = probs.float()
+            yg = grad_dropped.float().mul_(y)  # the softmax gradient y (g - sum(y g)), in two buffers
+            grad_score = yg.addcmul_(y, yg.sum(-1, keepdim=True), value=-1)
         return grad_score.to(ctx.score_dtype), grad_v, None
