@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .attention import attention_mask
 from .config import TXLConfig
@@ -18,6 +17,7 @@ from .checkpoint import PretrainedMixin
 from .init import init_weights
 from .dropout import Dropout
 from .layer import DecoderLayer
+from .kept_kv import KeptKV
 from .memory import Mems, update_mems
 
 
@@ -46,40 +46,19 @@ class TXLModel(PretrainedMixin, nn.Module):
             self.r_r_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         self.apply(lambda m: init_weights(m, config))
-        # Inference only: a memory tensor this model returned -> the keys and values of its rows (see `forward`).
-        self._mem_kv = WeakIdKeyDictionary()
+        self._mem_kv = KeptKV()  # inference only, see kept_kv.py
 
     def __getstate__(self):  # copies and pickles start with nothing kept (weak references do not pickle)
         return {k: v for k, v in super().__getstate__().items() if k != "_mem_kv"}
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._mem_kv = WeakIdKeyDictionary()
-
-    def _kept_kv(self, mem: torch.Tensor, layer: DecoderLayer):
-        """The keys and values kept for `mem`, 2 x (B, H, M, D), if `mem` is unchanged since and so are the
-        weights they came from; else None (the layer projects the memory rows again)."""
-        hit = self._mem_kv.get(mem)
-        if hit is None or hit[0] != _version(mem) or hit[1] != layer.dec_attn.weights_stamp():
-            return None
-        return hit[2]
-
-    def _keep_kv(self, mems: Mems, kvs, layers) -> None:
-        for mem, (k, v), layer in zip(mems, kvs, layers):
-            stamp = layer.dec_attn.weights_stamp()
-            if stamp is not None and mem.size(1) > 0:
-                n = mem.size(1)  # the memory is the last n of the K rows
-                self._mem_kv[mem] = (_version(mem), stamp, (k[:, :, -n:], v[:, :, -n:]))
+        self._mem_kv = KeptKV()
 
     def select_mems(self, mems: Mems, index: torch.Tensor) -> Mems:
-        """`[m[index] for m in mems]` (the rows of the documents still reading), keeping what inference kept
-        for the memory rows so the next segment does not project them again."""
-        out = [m[index] for m in mems]
-        for old, new, layer in zip(mems, out, self.layers):
-            kv = self._kept_kv(old, layer)
-            if kv is not None:
-                self._mem_kv[new] = (_version(new), layer.dec_attn.weights_stamp(), (kv[0][index], kv[1][index]))
-        return out
+        """`[m[index] for m in mems]` (the rows of the documents still reading), with the keys and values
+        inference kept for those rows, so the next segment does not project them again."""
+        return self._mem_kv.select(mems, index, [layer.dec_attn for layer in self.layers])
 
     def forward(self, input_ids: torch.Tensor, *, mems: Mems | None = None, valid: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> TXLOutput:
@@ -113,17 +92,14 @@ class TXLModel(PretrainedMixin, nn.Module):
         for i, layer in enumerate(self.layers):
             hids.append(x)
             mem = None if mems is None else mems[i]
-            kept = self._kept_kv(mem, layer) if inference and mem is not None and mem.size(1) > 0 else None
-            x, p, kv = layer(x, pos_emb=pos_emb, mem=mem, mask=mask, need_probs=output_attentions, mem_kv=kept,
-                             **shared)
+            x, p, kv = layer(x, pos_emb=pos_emb, mem=mem, mask=mask, need_probs=output_attentions,
+                             mem_kv=self._mem_kv.get(mem, layer.dec_attn) if inference else None, **shared)
             probs.append(p)
             kvs.append(kv)
         x = self.drop(x)
         new_mems = update_mems(hids, mems, mem_len=cfg.mem_len)
-        if inference:
-            # The next segment's memory rows are rows of this one's K: their keys and values are computed, and
-            # depend on the row alone, so they are kept (tied to the memory tensors) instead of projected again.
-            self._keep_kv(new_mems, kvs, self.layers)
+        if inference:  # with gradients a caller may back-propagate into the memory: nothing is kept
+            self._mem_kv.keep(new_mems, kvs, [layer.dec_attn for layer in self.layers])
         return TXLOutput(
             last_hidden_state=x,
             mems=new_mems,
@@ -131,10 +107,3 @@ class TXLModel(PretrainedMixin, nn.Module):
             attentions=tuple(probs) if output_attentions else None,
         )
 
-
-def _version(t: torch.Tensor) -> int:
-    """`t`'s version counter (bumped by in-place writes); 0 for an inference tensor, which keeps none."""
-    try:
-        return t._version
-    except RuntimeError:
-        return 0
