@@ -90,3 +90,17 @@ def test_a_model_trained_in_bf16_is_saved_in_float32(tmp_path):
                  "--segment-len", "32", "--mem-len", "32", "--precision", "bf16"]) == 0
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+
+
+def test_the_position_frequencies_stay_float32_in_a_bf16_encoder():
+    """Cast to bf16, a frequency keeps 8 bits: at distance 511 its sinusoid's argument would be off by up to
+    half a radian. The bf16 encoder's sinusoids must be the float32 ones, rounded once at the end."""
+    from txl_core import TXLModel
+    from txl_core.embedding import PositionalEmbedding
+    exact = PositionalEmbedding(64)(512, clamp_len=0)  # (512, 64)
+    half = TXLModel(tiny_config(d_model=64, n_head=4, d_head=16)).to(torch.bfloat16).pos_emb
+    assert half.inv_freq.dtype == torch.float32
+    assert torch.equal(half(512, clamp_len=0).to(torch.bfloat16), exact.to(torch.bfloat16))
+    rounded = PositionalEmbedding(64)
+    rounded.inv_freq = rounded.inv_freq.to(torch.bfloat16).float()  # what the cast used to leave
+    assert (rounded(512, clamp_len=0) - exact).abs().max() > 0.1  # so the test can fail

@@ -73,8 +73,18 @@ class PositionalEmbedding(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        inv_freq = 1 / (10000 ** (torch.arange(0.0, d_model, 2.0) / d_model))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.d_model = d_model
+        self.register_buffer("inv_freq", self._frequencies(), persistent=False)
+
+    def _frequencies(self, device=None) -> torch.Tensor:
+        return 1 / (10000 ** (torch.arange(0.0, self.d_model, 2.0, device=device) / self.d_model))  # (C/2,)
+
+    def _apply(self, fn, recurse=True):
+        """The frequencies stay float32 whatever the module is cast to: rounded to bf16's 8 bits, distance 511
+        times a frequency would be off by up to half a radian."""
+        super()._apply(fn, recurse)
+        self.inv_freq = self._frequencies(self.inv_freq.device)
+        return self
 
     def forward(self, klen: int, *, clamp_len: int, future: int = 0) -> torch.Tensor:
         """(K + future, C): distances K-1 down to -future; `future` = T - 1 for bidirectional attention."""
