@@ -29,7 +29,7 @@ from .errors import UserError
 from .inference import PRECISIONS, predict, prepare
 from .io import iter_table
 from .modeldir import load_model_dir, write_atomic
-from .output import output_format, write_frame
+from .output import output_format, result_columns, write_frame
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,20 +66,6 @@ def _partial_dir(args) -> Path:
     if not stamp.is_file():
         write_atomic(stamp, json.dumps({"fingerprint": want}))
     return part
-
-
-def _result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) -> pd.DataFrame:
-    out = chunk.copy()
-    out["predicted_label"] = [p.label for p in preds]
-    out["score"] = [p.score for p in preds]
-    for name in labels:
-        out[f"prob_{name}"] = [p.probs.get(name, float("nan")) for p in preds]
-    ranked = [sorted(p.probs.items(), key=lambda kv: -kv[1]) for p in preds] if top_k else []
-    for k in range(top_k):
-        out[f"top{k + 1}_label"] = [r[k][0] if len(r) > k else "" for r in ranked]
-        out[f"top{k + 1}_score"] = [r[k][1] if len(r) > k else float("nan") for r in ranked]
-    out["error"] = [p.error for p in preds]
-    return out
 
 
 def _check_output(args) -> None:
@@ -121,7 +107,7 @@ def _classify(args, device) -> int:
         if (todo - 1) % dist.world() != dist.rank():  # the remaining chunks in turn: even after a rerun
             continue
         preds = predict(md, chunk[args.text_column].tolist(), batch_size=args.batch_size, progress=bar.update)
-        frame = _result_columns(chunk, preds, md.labels, args.top_k)
+        frame = result_columns(chunk, preds, md.labels, args.top_k)
         tmp = part_dir / f".part-{index:06d}.tmp"
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, target)

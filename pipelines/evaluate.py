@@ -1,31 +1,45 @@
-"""Measure a model directory on a labelled file: metrics.json, a confusion-matrix PNG, a per-class table.
+"""Measure a model directory on a labelled file: metrics.json, a confusion-matrix PNG, a per-class table, and
+predictions.csv (every document's text, true label, predicted label and probabilities, for error analysis).
 
 Labels in the file that the model never saw are reported and count as errors (the model cannot predict them).
+The documents are classified in chunks, each written whole into `<out>/predictions.partial/`: a large test
+set takes a while on a CPU (25,000 imdb reviews, half an hour), and a rerun after a kill continues from the
+chunks already done.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from .inference import PRECISIONS, predict, prepare
 from .labeled import load_labeled
 from .metrics import compute_metrics
 from .modeldir import load_model_dir, write_atomic
+from .output import result_columns, write_frame
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory written by `txl train`")
     p.add_argument("--data", required=True, help="labelled file (csv/tsv/jsonl/parquet, may be compressed)")
-    p.add_argument("--out", required=True, help="folder for metrics.json, confusion_matrix.png, per_class.csv")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--split-column", default="split")
+    p.add_argument("--out", required=True, help="folder for metrics.json, per_class.csv, confusion_matrix.png and "
+                   "predictions.csv")
+    p.add_argument("--text-column", default="text", help="column holding the documents (default: text)")
+    p.add_argument("--label-column", default="label", help="column holding the true labels; a|b|c for several")
+    p.add_argument("--split-column", default="split", help="column naming each row's split, if the file has one")
     p.add_argument("--split", default="test", help="rows of this split, when the file has a split column")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as for txl classify")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto = bf16 on a GPU or a CPU with bf16 units, else float32 (as for txl classify)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--chunk-rows", type=int, default=2000,
+                   help="documents per restartable chunk: a rerun after a kill continues from the finished ones")
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> None:
@@ -50,34 +64,80 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> No
     plt.close(fig)
 
 
-def evaluate(md, texts: list[str], labels: list[str]) -> dict:
-    preds = predict(md, texts)
+def evaluate(md, texts: list[str], labels: list[str], predicted: list[str] | None = None) -> dict:
+    """Metrics of the model's predictions (`predicted`, or made here) against `labels`."""
+    predicted = predicted if predicted is not None else [p.label for p in predict(md, texts)]
     known = set(md.labels)
     seen = sorted({x for y in labels for x in (y.split("|") if md.multi_label else [y])} - known)
     names = md.labels + seen
-    metrics = compute_metrics(labels, [p.label for p in preds], names, multi_label=md.multi_label)
+    metrics = compute_metrics(labels, predicted, names, multi_label=md.multi_label)
     metrics["labels_unknown_to_model"] = seen
     metrics["precision"] = md.precision
     return metrics
+
+
+def _fingerprint(args, texts: list[str]) -> str:
+    """Identifies one job: another model, data set, split or option starts over instead of mixing."""
+    model = os.stat(Path(args.model) / "model.safetensors")
+    digest = hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+    key = [os.path.abspath(args.model), model.st_mtime_ns, model.st_size, digest, args.precision, args.chunk_rows]
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()
+
+
+def _partial_dir(out: Path, fingerprint: str) -> Path:
+    part, stamp = out / "predictions.partial", out / "predictions.partial" / "job.json"
+    if part.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != fingerprint):
+        print(f"txl evaluate: {part} belongs to another job; starting over", file=sys.stderr)
+        shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    if not stamp.is_file():
+        write_atomic(stamp, json.dumps({"fingerprint": fingerprint}))
+    return part
+
+
+def predict_in_chunks(md, texts: list[str], labels: list[str], part: Path, *, chunk_rows: int) -> pd.DataFrame:
+    """Every document's prediction as a frame (text, label, predicted_label, score, prob_<label>, error),
+    made chunk by chunk; a chunk already in `part` is read back instead of classified again."""
+    frames, bar = [], tqdm(total=len(texts), unit="doc", dynamic_ncols=True, desc="evaluate")
+    for start in range(0, len(texts), max(1, chunk_rows)):
+        target = part / f"part-{start // max(1, chunk_rows):06d}.parquet"
+        if target.is_file():
+            frame = pd.read_parquet(target)
+            bar.update(len(frame))
+        else:
+            chunk = pd.DataFrame({"text": texts[start:start + chunk_rows], "label": labels[start:start + chunk_rows]})
+            frame = result_columns(chunk, predict(md, chunk["text"].tolist(), progress=bar.update), md.labels, 0)
+            tmp = target.with_name(f".{target.name}.tmp")
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, target)
+        frames.append(frame)
+    bar.close()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["text", "label"])
 
 
 def run(args: argparse.Namespace) -> int:
     md = prepare(load_model_dir(args.model), precision=args.precision, device=args.device)
     texts, labels = load_labeled(args.data, text_column=args.text_column, label_column=args.label_column,
                                  split_column=args.split_column, split=args.split)
-    metrics = evaluate(md, texts, labels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    part = _partial_dir(out, _fingerprint(args, texts))
+    resumed = len(list(part.glob("part-*.parquet")))
+    frame = predict_in_chunks(md, texts, labels, part, chunk_rows=args.chunk_rows)
+    metrics = evaluate(md, texts, labels, predicted=frame["predicted_label"].tolist())
+    write_frame([frame], out / "predictions.csv")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     table = pd.DataFrame(metrics["per_class"]).T.rename_axis("label").reset_index()
     table.to_csv(out / "per_class.csv", index=False)
     if "confusion_matrix" in metrics:
         plot_confusion(metrics["confusion_matrix"], metrics["labels"], out / "confusion_matrix.png")
+    shutil.rmtree(part)
     if metrics["labels_unknown_to_model"]:
         print(f"txl evaluate: {len(metrics['labels_unknown_to_model'])} labels in the data are unknown to the model "
               f"and count as errors: {', '.join(metrics['labels_unknown_to_model'][:5])}")
+    again = f" ({resumed} chunks reused from an interrupted run)" if resumed else ""
     print(f"txl evaluate: {metrics['n_documents']} documents, accuracy {metrics['accuracy']:.4f}, "
-          f"macro-F1 {metrics['macro_f1']:.4f}, micro-F1 {metrics['micro_f1']:.4f}; wrote {out}")
+          f"macro-F1 {metrics['macro_f1']:.4f}, micro-F1 {metrics['micro_f1']:.4f}; wrote {out}{again}")
     return 0
 
 

@@ -53,3 +53,18 @@ def _write(frames: Iterable[pd.DataFrame], tmp: str, fmt: str) -> None:
                 frame.to_json(f, orient="records", lines=True, force_ascii=False)
             else:
                 frame.to_csv(f, index=False, header=i == 0, sep="\t" if fmt == "tsv" else ",")
+
+
+def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) -> pd.DataFrame:
+    """`chunk` with the predictions' columns: predicted_label, score, prob_<label>, top<k>_label/score, error."""
+    out = chunk.copy()
+    out["predicted_label"] = [p.label for p in preds]
+    out["score"] = [p.score for p in preds]
+    for name in labels:
+        out[f"prob_{name}"] = [p.probs.get(name, float("nan")) for p in preds]
+    ranked = [sorted(p.probs.items(), key=lambda kv: -kv[1]) for p in preds] if top_k else []
+    for k in range(top_k):
+        out[f"top{k + 1}_label"] = [r[k][0] if len(r) > k else "" for r in ranked]
+        out[f"top{k + 1}_score"] = [r[k][1] if len(r) > k else float("nan") for r in ranked]
+    out["error"] = [p.error for p in preds]
+    return out

@@ -133,6 +133,42 @@ def test_evaluate_writes_metrics_png_and_table(model, data, tmp_path):
     assert {"accuracy", "macro_f1", "micro_f1", "per_class"} <= set(metrics)
     assert (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 1000
     assert "precision" in (tmp_path / "ev" / "per_class.csv").read_text()
+    pred = pd.read_csv(tmp_path / "ev" / "predictions.csv", keep_default_na=False)
+    assert pred["text"].tolist() == frame["text"].tolist() and pred["label"].tolist() == frame["label"].tolist()
+    assert (pred["predicted_label"] == pred["label"]).mean() == pytest.approx(metrics["accuracy"])
+    assert {"score", "prob_politics", "prob_sport", "prob_tech", "error"} <= set(pred.columns)
+    assert not (tmp_path / "ev" / "predictions.partial").exists()
+
+
+def test_evaluate_continues_after_a_kill(model, data, tmp_path):
+    """Killed mid-way, a rerun reuses the finished chunks and ends with the metrics of an uninterrupted run;
+    a rerun with another model starts over."""
+    whole = tmp_path / "whole"
+    assert main(["evaluate", "--model", str(model), "--data", str(data / "test.csv"), "--out", str(whole)]) == 0
+    out, part = tmp_path / "ev", tmp_path / "ev" / "predictions.partial"
+    cmd = ["evaluate", "--model", str(model), "--data", str(data / "test.csv"), "--out", str(out),
+           "--chunk-rows", "5"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *cmd], env=ENV, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(part.glob("part-*.parquet"))) < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(part.glob("part-*.parquet")))
+    assert 2 <= done < 12, "the kill should land mid-way (60 rows in chunks of 5)"
+    result = _cli(*cmd)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert f"{done} chunks reused" in result.stdout or f"{done + 1} chunks reused" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == \
+        json.loads((whole / "metrics.json").read_text())["accuracy"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), pd.read_csv(whole / "predictions.csv"))
+    assert not part.exists()
+    part.mkdir()  # left by another job (another model, data set or option): never mixed in
+    (part / "job.json").write_text('{"fingerprint": "another job"}')
+    pd.DataFrame({"predicted_label": ["sport"] * 5}).to_parquet(part / "part-000000.parquet")
+    result = _cli(*cmd)
+    assert result.returncode == 0 and "belongs to another job; starting over" in result.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), pd.read_csv(whole / "predictions.csv"))
 
 
 def test_multi_label_end_to_end(tmp_path):
