@@ -6,14 +6,14 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, bounded
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory (default: the bundled model)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=bounded(int, at_least=1, below=65536), default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on the network)")
-    p.add_argument("--max-upload-mb", type=int, default=50, help="largest accepted upload, in MB")
+    p.add_argument("--max-upload-mb", type=bounded(int, at_least=1), default=50, help="largest accepted upload, in MB")
 
 
 def command(args) -> list[str]:

@@ -19,7 +19,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import MultiLabelBinarizer
 from sklearn.svm import LinearSVC
 
-from .errors import UserError
+from .errors import UserError, bounded
 from .io import table_columns
 from .labeled import load_labeled
 from .labels import LabelSet
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-column", default="split", help="column naming each row's split, when a file has one")
     p.add_argument("--train-split", default="train", help="rows of --train to train on, when it has a split column")
     p.add_argument("--test-split", default="test", help="rows of --test to measure on, when it has a split column")
-    p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (default 1.0, which gives the "
+    p.add_argument("--C", type=bounded(float, above=0), default=1.0, help="SVM regularisation (default 1.0, which gives the "
                    "reference numbers)")
     p.add_argument("--out", help="write the metrics as JSON here")
 

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, bounded
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: checks that the bench runs")
     p.add_argument("--model", help="model directory for the e2e section (default: a random-init classifier)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, usually the cores)")
+    p.add_argument("--threads", type=bounded(int, at_least=1), help="torch threads (default: torch's choice, usually the cores)")
     p.add_argument("--refenv", default=str(ROOT / ".refenv"), help="venv holding transformers==4.37.2")
     p.add_argument("--out-md", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="its bench table is replaced")
     p.add_argument("--out-json", default=str(ROOT / "benchmarks" / "bench.json"), help="every number, as JSON")

@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import distributed as dist
-from .errors import UserError
+from .errors import UserError, int_at_least
 from .inference import PRECISIONS, predict, prepare
 from .io import iter_table
 from .modeldir import load_model_dir, write_atomic
@@ -37,14 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="csv/tsv/jsonl/parquet, optionally .gz/.xz/.zst/.bz2")
     p.add_argument("--output", required=True, help="result file (csv/tsv/jsonl/parquet, chosen by its name)")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--top-k", type=int, default=0, help="also write the K most probable labels and scores")
+    p.add_argument("--top-k", type=int_at_least(0), default=0, help="also write the K most probable labels and scores")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 on a GPU or a CPU with bf16 units (AVX512-BF16/AMX), else float32; int8 = dynamic "
                    "quantization (CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--chunk-rows", type=int, default=2000, help="rows per restartable chunk")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, help="documents per forward pass")
+    p.add_argument("--chunk-rows", type=int_at_least(1), default=2000, help="rows per restartable chunk")
 
 
 def _fingerprint(args) -> str:

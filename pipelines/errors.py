@@ -17,3 +17,28 @@ class DataWarning(UserWarning):
 
     A warning rather than a print, so that the app can collect and show it and tests can assert on it.
     """
+
+
+def bounded(kind: type = int, *, at_least: float | None = None, above: float | None = None,
+            below: float | None = None):
+    """An argparse `type`: a number of `kind` within the bounds, else argparse's one-line usage error."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        for ok, words, bound in ((at_least is None or value >= at_least, "at least", at_least),
+                                 (above is None or value > above, "above", above),
+                                 (below is None or value < below, "below", below)):
+            if not ok:
+                raise argparse.ArgumentTypeError(f"must be {words} {bound}, got {value}")
+        return value
+    return parse
+
+
+def int_at_least(minimum: int):
+    """An argparse `type`: a whole number of at least `minimum`."""
+    return bounded(int, at_least=minimum)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from .errors import int_at_least
 from .inference import PRECISIONS, predict, prepare
 from .labeled import load_labeled
 from .metrics import compute_metrics
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 on a GPU or a CPU with bf16 units, else float32 (as for txl classify)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--chunk-rows", type=int, default=2000,
+    p.add_argument("--chunk-rows", type=int_at_least(1), default=2000,
                    help="documents per restartable chunk: a rerun after a kill continues from the finished ones")
 
 
@@ -99,8 +100,8 @@ def predict_in_chunks(md, texts: list[str], labels: list[str], part: Path, *, ch
     """Every document's prediction as a frame (text, label, predicted_label, score, prob_<label>, error),
     made chunk by chunk; a chunk already in `part` is read back instead of classified again."""
     frames, bar = [], tqdm(total=len(texts), unit="doc", dynamic_ncols=True, desc="evaluate")
-    for start in range(0, len(texts), max(1, chunk_rows)):
-        target = part / f"part-{start // max(1, chunk_rows):06d}.parquet"
+    for start in range(0, len(texts), chunk_rows):
+        target = part / f"part-{start // chunk_rows:06d}.parquet"
         if target.is_file():
             frame = pd.read_parquet(target)
             bar.update(len(frame))

@@ -22,12 +22,13 @@ import torch
 from txl_core import TXLConfig, TXLLMHeadModel
 
 from .checkpoints import checkpoint_dir
-from .errors import UserError
+from .errors import UserError, bounded
 from .inference import resolve_device, tune_cpu_allocator
 from .lm_stream import EOS, count_words, encode_stream, perplexity, read_documents
 from .lm_trainer import LMRecipe, LMTrainer
 from .modeldir import load_lm_dir
 from .subword import train_tokenizer
+from .train import FLAG_BOUNDS
 from .word_tokenizer import load_tokenizer
 
 CLASSIFIER = ("num_labels", "labels", "multi_label", "pooling", "classifier_dropout")  # not an LM's settings
@@ -35,6 +36,14 @@ HELD_OUT = 0.02  # of the stream, when no --valid is given
 ARCH = {"vocab_size": 16000, "d_model": 256, "n_layer": 4, "n_head": 4, "d_inner": 1024, "segment_len": 128,
         "mem_len": 128, "dropout": 0.1}
 SHAPE = ("vocab_size", "d_model", "n_layer", "n_head", "d_inner")
+# Bounds of the numeric flags: a value outside is a one-line usage error (warmup is in steps here).
+BOUNDS = FLAG_BOUNDS | {"warmup": dict(at_least=0), "max_steps": dict(at_least=1), "eval_mem_len": dict(at_least=0),
+                        "eval_segment_len": dict(at_least=1), "eval_batch_size": dict(at_least=1),
+                        "clamp_len": dict(at_least=0)}
+
+
+def _kind(name: str, kind: type):
+    return bounded(kind, **BOUNDS[name]) if name in BOUNDS else kind
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,20 +57,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="a tokenizer.json to use instead of training one on --text")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--eval-only", action="store_true", help="only measure --init's perplexity on --text")
-    p.add_argument("--eval-mem-len", type=int, help="memory when measuring perplexity (default: --mem-len)")
-    p.add_argument("--eval-segment-len", type=int, help="segment length when measuring (default: --segment-len)")
-    p.add_argument("--eval-batch-size", type=int, default=8, help="parallel streams when measuring")
-    p.add_argument("--clamp-len", type=int, help="relative distances beyond this share one position embedding "
+    p.add_argument("--eval-mem-len", type=_kind("eval_mem_len", int), help="memory when measuring perplexity (default: --mem-len)")
+    p.add_argument("--eval-segment-len", type=_kind("eval_segment_len", int), help="segment length when measuring (default: --segment-len)")
+    p.add_argument("--eval-batch-size", type=_kind("eval_batch_size", int), default=8, help="parallel streams when measuring")
+    p.add_argument("--clamp-len", type=_kind("clamp_len", int), help="relative distances beyond this share one position embedding "
                    "(default: segment + memory, the longest seen in training; 0: no clamp)")
     for name, default in ARCH.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
+        p.add_argument("--" + name.replace("_", "-"), type=_kind(name, type(default)), default=None,
                        help=f"model: {name} (default {default}, or --init's)")
     for name, default in LMRecipe.__dataclass_fields__.items():
         if name not in ("max_minutes", "max_steps"):
-            p.add_argument("--" + name.replace("_", "-"), type=type(default.default), default=default.default,
+            p.add_argument("--" + name.replace("_", "-"), type=_kind(name, type(default.default)),
+                           default=default.default,
                            help=f"recipe: {name} (default {default.default})")
-    p.add_argument("--max-steps", type=int, help="optimizer steps, the length of the schedule (default: --epochs)")
-    p.add_argument("--max-minutes", type=float, help="stop gracefully after this many minutes (resumable)")
+    p.add_argument("--max-steps", type=_kind("max_steps", int), help="optimizer steps, the length of the schedule (default: --epochs)")
+    p.add_argument("--max-minutes", type=_kind("max_minutes", float), help="stop gracefully after this many minutes (resumable)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 

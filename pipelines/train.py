@@ -25,14 +25,14 @@ from txl_core.classifier import TXLDocumentClassifier
 
 from . import distributed as dist
 from .checkpoints import checkpoint_dir
-from .errors import UserError
+from .errors import UserError, bounded
 from .inference import cpu_has_native_bf16, predict, prepare
 from .labeled import load_labeled
 from .labels import LabelSet, stratified_split
 from .metrics import compute_metrics
 from .modeldir import ModelDir, load_model_dir, save_model_dir, write_atomic
 from .init_from import load_start, minilm_available
-from .subword import train_tokenizer
+from .subword import MIN_VOCAB, train_tokenizer
 from .word_tokenizer import load_tokenizer
 from .trainer import Recipe, Trainer
 
@@ -56,6 +56,22 @@ RECIPE_HELP = {  # Recipe field: (help, choices)
                   "float32 otherwise), float32 or bf16", ["auto", "float32", "bf16"]),
     "seed": ("random seed (split, initialisation, batches, dropout)", None),
 }
+# Bounds of the numeric flags: a value outside is a one-line usage error, not a failure deep in training.
+FLAG_BOUNDS = {"d_model": dict(at_least=1), "n_layer": dict(at_least=1), "n_head": dict(at_least=1),
+               "d_inner": dict(at_least=1), "segment_len": dict(at_least=1), "mem_len": dict(at_least=0),
+               "vocab_size": dict(at_least=MIN_VOCAB), "dropout": dict(at_least=0, below=1),
+               "batch_size": dict(at_least=1), "weight_decay": dict(at_least=0), "warmup": dict(at_least=0, below=1),
+               "clip": dict(above=0), "patience": dict(at_least=1), "evals_per_epoch": dict(at_least=1),
+               "save_every": dict(at_least=0), "lr": dict(above=0), "epochs": dict(at_least=1),
+               "max_minutes": dict(above=0)}
+
+
+def _kind(name: str, default):
+    """The argparse type of a flag: its default's type, bounded by FLAG_BOUNDS."""
+    kind = type(default)
+    return bounded(kind, **FLAG_BOUNDS[name]) if name in FLAG_BOUNDS and kind in (int, float) else kind
+
+
 ARCH_HELP = {"pooling": " [mean|max|attention|last]",
              "attention": "; bidirectional: a token also sees the later tokens of its segment (the default from a "
                           "BERT-family --init, which was trained that way); causal: the paper's, the default otherwise"}
@@ -79,21 +95,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
     for name, default in ARCH_DEFAULTS.items():  # None = not given: --init's value, else the default
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=None,
+        p.add_argument("--" + name.replace("_", "-"), type=_kind(name, default), default=None,
                        choices=ATTENTIONS if name == "attention" else None,
                        help=f"model: {name} (default {default})" + ARCH_HELP.get(name, ""))
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=_kind("lr", 0.0), default=None,
                    help=f"recipe: peak learning rate (default {SCRATCH_LR} from random weights, {START_LR} from --init)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=_kind("epochs", 0), default=None,
                    help=f"recipe: passes over the training data (default {SCRATCH_EPOCHS} from random weights, "
                    f"{START_EPOCHS} from --init)")
     for f in fields(Recipe):
         if f.name in ("max_minutes", "lr", "epochs"):
             continue
         text, choices = RECIPE_HELP[f.name]
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default, choices=choices,
-                       help=f"recipe: {text} (default {f.default})")
-    p.add_argument("--max-minutes", type=float, default=None,
+        p.add_argument("--" + f.name.replace("_", "-"), type=_kind(f.name, f.default), default=f.default,
+                       choices=choices, help=f"recipe: {text} (default {f.default})")
+    p.add_argument("--max-minutes", type=_kind("max_minutes", 0.0), default=None,
                    help="stop gracefully after this many minutes of training, counted over --resume runs too; "
                    "the steps since the last validation are validated first and the best model is kept")
 

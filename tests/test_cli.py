@@ -130,8 +130,20 @@ def test_usage_errors_reach_a_real_command(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["train", "--train", "x.csv", "--out", "y", "--precision", "bf17"], ["frobnicate"],
                                   ["baseline", "--train", "x"], ["classify", "--top-k", "two"],
-                                  ["train", "--train", "x.csv", "--out", "y", "--class-weights", "inverse"]])
+                                  ["train", "--train", "x.csv", "--out", "y", "--class-weights", "inverse"],
+                                  ["classify", "--model", "m", "--input", "i", "--output", "o", "--chunk-rows", "0"],
+                                  ["classify", "--model", "m", "--input", "i", "--output", "o", "--batch-size", "0"],
+                                  ["evaluate", "--model", "m", "--data", "d", "--out", "o", "--chunk-rows", "-3"],
+                                  ["train", "--train", "x.csv", "--out", "y", "--batch-size", "0"],
+                                  ["train", "--train", "x.csv", "--out", "y", "--lr", "-0.5"],
+                                  ["train", "--train", "x.csv", "--out", "y", "--dropout", "1.5"],
+                                  ["train", "--train", "x.csv", "--out", "y", "--vocab-size", "100"],
+                                  ["pretrain", "--text", "x.txt", "--out", "y", "--segment-len", "0"],
+                                  ["baseline", "--train", "x", "--test", "y", "--C", "0"],
+                                  ["app", "--port", "70000"]])
 def test_argument_errors_are_one_line_that_points_to_help(argv, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err and "--help" in err, err
+    if "-" in argv[-1] or argv[-1].replace(".", "").replace("e", "").isdigit():  # an out-of-bounds number
+        assert "must be" in err and argv[-2] in err, err
