@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -94,10 +95,12 @@ def _finished_chunks(args) -> tuple[Path, set[str]]:
 
 def _classify(args, device) -> int:
     md = prepare(load_model_dir(args.model), precision=args.precision, device=str(device))
+    chunks = iter_table(args.input, chunk_rows=args.chunk_rows, text_column=args.text_column)
+    first = next(chunks, None)  # a missing column or an unreadable file fails here, before anything is written
     part_dir, finished = _finished_chunks(args)
     todo = rows = 0
     bar = tqdm(unit="doc", dynamic_ncols=True, desc="classify", disable=not dist.is_main())
-    for index, chunk in enumerate(iter_table(args.input, chunk_rows=args.chunk_rows, text_column=args.text_column)):
+    for index, chunk in enumerate(itertools.chain([] if first is None else [first], chunks)):
         target = part_dir / f"part-{index:06d}.parquet"
         rows += len(chunk)
         if target.name in finished:

@@ -88,7 +88,8 @@ def test_unreadable_input_is_one_line_exit_2(capsys, model, tmp_path, case):
     (tmp_path / name).write_bytes(data)
     code, err, out = classify(capsys, model, tmp_path / name)
     assert_one_line_error(code, err, phrase)
-    assert not out.exists()
+    assert not out.exists() and not Path(f"{out}.partial").exists()  # refused before anything is written
+    assert err.count("\n") == 1, err  # not even a progress bar
 
 
 # (file name, bytes, the `error` column expected per row, the text expected in the output per row)
