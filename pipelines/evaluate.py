@@ -77,10 +77,10 @@ def evaluate(md, texts: list[str], labels: list[str], predicted: list[str] | Non
     return metrics
 
 
-def _fingerprint(args, texts: list[str]) -> str:
-    """Identifies one job: another model, data set, split or option starts over instead of mixing."""
+def _fingerprint(args, texts: list[str], labels: list[str]) -> str:
+    """Identifies one job: another model, data set, split, column or option starts over instead of mixing."""
     model = os.stat(Path(args.model) / "model.safetensors")
-    digest = hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+    digest = hashlib.sha1("\x00".join(texts + labels).encode("utf-8", "surrogatepass")).hexdigest()
     key = [os.path.abspath(args.model), model.st_mtime_ns, model.st_size, digest, args.precision, args.chunk_rows]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                                  split_column=args.split_column, split=args.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    part = _partial_dir(out, _fingerprint(args, texts))
+    part = _partial_dir(out, _fingerprint(args, texts, labels))
     resumed = len(list(part.glob("part-*.parquet")))
     frame = predict_in_chunks(md, texts, labels, part, chunk_rows=args.chunk_rows)
     metrics = evaluate(md, texts, labels, predicted=frame["predicted_label"].tolist())
