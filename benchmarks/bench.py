@@ -18,8 +18,8 @@ F = d_inner, B rows:
     o_net, feed-forward                         2 T A C + 4 T C F
 summed over the layers and divided by T: 2 x (non-embedding parameters but r_net) per token plus the
 attention terms. Embedding lookups, layer norms, softmax and pooling are left out. (Runs up to 2026-12-01
-01:00 counted the memory rows' queries and r_net too, 6% more per token at batch 8; runs up to 2026-12-02
-counted the memory rows' keys and values, which every precision then computed, 11% more.)
+01:00 counted the memory rows' queries and r_net too, 6% more per token at batch 8; runs before 2026-12-01
+14:30 counted the memory rows' keys and values, which every precision then computed, 11% more.)
 """
 from __future__ import annotations
 

@@ -57,11 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="a tokenizer.json to use instead of training one on --text")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--eval-only", action="store_true", help="only measure --init's perplexity on --text")
-    p.add_argument("--eval-mem-len", type=_kind("eval_mem_len", int), help="memory when measuring perplexity (default: --mem-len)")
-    p.add_argument("--eval-segment-len", type=_kind("eval_segment_len", int), help="segment length when measuring (default: --segment-len)")
-    p.add_argument("--eval-batch-size", type=_kind("eval_batch_size", int), default=8, help="parallel streams when measuring")
-    p.add_argument("--clamp-len", type=_kind("clamp_len", int), help="relative distances beyond this share one position embedding "
-                   "(default: segment + memory, the longest seen in training; 0: no clamp)")
+    p.add_argument("--eval-mem-len", type=_kind("eval_mem_len", int),
+                   help="memory when measuring perplexity (default: --mem-len)")
+    p.add_argument("--eval-segment-len", type=_kind("eval_segment_len", int),
+                   help="segment length when measuring (default: --segment-len)")
+    p.add_argument("--eval-batch-size", type=_kind("eval_batch_size", int), default=8,
+                   help="parallel streams when measuring")
+    p.add_argument("--clamp-len", type=_kind("clamp_len", int), help="relative distances beyond this share one "
+                   "position embedding (default: segment + memory, the longest seen in training; 0: no clamp)")
     for name, default in ARCH.items():
         p.add_argument("--" + name.replace("_", "-"), type=_kind(name, type(default)), default=None,
                        help=f"model: {name} (default {default}, or --init's)")
