@@ -198,8 +198,7 @@ class RelMultiHeadAttn(nn.Module):
             # so only the causal block is touched (attention 1.5x faster than a masked copy, bf16 on a CPU).
             # Added as a (T, T) bias, which is faster than a masked fill over the broadcast batch and heads.
             first = 0 if self.same_length else bd.size(-1) - bd.size(-2)
-            bias = torch.zeros(mask[:, first:].shape, dtype=bd.dtype, device=bd.device)
-            bd[..., first:] += bias.masked_fill_(mask[:, first:], torch.finfo(bd.dtype).min)  # (B, H, T, K)
+            bd[..., first:] += _mask_bias(mask, first, bd.dtype)  # (B, H, T, K)
         p = self.dropatt.p if self.training else 0.0
         if not need_probs and (p == 0.0 or q_u.device.type != "cpu"):
             return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
@@ -208,6 +207,22 @@ class RelMultiHeadAttn(nn.Module):
             return SoftmaxDropoutValues.apply(score, v, p), None
         probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
         return torch.matmul(self.dropatt(probs), v), probs if need_probs else None
+
+
+_LAST_BIAS: list = [None]  # (mask, first, dtype, bias): every layer of a forward shares one mask
+
+
+def _mask_bias(mask: torch.Tensor, first: int, dtype: torch.dtype) -> torch.Tensor:
+    """mask[:, first:] as an additive bias (0 or the dtype's minimum), made once per mask and dtype: the
+    layers of one forward share its mask, so the other layers reuse the first one's (the entry holds the
+    mask, so its identity cannot be reused by another tensor while it is cached)."""
+    hit = _LAST_BIAS[0]
+    if hit is not None and hit[0] is mask and hit[1] == first and hit[2] == dtype:
+        return hit[3]
+    bias = torch.zeros(mask[:, first:].shape, dtype=dtype, device=mask.device)
+    bias.masked_fill_(mask[:, first:], torch.finfo(dtype).min)  # (T, K - first)
+    _LAST_BIAS[0] = (mask, first, dtype, bias)
+    return bias
 
 
 class SoftmaxDropoutValues(torch.autograd.Function):
