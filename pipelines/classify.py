@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -29,8 +28,8 @@ from . import distributed as dist
 from .errors import UserError, int_at_least
 from .inference import PRECISIONS, predict, prepare
 from .io import iter_table
-from .modeldir import load_model_dir, write_atomic
-from .output import output_format, result_columns, write_frame
+from .modeldir import load_model_dir
+from .output import job_folder, output_format, result_columns, write_frame
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,15 +57,7 @@ def _fingerprint(args) -> str:
 
 
 def _partial_dir(args) -> Path:
-    part = Path(str(args.output) + ".partial")
-    stamp, want = part / "job.json", _fingerprint(args)
-    if part.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != want):
-        print(f"txl classify: {part} belongs to another job; starting over", file=sys.stderr)
-        shutil.rmtree(part)
-    part.mkdir(parents=True, exist_ok=True)
-    if not stamp.is_file():
-        write_atomic(stamp, json.dumps({"fingerprint": want}))
-    return part
+    return job_folder(Path(str(args.output) + ".partial"), _fingerprint(args), "classify")
 
 
 def _check_output(args) -> None:

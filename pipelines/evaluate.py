@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,8 +22,8 @@ from .errors import int_at_least
 from .inference import PRECISIONS, predict, prepare
 from .labeled import load_labeled
 from .metrics import compute_metrics
-from .modeldir import load_model_dir, write_atomic
-from .output import result_columns, write_frame
+from .modeldir import load_model_dir
+from .output import job_folder, result_columns, write_atomic, write_frame
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,17 +84,6 @@ def _fingerprint(args, texts: list[str], labels: list[str]) -> str:
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
 
-def _partial_dir(out: Path, fingerprint: str) -> Path:
-    part, stamp = out / "predictions.partial", out / "predictions.partial" / "job.json"
-    if part.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != fingerprint):
-        print(f"txl evaluate: {part} belongs to another job; starting over", file=sys.stderr)
-        shutil.rmtree(part)
-    part.mkdir(parents=True, exist_ok=True)
-    if not stamp.is_file():
-        write_atomic(stamp, json.dumps({"fingerprint": fingerprint}))
-    return part
-
-
 def predict_in_chunks(md, texts: list[str], labels: list[str], part: Path, *, chunk_rows: int) -> pd.DataFrame:
     """Every document's prediction as a frame (text, label, predicted_label, score, prob_<label>, error),
     made chunk by chunk; a chunk already in `part` is read back instead of classified again."""
@@ -122,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                                  split_column=args.split_column, split=args.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    part = _partial_dir(out, _fingerprint(args, texts, labels))
+    part = job_folder(out / "predictions.partial", _fingerprint(args, texts, labels), "evaluate")
     resumed = len(list(part.glob("part-*.parquet")))
     frame = predict_in_chunks(md, texts, labels, part, chunk_rows=args.chunk_rows)
     metrics = evaluate(md, texts, labels, predicted=frame["predicted_label"].tolist())

@@ -19,7 +19,7 @@ from txl_core import TXLLMHeadModel
 
 from .checkpoints import checkpoint_dir, write_checkpoint
 from .lm_stream import batchify, n_segments, segment, segment_nll
-from .modeldir import write_atomic
+from .output import write_atomic
 from .trainer import minutes_text
 
 

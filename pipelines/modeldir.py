@@ -10,8 +10,6 @@ weights with an old config.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,15 +39,6 @@ class ModelDir:
     @property
     def multi_label(self) -> bool:
         return self.model.config.multi_label
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write a file under a temporary name in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
-        f.write(content)
-    os.replace(tmp, path)
 
 
 def save_model_dir(directory: str | Path, md: ModelDir) -> None:

@@ -1,7 +1,10 @@
 """Writing result tables: the format follows the file name, and the file appears only when complete."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -68,3 +71,25 @@ def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) ->
         out[f"top{k + 1}_score"] = [r[k][1] if len(r) > k else float("nan") for r in ranked]
     out["error"] = [p.error for p in preds]
     return out
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write a file under a temporary name in the same folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+    os.replace(tmp, path)
+
+
+def job_folder(part: Path, fingerprint: str, command: str) -> Path:
+    """The folder of a restartable job's finished chunks: kept when its `job.json` holds `fingerprint` (the
+    same job, interrupted), emptied when it belongs to another job (never mixed), created when missing."""
+    stamp = part / "job.json"
+    if part.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != fingerprint):
+        print(f"txl {command}: {part} belongs to another job; starting over", file=sys.stderr)
+        shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    if not stamp.is_file():
+        write_atomic(stamp, json.dumps({"fingerprint": fingerprint}))
+    return part

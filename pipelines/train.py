@@ -30,7 +30,8 @@ from .inference import cpu_has_native_bf16, predict, prepare
 from .labeled import load_labeled
 from .labels import LabelSet, stratified_split
 from .metrics import compute_metrics
-from .modeldir import ModelDir, load_model_dir, save_model_dir, write_atomic
+from .modeldir import ModelDir, load_model_dir, save_model_dir
+from .output import write_atomic
 from .init_from import load_start, minilm_available
 from .subword import MIN_VOCAB, train_tokenizer
 from .word_tokenizer import load_tokenizer
