@@ -90,10 +90,14 @@ def _classify(args, device) -> int:
     first = next(chunks, None)  # a missing column or an unreadable file fails here, before anything is written
     part_dir, finished = _finished_chunks(args)
     todo = rows = 0
-    bar = tqdm(unit="doc", dynamic_ncols=True, desc="classify", disable=not dist.is_main())
+    bar = tqdm(unit="doc", dynamic_ncols=True, desc="classify", disable=not dist.is_main(),
+               total=None if first is None else _estimated_rows(len(first), first.attrs.get("fraction_read")))
     for index, chunk in enumerate(itertools.chain([] if first is None else [first], chunks)):
         target = part_dir / f"part-{index:06d}.parquet"
         rows += len(chunk)
+        if total := _estimated_rows(rows, chunk.attrs.get("fraction_read")):
+            bar.total = total
+            bar.refresh()
         if target.name in finished:
             bar.update(len(chunk))
             continue
@@ -115,6 +119,12 @@ def _classify(args, device) -> int:
     resumed = f" ({len(finished)} chunks reused from an interrupted run)" if finished else ""
     print(f"txl classify: wrote {rows} rows to {args.output}{resumed}")
     return 0
+
+
+def _estimated_rows(rows: int, fraction: float | None) -> int | None:
+    """The progress bar's total (hence its time left) from the rows read so far and the part of the file they
+    were: exact for Parquet and once the file is read, an estimate for text files (rows differ in length)."""
+    return max(rows, round(rows / fraction)) if fraction else None
 
 
 def main(argv=None) -> int:

@@ -193,15 +193,40 @@ def _read_whole(path: Path, fmt: str, columns: list[str] | None) -> pd.DataFrame
     return _csv_reader(path, fmt, usecols=columns)
 
 
-def _read_chunks(path: Path, fmt: str, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+def _read_chunks(path: Path, fmt: str, chunk_rows: int,
+                 columns: list[str] | None) -> Iterator[tuple[pd.DataFrame, float]]:
+    """(chunk, fraction of the file read so far): for Parquet rows over the row count in its footer, exact;
+    for text, the position in the file on disk (compressed bytes for a compressed one), a close estimate
+    that reaches 1.0 with the last chunk."""
     if fmt == "parquet":
-        batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
-        return (batch.to_pandas() for batch in batches)
-    if fmt == "jsonl":
-        # a key absent from every row of one chunk is still a column, of missing values
-        chunks = _jsonl_reader(path, chunksize=chunk_rows)
-        return (chunk.reindex(columns=columns) if columns else chunk for chunk in chunks)
-    return iter(_csv_reader(path, fmt, usecols=columns, chunksize=chunk_rows))
+        file = pq.ParquetFile(path)
+        total, done = max(file.metadata.num_rows, 1), 0
+        for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
+            done += batch.num_rows
+            yield batch.to_pandas(), done / total
+        return
+    size = max(path.stat().st_size, 1)
+    with open(path, "rb") as raw, _decompressed(raw, path) as stream:
+        if fmt == "jsonl":
+            # a key absent from every row of one chunk is still a column, of missing values
+            reader = _jsonl_reader(stream, chunksize=chunk_rows, compression=None)
+        else:
+            reader = _csv_reader(stream, fmt, usecols=columns, chunksize=chunk_rows, compression=None)
+        with reader:
+            for chunk in reader:
+                if fmt == "jsonl" and columns:
+                    chunk = chunk.reindex(columns=columns)
+                yield chunk, min(raw.tell() / size, 1.0)
+
+
+@contextmanager
+def _decompressed(raw, path: Path):
+    opener = OPENERS.get(path.suffix.lower())
+    if opener is None:
+        yield raw
+        return
+    with opener(raw, "rb") as stream:
+        yield stream
 
 
 def _warn_fallback(path: Path, since: int, where: str = "") -> bool:
@@ -234,8 +259,10 @@ def iter_table(path: str | Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, column
                text_column: str | None = None) -> Iterator[pd.DataFrame]:
     """Yield the table in DataFrames of at most `chunk_rows` rows, never holding the whole file.
 
-    Each chunk's index is the absolute 0-based data-row number. `columns` as in `read_table`; `text_column`
-    must exist and its cells come out as strings ("" for a missing value).
+    Each chunk's index is the absolute 0-based data-row number, and `chunk.attrs["fraction_read"]` the part
+    of the file read so far (1.0 with the last chunk), from which a progress bar estimates the row count.
+    `columns` as in `read_table`; `text_column` must exist and its cells come out as strings ("" for a
+    missing value).
     """
     if chunk_rows < 1:
         raise UserError(f"the chunk size must be at least 1 row, not {chunk_rows}")
@@ -244,10 +271,11 @@ def iter_table(path: str | Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, column
     _check_columns(path, fmt, table_columns(path), [*(columns or []), *([text_column] if text_column else [])])
     start, since, warned = 0, _fallback_bytes(), False
     with _reading(path, fmt):
-        for chunk in _read_chunks(path, fmt, chunk_rows, columns):
+        for chunk, fraction in _read_chunks(path, fmt, chunk_rows, columns):
             if len(chunk) == 0:  # pandas counts blank JSON lines as rows, then drops them
                 continue
             chunk.index = pd.RangeIndex(start, start + len(chunk))
+            chunk.attrs["fraction_read"] = fraction
             if text_column:
                 chunk[text_column] = chunk[text_column].map(as_text)
             warned = warned or _warn_fallback(path, since, f" (from about row {start})")

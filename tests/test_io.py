@@ -3,6 +3,8 @@ the one-line messages a user gets for the usual mistakes."""
 from __future__ import annotations
 
 import gzip
+import random
+import string
 import warnings
 
 import pandas as pd
@@ -58,6 +60,24 @@ def test_chunks_carry_absolute_row_numbers(tmp_path, suffix):
     chunks = list(iter_table(path, chunk_rows=4, text_column="text"))
     assert [c.index.tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
     assert pd.concat(chunks)["text"].tolist() == frame["text"].tolist()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet", "csv.gz", "jsonl.xz", "tsv.zst"])
+def test_chunks_say_how_much_of_the_file_is_read(tmp_path, suffix):
+    """The fraction a progress bar turns into a row-count estimate: rising, 1.0 with the last chunk, and
+    close to the rows read so far over all rows (pandas and the decompressors read ahead in blocks, so the
+    file is made large enough to span many blocks; random texts keep compression from swallowing it)."""
+    rng = random.Random(0)
+    rows = 20000
+    texts = ["".join(rng.choices(string.ascii_letters + " ", k=rng.randint(150, 250))) for _ in range(rows)]
+    path = tmp_path / f"data.{suffix}"
+    write(pd.DataFrame({"text": texts, "label": ["a", "b"] * (rows // 2)}), path)
+    chunks = list(iter_table(path, chunk_rows=2000, text_column="text"))
+    fractions = [c.attrs["fraction_read"] for c in chunks]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and 0 < fractions[0]
+    estimates = [(c.index[-1] + 1) / f for c, f in zip(chunks, fractions)]
+    assert all(0.6 * rows <= e <= 1.05 * rows for e in estimates[len(estimates) // 2:]), estimates
+    assert estimates[-1] == rows
 
 
 def test_blank_json_lines_are_skipped(tmp_path):

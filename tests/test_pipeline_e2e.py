@@ -67,6 +67,21 @@ def test_classify_keeps_every_row_and_column(model, data, tmp_path, suffix):
     assert not Path(str(out) + ".partial").exists()
 
 
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_classify_progress_knows_the_row_count(model, data, tmp_path, capsys, suffix):
+    """The bar has a total, so it shows time left: exact from the first chunk for Parquet (its footer counts
+    the rows), estimated from the bytes read for text files, and exact once the file is read."""
+    src = tmp_path / f"in.{suffix}"
+    frame = pd.read_csv(data / "test.csv")
+    frame.to_parquet(src) if suffix == "parquet" else frame.to_csv(src, index=False)
+    assert main(["classify", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "out.csv"),
+                 "--chunk-rows", "16"]) == 0
+    renders = [r for r in capsys.readouterr().err.replace("\n", "\r").split("\r") if "doc" in r]
+    assert f"{len(frame)}/{len(frame)}" in renders[-1], renders[-1]
+    if suffix == "parquet":
+        assert all(f"/{len(frame)} " in r for r in renders), renders
+
+
 def test_classify_after_sigkill_loses_and_repeats_nothing(model, tmp_path):
     big = pd.concat([make_corpus(60, seed=s) for s in range(10)], ignore_index=True)
     big["id"] = range(len(big))
