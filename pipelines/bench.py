@@ -8,8 +8,9 @@ memory (peak resident memory of inference on 4k / 64k / 1M tokens and of a train
 each in a fresh process), e2e (classify documents/s and train tokens/s on a 20newsgroups sample), accuracy (the
 bundled bbc_news model's test accuracy in float32 / bf16 / int8: the accuracy cost of each fast path). The full run
 takes 16-18 minutes on 2 cores; --quick runs tiny sizes in seconds (a smoke test: its numbers mean nothing).
-On a machine shared with other busy processes set OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads made 2
-threads 10x slower than 1 there. The measurements live in benchmarks/bench.py (a source checkout).
+Like every command it lets OpenMP threads spin when the machine is idle as it starts and makes them sleep
+otherwise (`pipelines/threads.py`); the reference runs under the same setting, and the table says which.
+The measurements live in benchmarks/bench.py (a source checkout).
 """
 from __future__ import annotations
 
@@ -86,11 +87,15 @@ def _load(x) -> str:
     return f"{x[0]:.1f}" if isinstance(x, (list, tuple)) else f"{x:.1f}"
 
 
+def _policy(value: str) -> str:
+    return "unset: threads spin, then sleep" if value == "default" else value
+
+
 def render(res: dict) -> str:
     m, c = res["machine"], res["ceiling"]
     head = (f"Measured {res['date']} on {m['cpu']} ({m['cores']} cores, {m['isa']}, bf16 matmul units: "
             f"{'yes' if m['native_bf16'] else 'no'}), torch {m['torch']}, {m['threads']} threads (OMP_WAIT_POLICY "
-            f"{m['omp_wait_policy']}), glibc allocator "
+            f"{_policy(m['omp_wait_policy'])}), glibc allocator "
             f"tuned: {'yes' if res['allocator_tuned'] else 'no'}; load average (1 min) {_load(res['load_start'])} at "
             f"the start, {_load(res['load_end'])} at the end. Matmul ceiling measured in this run: "
             f"{_n(c['float32'])} GFLOP/s float32, {_n(c['bf16'])} GFLOP/s bf16.")

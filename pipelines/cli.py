@@ -18,10 +18,7 @@ from types import ModuleType
 from typing import Callable
 
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DataWarning, UserError
-
-# Before anything imports torch: OpenMP threads that spin while waiting made 2 threads 10-16x slower than 1
-# whenever another process kept the cores busy (benchmarks/RESULTS.md); users can still set it themselves.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from .threads import choose_wait_policy
 
 COMMANDS = {
     "train": "pipelines.train",
@@ -158,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     name = argv[0]
+    choose_wait_policy()  # before the command imports torch
     with warnings.catch_warnings():  # restores the filters and the printer when the command ends
         warnings.simplefilter("always", DataWarning)  # the same skipped-rows note for two files is two notes
         warnings.showwarning = _warning_printer(name, warnings.showwarning)
