@@ -3,9 +3,9 @@ settings once, when torch loads it).
 
 Spinning threads (libgomp's default: spin a while, then sleep) pick up the next operation at once; sleeping
 ones (`OMP_WAIT_POLICY=PASSIVE`) must be woken for every operation. On an idle 2-core machine spinning read
-1.4-1.6x faster at batch 1 (many small operations) and 1.1-1.2x at batch 8. While another process keeps
-the cores busy, spinning threads fight it for them: 1.7-6x slower than sleeping ones, and they slow the
-other process down too (benchmarks/RESULTS.md). So threads spin only when the machine is idle as the
+1.2-1.5x faster at batch 1 (many small operations) and 1.1-1.2x at batch 8; beside one or two busy
+processes it read 1.2-5x slower than sleeping, as the threads fight the other processes for the cores
+(`benchmarks/wait_policy.py`, benchmarks/RESULTS.md). So threads spin only when the machine is idle as the
 command starts, and under `torchrun` (its processes share the cores) never. A setting the user made
 (`OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`) is always kept.
 """
