@@ -492,7 +492,10 @@ def test_inference_reuses_position_keys_until_the_weights_change():
         loaded = model(ids).last_hidden_state
     with torch.no_grad():
         torch.testing.assert_close(loaded, model.train()(ids).last_hidden_state, rtol=0, atol=1e-5)  # tiny: no dropout
+    stamp = att.weights_stamp()
     model.eval().to(torch.bfloat16).float()  # a cast and back: the same parameter objects, rounded values
+    # ... and the same version counters, possibly at the old addresses: the cast itself must forget
+    assert len(att._r_cache) == 0 and att.weights_stamp() != stamp
     with torch.no_grad():
         rounded = model(ids).last_hidden_state
     torch.testing.assert_close(rounded, model(ids).last_hidden_state.detach(), rtol=0, atol=1e-5)

@@ -91,6 +91,13 @@ def test_weights_changed_in_place_or_loaded_are_not_served_stale():
         model.load_state_dict({k: v * 0.8 for k, v in model.state_dict().items()})
         got = model(second, mems=mems).last_hidden_state
         expected = model(second, mems=[m.clone() for m in mems]).last_hidden_state
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        mems = model(first).mems
+        stamp = model.layers[0].dec_attn.weights_stamp()
+        model.to(torch.bfloat16).float()  # the same parameters and version counters, rounded values
+        assert model.layers[0].dec_attn.weights_stamp() != stamp  # even if the new values reuse the old address
+        got = model(second, mems=mems).last_hidden_state
+        expected = model(second, mems=[m.clone() for m in mems]).last_hidden_state
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 

@@ -82,6 +82,15 @@ class RelMultiHeadAttn(nn.Module):
             self.r_w_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))  # u, (H, D)
             self.r_r_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))  # v, (H, D)
         self._r_cache: dict = {}  # inference only: r_net(pos_emb) per segment shape, see `position_keys`
+        self._generation = 0  # counts casts and moves, see `_apply`
+
+    def _apply(self, fn, recurse=True):
+        """A cast or a move (`.to`, `.float`, `.cuda`) gives each weight new values under the same parameter
+        object and version counter, possibly at the old address: what was computed from the old values (the
+        cached R, the kept keys and values) is forgotten, by the cache and by `weights_stamp`."""
+        self._r_cache.clear()
+        self._generation += 1
+        return super()._apply(fn, recurse)
 
     def position_keys(self, pos_emb: torch.Tensor, cache_key=None) -> torch.Tensor:
         """R = r_net(pos_emb), (K', H*D). It depends only on the segment's shape and the weights, so with a
@@ -107,12 +116,12 @@ class RelMultiHeadAttn(nn.Module):
     def weights_stamp(self):
         """What the keys and values of a row depend on besides the row: `qkv_net`'s weights (and the layer norm's
         with `pre_lnorm`), as (id, version, address) per weight, which an in-place change (an optimiser step,
-        `load_state_dict`) or a cast alters. None when a weight keeps no version counter (an inference tensor),
-        and for a dynamically quantized `qkv_net`: it scales its input per call, so a row's keys depend on the
-        rows projected with it."""
+        `load_state_dict`) alters, after the count of casts and moves (`_apply`). None when a weight keeps no
+        version counter (an inference tensor), and for a dynamically quantized `qkv_net`: it scales its input
+        per call, so a row's keys depend on the rows projected with it."""
         if type(self.qkv_net) is not nn.Linear:
             return None
-        parts = []
+        parts = [self._generation]
         for module in (self.qkv_net, self.layer_norm) if self.pre_lnorm else (self.qkv_net,):
             parts.append(id(module))
             for name in ("weight", "bias"):
