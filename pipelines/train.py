@@ -42,6 +42,7 @@ from .trainer import Recipe, Trainer
 ARCH_DEFAULTS = {"d_model": 128, "n_layer": 2, "n_head": 4, "d_inner": 512, "segment_len": 256, "mem_len": 256,
                  "vocab_size": 8000, "pooling": "mean", "dropout": 0.1, "attention": "causal"}
 ATTENTIONS = ("causal", "bidirectional")
+POSITIONS = ("segment", "relative")
 RECIPE_HELP = {  # Recipe field: (help, choices)
     "batch_size": ("documents per optimiser step (whole documents, grouped by length)", None),
     "weight_decay": ("AdamW weight decay of the matrices (not of embeddings, biases, norms)", None),
@@ -92,6 +93,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "a `txl train`/`txl pretrain` directory, or `none` (random weights). Default `auto`: minilm "
                    "when the extra is installed and no model-shape flag (--d-model, "
                    "--n-layer, --n-head, --d-inner, --vocab-size) is given, else random weights (benchmarks/RESULTS.md)")
+    p.add_argument("--positions", choices=POSITIONS, default="segment",
+                   help="a BERT-family --init only: segment (default): keep its absolute position embeddings, "
+                   "counted from each segment's start, beside the relative encoding (--segment-len at most its "
+                   "512 positions); relative: fold their mean into the token embeddings, as the paper's model has "
+                   "relative positions only")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
@@ -189,8 +195,12 @@ def _initial_model(args, label_set, texts):
                             "pass the same --train, or another --out")
         return TXLDocumentClassifier(config), load_tokenizer(ck / "tokenizer.json")
     if args.init:
-        start = load_start(args.init, segment_len=args.segment_len or ARCH_DEFAULTS["segment_len"])
+        start = load_start(args.init, segment_len=args.segment_len or ARCH_DEFAULTS["segment_len"],
+                           positions=args.positions)
         _fill_arch(args, start.config)
+        if args.segment_len > start.config.get("segment_positions", 0) > 0:
+            raise UserError(f"--segment-len {args.segment_len} exceeds the {start.config['segment_positions']} "
+                            f"positions of --init {args.init}; pass a smaller --segment-len or --positions relative")
         config = TXLConfig.from_dict(start.config | {
             "num_labels": len(label_set.names), "labels": list(label_set.names), "multi_label": label_set.multi_label,
             "pooling": args.pooling, "segment_len": args.segment_len, "mem_len": args.mem_len, "dropout": args.dropout,

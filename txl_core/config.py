@@ -56,6 +56,10 @@ class TXLConfig:
     # Not in the reference: within a segment every token also sees the segment's later tokens (the memory
     # is the past either way). For classifiers only: a language model would see the tokens it predicts.
     bidirectional: bool = False
+    # Not in the reference: > 0 adds a learned absolute position (0 ... segment_positions - 1, counted from the
+    # start of each segment) to every token embedding, then a LayerNorm, as BERT's input is; a BERT-family start
+    # keeps the positions it was trained with, and the memory's distance is still told by the relative encoding.
+    segment_positions: int = 0
     init_std: float = 0.02
     proj_init_std: float = 0.01
     eos_token_id: int = 0
@@ -89,6 +93,9 @@ class TXLConfig:
             need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         need(self.mem_len >= 0, f"mem_len must be >= 0, got {self.mem_len}")
         need(self.segment_len > 0, f"segment_len must be positive, got {self.segment_len}")
+        need(self.segment_positions >= 0, f"segment_positions must be >= 0, got {self.segment_positions}")
+        need(not self.segment_positions or self.segment_len <= self.segment_positions,
+             f"segment_len={self.segment_len} exceeds the {self.segment_positions} learned segment positions")
         need(self.cutoffs == sorted(set(self.cutoffs)) and all(0 < c < self.vocab_size for c in self.cutoffs),
              f"cutoffs must increase strictly inside (0, vocab_size={self.vocab_size}), got {self.cutoffs}")
         need(len(self.tie_projs) == len(self.cutoffs) + 1,

@@ -40,6 +40,9 @@ class TXLModel(PretrainedMixin, nn.Module):
         self.config = config
         self.word_emb = AdaptiveEmbedding(config)
         self.pos_emb = PositionalEmbedding(config.d_model)
+        if config.segment_positions:  # BERT's input: LN(token + position within the segment)
+            self.seg_pos_emb = nn.Embedding(config.segment_positions, config.d_model)
+            self.emb_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.drop = Dropout(config.dropout)
         if not config.untie_r:  # one (u, v) pair shared by every layer, as in the original PyTorch code
             self.r_w_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))
@@ -74,7 +77,12 @@ class TXLModel(PretrainedMixin, nn.Module):
         """
         cfg = self.config
         qlen, mlen = input_ids.size(1), 0 if mems is None else mems[0].size(1)
-        x = self.drop(self.word_emb(input_ids))  # (B, T, C)
+        x = self.word_emb(input_ids)  # (B, T, C)
+        if cfg.segment_positions:
+            if qlen > cfg.segment_positions:
+                raise ValueError(f"a segment of {qlen} tokens exceeds the {cfg.segment_positions} segment positions")
+            x = self.emb_norm(x + self.seg_pos_emb.weight[:qlen].to(x.dtype))
+        x = self.drop(x)
         future = qlen - 1 if cfg.bidirectional else 0
         pos_emb = self.drop(self.pos_emb(mlen + qlen, clamp_len=cfg.clamp_len, future=future).to(x.dtype))  # (K+future, C)
         if not cfg.bidirectional:
