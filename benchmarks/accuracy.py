@@ -1,7 +1,7 @@
 """Test accuracy of `txl train` recipes next to `txl baseline` on the shared data sets.
 
     python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy [--datasets bbc_news r8] [--max-minutes 40]
-        [--recipe minilm|scratch|minilm-causal]
+        [--recipe minilm|scratch|minilm-causal|minilm-relative]
 
 For each data set: the TF-IDF + LinearSVC baseline, then `txl train` with the recipe (a time budget per data
 set), then `txl evaluate` on the test split. Writes the table into benchmarks/RESULTS.md between
@@ -28,11 +28,15 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
     "modapte90": ("reuters21578/modapte90_multilabel.csv.xz", "reuters21578/modapte90_multilabel.csv.xz"),
 }
 # Recipes: `txl train` flags. `minilm`: fine-tuning the all-MiniLM-L6-v2 start (the `minilm` extra) in bf16
-# autocast, lr 1e-4, 2 epochs, bidirectional within a segment as BERT was trained: all of it `txl train`'s
-# default (`--init auto`) on a CPU with bf16 units, spelled out; `scratch`: random weights (`--init none`, the
-# default model of d_model 128, 2 layers); `minilm-causal`: the MiniLM start read causally as the paper does.
+# autocast, lr 1e-4, 2 epochs, bidirectional within a segment as BERT was trained, BERT's positions kept within
+# each segment: all of it `txl train`'s default (`--init auto`) on a CPU with bf16 units, spelled out;
+# `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers); `minilm-relative`: the
+# MiniLM start with its positions folded into the token embeddings (the default until 2026-12-01);
+# `minilm-causal`: that one read causally as the paper does.
 MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "bf16"]
-RECIPES = {"minilm": MINILM, "scratch": ["--init", "none"], "minilm-causal": [*MINILM, "--attention", "causal"]}
+RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
+           "minilm-relative": [*MINILM, "--positions", "relative"],
+           "minilm-causal": [*MINILM, "--positions", "relative", "--attention", "causal"]}
 
 
 def txl(*args: str) -> str:

@@ -56,3 +56,40 @@ def test_without_continue_later_a_budget_stop_is_evaluated(accuracy, tmp_path):
     module, calls = accuracy
     row = module.run_one("r8", tmp_path / "data", tmp_path, 1, "minilm")
     assert [c[0] for c in calls] == ["baseline", "train", "evaluate"] and row["accuracy"] == 0.9
+
+
+def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):
+    """The scripts' flag lists parse as `txl train` arguments, and start_ab's subsets are disjoint and seeded."""
+    import argparse
+    import sys
+
+    import pandas as pd
+
+    from pipelines.train import add_arguments
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("start_ab_script", ROOT / "benchmarks" / "start_ab.py")
+        start_ab = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(start_ab)
+        import accuracy as script
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for flags in script.RECIPES.values():
+        parser.parse_args(["--train", "t.csv", "--out", "o", *flags])
+    for flags in start_ab.VARIANTS.values():
+        args = parser.parse_args(["--train", "t.csv", "--out", "o", *start_ab.MINILM, *flags])
+        assert args.positions in ("segment", "relative") and args.segment_len == args.mem_len
+    data = tmp_path / "data"
+    (data / "imdb").mkdir(parents=True)
+    pd.DataFrame({"text": [f"review {i}" for i in range(50)], "label": ["pos", "neg"] * 25}).to_csv(
+        data / "imdb" / "train.csv.xz", index=False)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    train, valid = start_ab.subset(data, "imdb", runs, 20, 10, seed=0)
+    a, b = pd.read_csv(train), pd.read_csv(valid)
+    assert len(a) == 20 and len(b) == 10 and not set(a.text) & set(b.text)
+    again, _ = start_ab.subset(data, "imdb", tmp_path, 20, 10, seed=0)
+    assert pd.read_csv(again).equals(a)
