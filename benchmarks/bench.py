@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from txl_core import TXLConfig, TXLModel, reference_mems
+from txl_core import TXLConfig, TXLModel, fused, reference_mems
 from txl_core.classifier import TXLDocumentClassifier
 from txl_core.recompute import backward_document
 
@@ -360,7 +360,8 @@ def machine() -> dict:
     cpu = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), "unknown")
     return {"cpu": cpu, "cores": os.cpu_count(), "isa": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
+            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "bf16_kernel": fused.rel_attn_bf16() is not None}
 
 
 def run_bench(*, sections=SECTIONS, quick: bool = False, model: str | None = None, threads: int | None = None,

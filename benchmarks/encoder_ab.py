@@ -33,7 +33,10 @@ print(json.dumps(bench.encoder_rate(model, bench._ids(cfg, batch, tokens), preci
 
 
 def reading(tree: Path, args) -> float:
-    env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(tree)}
+    env = os.environ | {"PYTHONPATH": str(tree)}
+    env.pop("OMP_WAIT_POLICY", None)
+    if args.wait_policy != "default":  # libgomp's default: spin a while, then sleep (the CLI's on an idle machine)
+        env["OMP_WAIT_POLICY"] = args.wait_policy
     out = subprocess.run([sys.executable, "-c", WORKER, args.precision, str(args.batch), str(args.tokens),
                           str(args.budget)], cwd=tree, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
@@ -47,6 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--budget", type=float, default=20.0, help="seconds per reading")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                   help="OMP_WAIT_POLICY of the readings: PASSIVE beside other busy processes, default on an idle "
+                        "machine (what the CLI chooses there)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         other = Path(tmp) / "other"

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .config import TXLConfig
 from .dropout import Dropout, keep_mask
 
@@ -160,6 +161,13 @@ class RelMultiHeadAttn(nn.Module):
         r = self.position_keys(pos_emb, cache_key).view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, K, D)
         u = self.r_w_bias if r_w_bias is None else r_w_bias
         v_bias = self.r_r_bias if r_r_bias is None else r_r_bias
+        use_kernel, key_len = self._kernel_plan(q, k, v, r, mask, need_probs)
+        if use_kernel:  # bf16 CPU inference: one compiled kernel, the keys a query does not see never computed
+            vec = fused.rel_attn_bf16()(((q + u[:, None]) * self.scale).to(q.dtype),
+                                        ((q + v_bias[:, None]) * self.scale).to(q.dtype), k, v, r,
+                                        not self.bidirectional, key_len)  # (B, T, H, D)
+            out = self.drop(self.o_net(vec.view(x.size(0), qlen, -1)))  # (B, T, C)
+            return (x + out if self.pre_lnorm else self.layer_norm(x + out)), None, (k, v)
         if self.bidirectional:
             bd = shift_bidirectional(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)),
                                      klen)  # (B, H, T, K)
@@ -174,6 +182,29 @@ class RelMultiHeadAttn(nn.Module):
         vec = vec.transpose(1, 2).reshape(x.size(0), qlen, -1)  # (B, T, H*D)
         out = self.drop(self.o_net(vec))  # (B, T, C)
         return (x + out if self.pre_lnorm else self.layer_norm(x + out)), probs, (k, v)
+
+    def _kernel_plan(self, q, k, v, r, mask, need_probs):
+        """(whether `fused.rel_attn_bf16` computes this call, the keys each document sees when bidirectional).
+
+        It does in inference (no autograd, no probabilities wanted), bf16, on a CPU where the kernel was built,
+        head size a multiple of 16 up to 64, with the plain causal mask (not `same_length`) or, bidirectional,
+        no mask or one that hides only right padding (a document's last segment), given as key counts.
+        """
+        if (need_probs or torch.is_grad_enabled() or q.device.type != "cpu" or self.d_head % 16
+                or self.d_head > 64 or not q.dtype == k.dtype == v.dtype == r.dtype == torch.bfloat16
+                or fused.rel_attn_bf16() is None):
+            return False, None
+        if not self.bidirectional:
+            return mask is not None and not self.same_length, None
+        if mask is None:
+            return True, None
+        klen = k.size(2)
+        if mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.size(-1) != klen:
+            return False, None
+        hidden = mask[:, 0, 0]  # (B, K), True = padding
+        key_len = klen - hidden.sum(-1)
+        right = torch.arange(klen, device=mask.device) >= key_len[:, None]
+        return (bool(torch.equal(hidden, right)) and bool((key_len > 0).all())), key_len
 
     def _project(self, cat, *, qlen):
         """q of the segment's rows, k and v of all K rows: (B, H, T, D), (B, H, K, D), (B, H, K, D).

@@ -1,0 +1,25 @@
+"""Build the optional CPU kernels: `python -m txl_core.build_kernels` (`bash run.sh setup` runs it).
+
+Prints one line: built (and where), or why not; the pure-torch path works either way, so it always exits 0.
+"""
+from __future__ import annotations
+
+from txl_core import fused
+
+
+def main() -> int:
+    if not fused.cpu_supported():
+        print("txl_core.build_kernels: this CPU has no AVX512-BF16; the pure-torch path is used, nothing to build")
+        return 0
+    try:
+        lib = fused.build()
+    except Exception as e:  # no compiler, no headers: the fallback still works
+        print(f"txl_core.build_kernels: not built ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}); "
+              "the pure-torch path is used")
+        return 0
+    print(f"txl_core.build_kernels: built {lib}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
