@@ -70,8 +70,7 @@ def _torch_bf16(q, k, v, r, u, vb, mlen):
     (1, 2, 48, 31, 1), (3, 4, 32, 64, 64), (2, 8, 32, 256, 256)])
 def test_kernel_matches_float64_at_least_as_well_as_torch(op, batch, heads, d_head, qlen, mlen):
     q, k, v, r, u, vb = _inputs(batch, heads, d_head, qlen, mlen)
-    scale = d_head ** -0.5
-    out = op(((q + u[:, None]) * scale).bfloat16(), ((q + vb[:, None]) * scale).bfloat16(), k, v, r, True, None)
+    out = op(q, u, vb, d_head ** -0.5, k, v, r, True, None)
     assert out.shape == (batch, qlen, heads, d_head) and out.dtype == torch.bfloat16
     ref = _float64(q, k, v, r, u, vb, mlen)
     err = (out.double().transpose(1, 2) - ref).abs()
@@ -83,14 +82,12 @@ def test_kernel_matches_float64_at_least_as_well_as_torch(op, batch, heads, d_he
 def test_kernel_is_causal_and_reads_every_visible_key(op):
     """Changing key j changes exactly the queries that see it (i with j <= M + i)."""
     q, k, v, r, u, vb = _inputs(1, 2, 32, 24, 9, seed=1)
-    scale = 32 ** -0.5
-    qu, qv = ((q + u[:, None]) * scale).bfloat16(), ((q + vb[:, None]) * scale).bfloat16()
-    base = op(qu, qv, k, v, r, True, None)
+    base = op(q, u, vb, 32 ** -0.5, k, v, r, True, None)
     for j in (0, 8, 9, 20, 32):
         k2, v2 = k.clone(), v.clone()
         k2[:, :, j] += 3.0
         v2[:, :, j] += 3.0
-        moved = (op(qu, qv, k2, v2, r, True, None) - base).abs().amax(dim=(0, 2, 3)) > 0  # per query
+        moved = (op(q, u, vb, 32 ** -0.5, k2, v2, r, True, None) - base).abs().amax(dim=(0, 2, 3)) > 0  # per query
         assert moved.tolist() == [j <= 9 + i for i in range(24)], j
 
 
@@ -101,16 +98,15 @@ def test_bidirectional_kernel_matches_float64(op, batch, heads, d_head, qlen, ml
     q, k, v, r, u, vb = _inputs(batch, heads, d_head, qlen, mlen, bidirectional=True)
     key_len = torch.tensor([mlen + qlen - 3 * b for b in range(batch)]).clamp(min=1)
     scale = d_head ** -0.5
-    qu, qv = ((q + u[:, None]) * scale).bfloat16(), ((q + vb[:, None]) * scale).bfloat16()
     for lengths in (None, key_len):
-        out = op(qu, qv, k, v, r, False, lengths).double().transpose(1, 2)
+        out = op(q, u, vb, scale, k, v, r, False, lengths).double().transpose(1, 2)
         ref = _float64(q, k, v, r, u, vb, mlen, torch.full((batch,), mlen + qlen) if lengths is None else lengths)
         err = (out - ref).abs()
         assert err.max() < 0.03 and err.mean() < 2e-3, (err.max(), err.mean())
     if batch > 1:  # the padding really is hidden: changing a padded key changes nothing
         k2 = k.clone()
         k2[1, :, int(key_len[1]):] += 5.0
-        assert torch.equal(op(qu, qv, k2, v, r, False, key_len), op(qu, qv, k, v, r, False, key_len))
+        assert torch.equal(op(q, u, vb, scale, k2, v, r, False, key_len), op(q, u, vb, scale, k, v, r, False, key_len))
 
 
 def test_attention_layer_uses_the_kernel_only_where_it_applies(op, monkeypatch):

@@ -163,9 +163,8 @@ class RelMultiHeadAttn(nn.Module):
         v_bias = self.r_r_bias if r_r_bias is None else r_r_bias
         use_kernel, key_len = self._kernel_plan(q, k, v, r, mask, need_probs)
         if use_kernel:  # bf16 CPU inference: one compiled kernel, the keys a query does not see never computed
-            vec = fused.rel_attn_bf16()(((q + u[:, None]) * self.scale).to(q.dtype),
-                                        ((q + v_bias[:, None]) * self.scale).to(q.dtype), k, v, r,
-                                        not self.bidirectional, key_len)  # (B, T, H, D)
+            vec = fused.rel_attn_bf16()(q, u, v_bias, self.scale, k, v, r, not self.bidirectional,
+                                        key_len)  # (B, T, H, D)
             out = self.drop(self.o_net(vec.view(x.size(0), qlen, -1)))  # (B, T, C)
             return (x + out if self.pre_lnorm else self.layer_norm(x + out)), None, (k, v)
         if self.bidirectional:

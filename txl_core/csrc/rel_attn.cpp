@@ -1,7 +1,7 @@
 // Fused relative attention of Transformer-XL for bf16 inference on CPUs with AVX512-BF16.
 //
-// out[b, i, h] = sum_j softmax_j(qu_i . k_j + qv_i . r_{T-1-i+j}) v_j, where qu = (q + u) / sqrt(D),
-// qv = (q + v) / sqrt(D) (scaled by the caller), M = K - T, and r holds the position keys of distances
+// out[b, i, h] = sum_j softmax_j(qu_i . k_j + qv_i . r_{T-1-i+j}) v_j, where qu = (q + u) * scale and
+// qv = (q + v) * scale (float32, rounded to bf16 once), M = K - T, and r holds the position keys of distances
 // K-1 ... 0 (causal: r_{T-1-i+j} is distance M + i - j) or K-1 ... 1-T (bidirectional). The keys are
 // j <= M + i (causal) or j < key_len[b] (bidirectional: the padding at the right of a document's last
 // segment is no key). Scores, softmax and sums are float32; the three products take bf16 operands with
@@ -142,7 +142,7 @@ void probs_times_values(const uint16_t* P, int64_t ldp, int64_t rows, int64_t np
 }
 
 // One (batch, head): queries T x D, keys and values K x D, position keys R x D; `causal` or `nk` keys seen.
-void run_head(const bf16* qu, const bf16* qv, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
+void run_head(const bf16* q, const float* u, const float* vb, float scale, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
               int64_t ldv, const bf16* r, int64_t ldr, int64_t R, bf16* out, int64_t ldo, int64_t T, int64_t K,
               int64_t D, bool causal, int64_t nk, std::vector<uint16_t>& kp, std::vector<uint16_t>& rp,
               std::vector<uint16_t>& vp, std::vector<float>& S, std::vector<float>& Pos,
@@ -159,14 +159,21 @@ void run_head(const bf16* qu, const bf16* qv, int64_t ldq, const bf16* k, int64_
   pack_rows(r, ldr, R, D, rp.data());
   pack_values(v, ldv, K, D, vp.data());
   float inv[QB];
+  bf16 qu[QB * 64], qv[QB * 64];  // this block's (q + u) * scale and (q + v) * scale, D wide
   for (int64_t i0 = 0; i0 < T; i0 += QB) {
     const int64_t rows = std::min<int64_t>(QB, T - i0);
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t d = 0; d < D; ++d) {
+        const float x = static_cast<float>(q[(i0 + m) * ldq + d]);
+        qu[m * D + d] = bf16((x + u[d]) * scale);
+        qv[m * D + d] = bf16((x + vb[d]) * scale);
+      }
     const int64_t kmax = causal ? M + i0 + rows : nk;  // keys the block's queries see, at most
     // content scores for keys 0 .. kmax-1; position scores for r indices T-i0-rows (the last query's first)
     // .. T-1-i0+kmax-1 (the first query's last), query i reading T-1-i+j for key j
-    dot_rows(qu + i0 * ldq, ldq, rows, kp.data(), 0, (kmax + 15) / 16, pairs, S.data(), width);
+    dot_rows(qu, D, rows, kp.data(), 0, (kmax + 15) / 16, pairs, S.data(), width);
     const int64_t rlo = (T - i0 - rows) / 16, rhi = std::min(rblk, (T - 1 - i0 + kmax + 15) / 16);
-    dot_rows(qv + i0 * ldq, ldq, rows, rp.data(), rlo, rhi, pairs, Pos.data(), rwidth);
+    dot_rows(qv, D, rows, rp.data(), rlo, rhi, pairs, Pos.data(), rwidth);
     const int64_t kpad = (kmax + 1) / 2 * 2;
     for (int64_t m = 0; m < rows; ++m) {
       const int64_t i = i0 + m, n = causal ? M + i + 1 : nk, shift = T - 1 - i;
@@ -213,13 +220,16 @@ void run_head(const bf16* qu, const bf16* qv, int64_t ldq, const bf16* k, int64_
   }
 }
 
-at::Tensor rel_attn_bf16(const at::Tensor& qu, const at::Tensor& qv, const at::Tensor& k, const at::Tensor& v,
-                         const at::Tensor& r, bool causal, const c10::optional<at::Tensor>& key_len) {
-  TORCH_CHECK(qu.dim() == 4 && qv.sizes() == qu.sizes(), "qu, qv: (B, H, T, D)");
-  TORCH_CHECK(qu.scalar_type() == at::kBFloat16 && qv.scalar_type() == at::kBFloat16 &&
+at::Tensor rel_attn_bf16(const at::Tensor& q, const at::Tensor& u, const at::Tensor& v_bias, double scale,
+                         const at::Tensor& k, const at::Tensor& v, const at::Tensor& r, bool causal,
+                         const c10::optional<at::Tensor>& key_len) {
+  TORCH_CHECK(q.dim() == 4, "q: (B, H, T, D)");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 &&
               k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 &&
               r.scalar_type() == at::kBFloat16, "bf16 inputs");
-  const int64_t B = qu.size(0), H = qu.size(1), T = qu.size(2), D = qu.size(3), K = k.size(2);
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), K = k.size(2);
+  TORCH_CHECK(u.sizes() == at::IntArrayRef({H, D}) && v_bias.sizes() == u.sizes(), "u, v_bias: (H, D)");
+  const auto uf = u.to(at::kFloat).contiguous(), vf = v_bias.to(at::kFloat).contiguous();
   TORCH_CHECK(D % 16 == 0 && D <= 64, "head size a multiple of 16, at most 64");
   TORCH_CHECK(k.sizes() == at::IntArrayRef({B, H, K, D}) && v.sizes() == k.sizes(), "k, v: (B, H, K, D)");
   const int64_t R = causal ? K : K + T - 1;
@@ -234,12 +244,12 @@ at::Tensor rel_attn_bf16(const at::Tensor& qu, const at::Tensor& qv, const at::T
     }
   }
   TORCH_CHECK(K >= T, "K >= T");
-  TORCH_CHECK(qu.stride(3) == 1 && qv.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && r.stride(2) == 1,
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && r.stride(2) == 1,
               "unit stride along D");
-  TORCH_CHECK(qu.strides() == qv.strides(), "qu, qv: same strides");
-  auto out = at::empty({B, T, H, D}, qu.options());
-  const bf16* qu_p = qu.data_ptr<bf16>();
-  const bf16* qv_p = qv.data_ptr<bf16>();
+  auto out = at::empty({B, T, H, D}, q.options());
+  const bf16* q_p = q.data_ptr<bf16>();
+  const float* u_p = uf.data_ptr<float>();
+  const float* vb_p = vf.data_ptr<float>();
   const bf16* k_p = k.data_ptr<bf16>();
   const bf16* v_p = v.data_ptr<bf16>();
   const bf16* r_p = r.data_ptr<bf16>();
@@ -249,8 +259,8 @@ at::Tensor rel_attn_bf16(const at::Tensor& qu, const at::Tensor& qv, const at::T
     std::vector<float> S, Pos;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      const int64_t qoff = b * qu.stride(0) + h * qu.stride(1);
-      run_head(qu_p + qoff, qv_p + qoff, qu.stride(2), k_p + b * k.stride(0) + h * k.stride(1), k.stride(2),
+      run_head(q_p + b * q.stride(0) + h * q.stride(1), u_p + h * D, vb_p + h * D, static_cast<float>(scale),
+               q.stride(2), k_p + b * k.stride(0) + h * k.stride(1), k.stride(2),
                v_p + b * v.stride(0) + h * v.stride(1), v.stride(2), r_p + h * r.stride(0), r.stride(1), R,
                o_p + (b * T * H + h) * D, H * D, T, K, D, causal, nk[b], kp, rp, vp, S, Pos, probs);
     }
@@ -261,7 +271,8 @@ at::Tensor rel_attn_bf16(const at::Tensor& qu, const at::Tensor& qv, const at::T
 }  // namespace
 
 TORCH_LIBRARY(txl_fused, m) {
-  m.def("rel_attn_bf16(Tensor qu, Tensor qv, Tensor k, Tensor v, Tensor r, bool causal, Tensor? key_len) -> Tensor");
+  m.def("rel_attn_bf16(Tensor q, Tensor u, Tensor v_bias, float scale, Tensor k, Tensor v, Tensor r, bool causal, "
+        "Tensor? key_len) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(txl_fused, CPU, m) {
