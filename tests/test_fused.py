@@ -109,10 +109,19 @@ def test_bidirectional_kernel_matches_float64(op, batch, heads, d_head, qlen, ml
         assert torch.equal(op(q, u, vb, scale, k2, v, r, False, key_len), op(q, u, vb, scale, k, v, r, False, key_len))
 
 
+def _attention(config) -> RelMultiHeadAttn:
+    """A bf16 attention sub-layer with every parameter drawn (its u and v start uninitialized)."""
+    attn = RelMultiHeadAttn(config).eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0.0, 0.2)
+    return attn.bfloat16()
+
+
 def test_attention_layer_uses_the_kernel_only_where_it_applies(op, monkeypatch):
     config = tiny_config(d_model=64, n_head=2, d_head=32, d_inner=64)
     torch.manual_seed(0)
-    attn = perturb(RelMultiHeadAttn(config), scale=0.2).eval().bfloat16()
+    attn = _attention(config)
     calls = []
     monkeypatch.setattr(fused, "rel_attn_bf16", lambda: (lambda *a: calls.append(1) or op(*a)))
     x, mem = torch.randn(2, 11, 64).bfloat16(), torch.randn(2, 7, 64).bfloat16()
@@ -160,7 +169,7 @@ def test_model_reads_documents_alike_with_and_without_the_kernel(op, monkeypatch
 def test_bidirectional_layer_keeps_torch_for_masks_that_are_not_right_padding(op, monkeypatch):
     config = tiny_config(d_model=64, n_head=2, d_head=32, d_inner=64, bidirectional=True, same_length=False)
     torch.manual_seed(0)
-    attn = perturb(RelMultiHeadAttn(config), scale=0.2).eval().bfloat16()
+    attn = _attention(config)
     calls = []
     monkeypatch.setattr(fused, "rel_attn_bf16", lambda: (lambda *a: calls.append(a[-1]) or op(*a)))
     x, mem, pos = torch.randn(2, 11, 64).bfloat16(), torch.randn(2, 7, 64).bfloat16(), torch.randn(28, 64).bfloat16()
@@ -175,3 +184,42 @@ def test_bidirectional_layer_keeps_torch_for_masks_that_are_not_right_padding(op
         assert len(calls) == 1
         ref = attn(x, pos_emb=pos, mem=mem, mask=right, need_probs=True)[0]
     assert (fast.float() - ref.float())[1].abs().max() < 0.1 and not torch.equal(fast[0], slow[0])
+
+
+packing = pytest.mark.skipif(not fused.packing_supported(), reason="oneDNN runs no bf16 linear on this CPU")
+
+
+@packing
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_equals_the_bf16_linear(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80, bias=bias).bfloat16()
+    packed = fused.PackedLinear.from_linear(linear)
+    for x in (torch.randn(5, 48), torch.randn(2, 7, 48), torch.randn(7, 2, 48).transpose(0, 1)):  # last: strided
+        x = x.bfloat16()
+        with torch.no_grad():  # (torch's own bf16 linear rounds a strided input's product before the bias)
+            assert torch.equal(packed(x), linear(x.contiguous()))
+    assert torch.equal(packed.dense_weight(), linear.weight.detach())
+    twin = copy.deepcopy(packed)
+    with torch.no_grad():
+        assert torch.equal(twin(x), packed(x))
+    with pytest.raises(RuntimeError, match="inference only"):
+        packed.float()
+
+
+@packing
+def test_bf16_encoder_packs_its_linears_and_reads_as_before(monkeypatch):
+    from pipelines.inference import to_bf16
+    torch.manual_seed(0)
+    model = perturb(TXLDocumentClassifier(tiny_config(pooling="mean", num_labels=3)), scale=0.3).eval()
+    plain = copy.deepcopy(model)
+    monkeypatch.setenv("TXL_PACKED", "0")
+    to_bf16(plain.transformer)
+    monkeypatch.setenv("TXL_PACKED", "1")
+    to_bf16(model.transformer)
+    kinds = {type(m).__name__ for m in model.transformer.modules()}
+    assert "PackedLinear" in kinds and "Linear" not in kinds
+    assert not any(type(m) is fused.PackedLinear for m in plain.transformer.modules())
+    ids = random_ids(2, 40)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(ids).logits, plain(ids).logits)

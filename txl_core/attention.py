@@ -120,9 +120,9 @@ class RelMultiHeadAttn(nn.Module):
         `load_state_dict`) alters, after the count of casts and moves (`_apply`). None when a weight keeps no
         version counter (an inference tensor), and for a dynamically quantized `qkv_net`: it scales its input
         per call, so a row's keys depend on the rows projected with it."""
-        if type(self.qkv_net) is not nn.Linear:
+        if type(self.qkv_net) is not nn.Linear and not isinstance(self.qkv_net, fused.PackedLinear):
             return None
-        parts = [self._generation]
+        parts = [self._generation]  # a PackedLinear never changes: its identity is its stamp
         for module in (self.qkv_net, self.layer_norm) if self.pre_lnorm else (self.qkv_net,):
             parts.append(id(module))
             for name in ("weight", "bias"):
