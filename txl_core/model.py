@@ -50,13 +50,15 @@ class TXLModel(PretrainedMixin, nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         self.apply(lambda m: init_weights(m, config))
         self._mem_kv = KeptKV()  # inference only, see kept_kv.py
+        self._pos_cache: dict = {}  # inference only: sinusoids and causal masks per segment shape (nothing else)
 
     def __getstate__(self):  # copies and pickles start with nothing kept (weak references do not pickle)
-        return {k: v for k, v in super().__getstate__().items() if k != "_mem_kv"}
+        return {k: v for k, v in super().__getstate__().items() if k not in ("_mem_kv", "_pos_cache")}
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self._mem_kv = KeptKV()
+        self._pos_cache = {}
 
     def select_mems(self, mems: Mems, index: torch.Tensor) -> Mems:
         """`[m[index] for m in mems]` (the rows of the documents still reading), with the keys and values
@@ -84,18 +86,29 @@ class TXLModel(PretrainedMixin, nn.Module):
             x = self.emb_norm(x + self.seg_pos_emb.weight[:qlen].to(x.dtype))
         x = self.drop(x)
         future = qlen - 1 if cfg.bidirectional else 0
-        pos_emb = self.drop(self.pos_emb(mlen + qlen, clamp_len=cfg.clamp_len, future=future).to(x.dtype))  # (K+future, C)
+        inference = not self.training and not torch.is_grad_enabled()
+        key = (mlen, qlen, cfg.clamp_len, cfg.bidirectional, x.dtype, x.device)
+        pos_emb = self._pos_cache.get(key) if inference else None
+        if pos_emb is None:  # (K+future, C); in inference the same for every segment of a shape: made once
+            pos_emb = self.drop(self.pos_emb(mlen + qlen, clamp_len=cfg.clamp_len, future=future).to(x.dtype))
+            if inference:
+                if len(self._pos_cache) >= 16:
+                    self._pos_cache.clear()
+                self._pos_cache[key] = pos_emb
         if not cfg.bidirectional:
-            mask = attention_mask(qlen=qlen, mlen=mlen, mem_len=cfg.mem_len, same_length=cfg.same_length,
-                                  device=x.device)  # (T, K)
+            mask = self._pos_cache.get(("mask",) + key) if inference else None
+            if mask is None:
+                mask = attention_mask(qlen=qlen, mlen=mlen, mem_len=cfg.mem_len, same_length=cfg.same_length,
+                                      device=x.device)  # (T, K)
+                if inference:
+                    self._pos_cache[("mask",) + key] = mask
         elif valid is not None and not bool(valid.all()):
             mask = F.pad(~valid, (mlen, 0))[:, None, None, :]  # (B, 1, 1, K) padding keys
         else:
             mask = None
         shared = {} if cfg.untie_r else {"r_w_bias": self.r_w_bias, "r_r_bias": self.r_r_bias}
-        inference = not self.training and not torch.is_grad_enabled()
         if inference:  # pos_emb is then a function of this key
-            shared["cache_key"] = (mlen, qlen, cfg.clamp_len, cfg.bidirectional, x.dtype, x.device)
+            shared["cache_key"] = key
         hids, probs, kvs = [], [], []
         for i, layer in enumerate(self.layers):
             hids.append(x)
