@@ -70,7 +70,7 @@ def _torch_bf16(q, k, v, r, u, vb, mlen):
     (1, 2, 48, 31, 1), (3, 4, 32, 64, 64), (2, 8, 32, 256, 256)])
 def test_kernel_matches_float64_at_least_as_well_as_torch(op, batch, heads, d_head, qlen, mlen):
     q, k, v, r, u, vb = _inputs(batch, heads, d_head, qlen, mlen)
-    out = op(q, u, vb, d_head ** -0.5, k, v, r, True, None)
+    out = op(q, u, vb, d_head ** -0.5, None, None, k, v, r, True, None)
     assert out.shape == (batch, qlen, heads, d_head) and out.dtype == torch.bfloat16
     ref = _float64(q, k, v, r, u, vb, mlen)
     err = (out.double().transpose(1, 2) - ref).abs()
@@ -82,13 +82,24 @@ def test_kernel_matches_float64_at_least_as_well_as_torch(op, batch, heads, d_he
 def test_kernel_is_causal_and_reads_every_visible_key(op):
     """Changing key j changes exactly the queries that see it (i with j <= M + i)."""
     q, k, v, r, u, vb = _inputs(1, 2, 32, 24, 9, seed=1)
-    base = op(q, u, vb, 32 ** -0.5, k, v, r, True, None)
+    base = op(q, u, vb, 32 ** -0.5, None, None, k, v, r, True, None)
     for j in (0, 8, 9, 20, 32):
         k2, v2 = k.clone(), v.clone()
         k2[:, :, j] += 3.0
         v2[:, :, j] += 3.0
-        moved = (op(q, u, vb, 32 ** -0.5, k2, v2, r, True, None) - base).abs().amax(dim=(0, 2, 3)) > 0  # per query
+        moved = (op(q, u, vb, 32 ** -0.5, None, None, k2, v2, r, True, None) - base).abs().amax(dim=(0, 2, 3)) > 0
         assert moved.tolist() == [j <= 9 + i for i in range(24)], j
+
+
+@pytest.mark.parametrize("split", [0, 1, 9, 17, 33])
+def test_kernel_reads_keys_in_two_parts_as_joined(op, split):
+    """The kept memory rows' keys and values and this segment's, passed apart: exactly the joined result."""
+    q, k, v, r, u, vb = _inputs(2, 3, 32, 24, 9)
+    for causal, r_in in ((True, r), (False, torch.randn(3, 33 + 23, 32).bfloat16())):
+        joined = op(q, u, vb, 0.2, None, None, k, v, r_in, causal, None)
+        apart = op(q, u, vb, 0.2, k[:, :, :split], v[:, :, :split], k[:, :, split:], v[:, :, split:], r_in, causal,
+                   None)
+        assert torch.equal(apart, joined)
 
 
 @pytest.mark.parametrize("batch,heads,d_head,qlen,mlen", [(1, 1, 32, 1, 0), (2, 3, 32, 17, 3), (3, 2, 64, 40, 70),
@@ -99,14 +110,15 @@ def test_bidirectional_kernel_matches_float64(op, batch, heads, d_head, qlen, ml
     key_len = torch.tensor([mlen + qlen - 3 * b for b in range(batch)]).clamp(min=1)
     scale = d_head ** -0.5
     for lengths in (None, key_len):
-        out = op(q, u, vb, scale, k, v, r, False, lengths).double().transpose(1, 2)
+        out = op(q, u, vb, scale, None, None, k, v, r, False, lengths).double().transpose(1, 2)
         ref = _float64(q, k, v, r, u, vb, mlen, torch.full((batch,), mlen + qlen) if lengths is None else lengths)
         err = (out - ref).abs()
         assert err.max() < 0.03 and err.mean() < 2e-3, (err.max(), err.mean())
     if batch > 1:  # the padding really is hidden: changing a padded key changes nothing
         k2 = k.clone()
         k2[1, :, int(key_len[1]):] += 5.0
-        assert torch.equal(op(q, u, vb, scale, k2, v, r, False, key_len), op(q, u, vb, scale, k, v, r, False, key_len))
+        assert torch.equal(op(q, u, vb, scale, None, None, k2, v, r, False, key_len),
+                           op(q, u, vb, scale, None, None, k, v, r, False, key_len))
 
 
 def _attention(config) -> RelMultiHeadAttn:
@@ -142,12 +154,13 @@ def test_attention_layer_uses_the_kernel_only_where_it_applies(op, monkeypatch):
     assert calls == [1]
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_model_reads_documents_alike_with_and_without_the_kernel(op, monkeypatch, bidirectional):
-    """Four segments with memory (and the kept keys and values), bf16, documents of different lengths: the kernel
-    and torch's path agree within bf16 rounding and stay as close to float32."""
-    config = tiny_config(d_model=64, n_head=2, d_head=32, d_inner=96, mem_len=16, segment_len=16, pooling="mean",
-                         num_labels=3, bidirectional=bidirectional)
+@pytest.mark.parametrize("bidirectional,mem_len", [(False, 16), (True, 16), (False, 24), (True, 7)])
+def test_model_reads_documents_alike_with_and_without_the_kernel(op, monkeypatch, bidirectional, mem_len):
+    """Four segments with memory (and the kept keys and values, which the kernel reads beside this segment's:
+    a memory as long as a segment, longer, shorter), bf16, documents of different lengths: the kernel and
+    torch's path agree within bf16 rounding and stay as close to float32."""
+    config = tiny_config(d_model=64, n_head=2, d_head=32, d_inner=96, mem_len=mem_len, segment_len=16,
+                         pooling="mean", num_labels=3, bidirectional=bidirectional)
     torch.manual_seed(0)
     model = perturb(TXLDocumentClassifier(config), scale=0.2).eval()
     ids = random_ids(3, 60)

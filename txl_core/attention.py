@@ -145,28 +145,33 @@ class RelMultiHeadAttn(nn.Module):
             cache_key: given when `pos_emb` is a function of it (see `position_keys`); mem_kv: the keys and values
             of the memory rows, 2 x (B, H, M, D), when the caller kept them from the segment that made `mem`.
         Returns:
-            (out (B, T, C), probs (B, H, T, K) or None, (k, v) of all K rows, 2 x (B, H, K, D))
+            (out (B, T, C), probs (B, H, T, K) or None, (k, v) of all K rows, 2 x (B, H, K, D), or when the kernel
+            read the kept memory rows and this segment's apart, 2 x (memory rows', this segment's) pairs)
         """
         qlen = x.size(1)
+        kept = None  # the memory rows' keys and values, 2 x (B, H, M, D), when given and usable
         if mem_kv is not None:  # a row's keys and values depend on the row only: project this segment's rows
             q, k, v = self._project(self.layer_norm(x) if self.pre_lnorm else x, qlen=qlen)
             if mem_kv[0].dtype == k.dtype:
-                k, v = torch.cat([mem_kv[0], k], dim=2), torch.cat([mem_kv[1], v], dim=2)  # (B, H, K, D)
+                kept = mem_kv
             else:  # kept under another precision
                 mem_kv = None
         if mem_kv is None:
             cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # (B, K, C)
             q, k, v = self._project(self.layer_norm(cat) if self.pre_lnorm else cat, qlen=qlen)
-        klen = k.size(2)
+        klen = k.size(2) + (0 if kept is None else kept[0].size(2))
         r = self.position_keys(pos_emb, cache_key).view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, K, D)
         u = self.r_w_bias if r_w_bias is None else r_w_bias
         v_bias = self.r_r_bias if r_r_bias is None else r_r_bias
-        use_kernel, key_len = self._kernel_plan(q, k, v, r, mask, need_probs)
+        use_kernel, key_len = self._kernel_plan(q, k, v, r, mask, need_probs, klen)
         if use_kernel:  # bf16 CPU inference: one compiled kernel, the keys a query does not see never computed
-            vec = fused.rel_attn_bf16()(q, u, v_bias, self.scale, k, v, r, not self.bidirectional,
-                                        key_len)  # (B, T, H, D)
+            vec = fused.rel_attn_bf16()(q, u, v_bias, self.scale, *(kept or (None, None)), k, v, r,
+                                        not self.bidirectional, key_len)  # (B, T, H, D); no joined copy of k, v
             out = self.drop(self.o_net(vec.view(x.size(0), qlen, -1)))  # (B, T, C)
-            return (x + out if self.pre_lnorm else self.layer_norm(x + out)), None, (k, v)
+            kv = (k, v) if kept is None else ((kept[0], k), (kept[1], v))
+            return (x + out if self.pre_lnorm else self.layer_norm(x + out)), None, kv
+        if kept is not None:
+            k, v = torch.cat([kept[0], k], dim=2), torch.cat([kept[1], v], dim=2)  # (B, H, K, D)
         if self.bidirectional:
             bd = shift_bidirectional(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)),
                                      klen)  # (B, H, T, K)
@@ -182,7 +187,7 @@ class RelMultiHeadAttn(nn.Module):
         out = self.drop(self.o_net(vec))  # (B, T, C)
         return (x + out if self.pre_lnorm else self.layer_norm(x + out)), probs, (k, v)
 
-    def _kernel_plan(self, q, k, v, r, mask, need_probs):
+    def _kernel_plan(self, q, k, v, r, mask, need_probs, klen):
         """(whether `fused.rel_attn_bf16` computes this call, the keys each document sees when bidirectional).
 
         It does in inference (no autograd, no probabilities wanted), bf16, on a CPU where the kernel was built,
@@ -197,7 +202,6 @@ class RelMultiHeadAttn(nn.Module):
             return mask is not None and not self.same_length, None
         if mask is None:
             return True, None
-        klen = k.size(2)
         if mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.size(-1) != klen:
             return False, None
         hidden = mask[:, 0, 0]  # (B, K), True = padding

@@ -27,6 +27,17 @@ def _version(t: torch.Tensor) -> int:
         return 0
 
 
+def _last(rows, n: int) -> torch.Tensor:
+    """The last n rows (dim 2) of a (B, H, K, D) tensor or of an (earlier rows, later rows) pair, joined only
+    when they span both parts (memory longer than a segment)."""
+    if isinstance(rows, torch.Tensor):
+        return rows[:, :, -n:]
+    first, second = rows
+    if n <= second.size(2):
+        return second[:, :, -n:]
+    return torch.cat([first[:, :, -(n - second.size(2)):], second], dim=2)
+
+
 class KeptKV:
     """memory tensor (B, M, C) of one layer -> the keys and values of its rows, 2 x (B, H, M, D)."""
 
@@ -43,14 +54,14 @@ class KeptKV:
             return None
         return hit[2]
 
-    def keep(self, mems: list[torch.Tensor], kvs: list[KV], attns: list[RelMultiHeadAttn]) -> None:
+    def keep(self, mems: list[torch.Tensor], kvs: list, attns: list[RelMultiHeadAttn]) -> None:
         """Keep, for each layer's new memory (the last M of the K rows just attended), the last M of its
-        keys and values, 2 x (B, H, K, D)."""
+        keys and values: 2 x (B, H, K, D), or 2 x (memory rows', this segment's rows') pairs."""
         for mem, (k, v), attn in zip(mems, kvs, attns):
             stamp = attn.weights_stamp()
             if stamp is not None and mem.size(1) > 0:
                 n = mem.size(1)
-                self._kept[mem] = (_version(mem), stamp, (k[:, :, -n:], v[:, :, -n:]))
+                self._kept[mem] = (_version(mem), stamp, (_last(k, n), _last(v, n)))
 
     def select(self, mems: list[torch.Tensor], index: torch.Tensor,
                attns: list[RelMultiHeadAttn]) -> list[torch.Tensor]:

@@ -42,9 +42,19 @@ inline __m512 exp512(__m512 x) {  // Cephes expf: range reduction by ln 2, degre
   return _mm512_scalef_ps(p, n);
 }
 
-// rows (n of them, row stride `ld` elements, D wide) -> blocks of 16 rows as [block][D/2 pairs][16 rows][2],
-// rows past n zero: the right-hand operand of `dot_rows`.
-void pack_rows(const bf16* src, int64_t ld, int64_t n, int64_t D, uint16_t* dst) {
+// Rows of a matrix held in two parts (the memory's rows kept from the previous segment, then this segment's),
+// so that the keys and values need no concatenated copy: row i is a[i] for i < na, else b[i - na].
+struct Rows {
+  const bf16* a;
+  int64_t lda, na;
+  const bf16* b;
+  int64_t ldb;
+  const bf16* row(int64_t i) const { return i < na ? a + i * lda : b + (i - na) * ldb; }
+};
+
+// rows 0 .. n-1 (D wide) -> blocks of 16 rows as [block][D/2 pairs][16 rows][2], rows past n zero: the
+// right-hand operand of `dot_rows`.
+void pack_rows(const Rows& src, int64_t n, int64_t D, uint16_t* dst) {
   const int64_t nb = (n + 15) / 16, pairs = D / 2;
   uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
   for (int64_t b = 0; b < nb; ++b)
@@ -52,21 +62,23 @@ void pack_rows(const bf16* src, int64_t ld, int64_t n, int64_t D, uint16_t* dst)
       for (int64_t r = 0; r < 16; ++r) {
         int64_t row = b * 16 + r;
         uint32_t val = 0;
-        if (row < n) std::memcpy(&val, src + row * ld + 2 * p, 4);
+        if (row < n) std::memcpy(&val, src.row(row) + 2 * p, 4);
         d32[(b * pairs + p) * 16 + r] = val;
       }
 }
 
-// values (n rows, stride ld, D wide) -> [pair of rows][D/16][16 columns][2]: the right-hand operand of
+// values (n rows, D wide) -> [pair of rows][D/16][16 columns][2]: the right-hand operand of
 // `probs_times_values`; a missing last row is zero.
-void pack_values(const bf16* src, int64_t ld, int64_t n, int64_t D, uint16_t* dst) {
+void pack_values(const Rows& src, int64_t n, int64_t D, uint16_t* dst) {
   const int64_t np = (n + 1) / 2;
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t m = 0; m < np; ++m)
+  for (int64_t m = 0; m < np; ++m) {
+    const uint16_t* even = reinterpret_cast<const uint16_t*>(src.row(2 * m));
+    const uint16_t* odd = 2 * m + 1 < n ? reinterpret_cast<const uint16_t*>(src.row(2 * m + 1)) : nullptr;
     for (int64_t d = 0; d < D; ++d) {
-      dst[(m * D + d) * 2] = s[(2 * m) * ld + d];
-      dst[(m * D + d) * 2 + 1] = (2 * m + 1 < n) ? s[(2 * m + 1) * ld + d] : 0;
+      dst[(m * D + d) * 2] = even[d];
+      dst[(m * D + d) * 2 + 1] = odd ? odd[d] : 0;
     }
+  }
 }
 
 // C[m][kb*16 + t] = sum_d A[m][d] B[kb*16 + t][d] for RB rows of A and NB blocks of 16 packed rows of B.
@@ -142,8 +154,8 @@ void probs_times_values(const uint16_t* P, int64_t ldp, int64_t rows, int64_t np
 }
 
 // One (batch, head): queries T x D, keys and values K x D, position keys R x D; `causal` or `nk` keys seen.
-void run_head(const bf16* q, const float* u, const float* vb, float scale, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
-              int64_t ldv, const bf16* r, int64_t ldr, int64_t R, bf16* out, int64_t ldo, int64_t T, int64_t K,
+void run_head(const bf16* q, const float* u, const float* vb, float scale, int64_t ldq, const Rows& k,
+              const Rows& v, const Rows& r, int64_t R, bf16* out, int64_t ldo, int64_t T, int64_t K,
               int64_t D, bool causal, int64_t nk, std::vector<uint16_t>& kp, std::vector<uint16_t>& rp,
               std::vector<uint16_t>& vp, std::vector<float>& S, std::vector<float>& Pos,
               std::vector<uint16_t>& probs) {
@@ -155,9 +167,9 @@ void run_head(const bf16* q, const float* u, const float* vb, float scale, int64
   S.resize(QB * width);
   Pos.resize(QB * rwidth);
   probs.resize(QB * ldp);
-  pack_rows(k, ldk, K, D, kp.data());
-  pack_rows(r, ldr, R, D, rp.data());
-  pack_values(v, ldv, K, D, vp.data());
+  pack_rows(k, K, D, kp.data());
+  pack_rows(r, R, D, rp.data());
+  pack_values(v, K, D, vp.data());
   float inv[QB];
   bf16 qu[QB * 64], qv[QB * 64];  // this block's (q + u) * scale and (q + v) * scale, D wide
   for (int64_t i0 = 0; i0 < T; i0 += QB) {
@@ -220,18 +232,29 @@ void run_head(const bf16* q, const float* u, const float* vb, float scale, int64
   }
 }
 
+// k_mem, v_mem: the memory rows' keys and values kept from the previous segment (B, H, M, D), or none; then
+// k, v hold this segment's rows only, and the keys are [k_mem ; k].
 at::Tensor rel_attn_bf16(const at::Tensor& q, const at::Tensor& u, const at::Tensor& v_bias, double scale,
+                         const c10::optional<at::Tensor>& k_mem, const c10::optional<at::Tensor>& v_mem,
                          const at::Tensor& k, const at::Tensor& v, const at::Tensor& r, bool causal,
                          const c10::optional<at::Tensor>& key_len) {
   TORCH_CHECK(q.dim() == 4, "q: (B, H, T, D)");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 &&
               k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 &&
               r.scalar_type() == at::kBFloat16, "bf16 inputs");
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), K = k.size(2);
+  TORCH_CHECK(k_mem.has_value() == v_mem.has_value(), "k_mem and v_mem together");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+  const int64_t Mk = k_mem.has_value() ? k_mem->size(2) : 0, Kn = k.size(2), K = Mk + Kn;
+  if (k_mem.has_value()) {
+    TORCH_CHECK(k_mem->scalar_type() == at::kBFloat16 && v_mem->scalar_type() == at::kBFloat16, "bf16 inputs");
+    TORCH_CHECK(k_mem->sizes() == at::IntArrayRef({B, H, Mk, D}) && v_mem->sizes() == k_mem->sizes(),
+                "k_mem, v_mem: (B, H, M, D)");
+    TORCH_CHECK(k_mem->stride(3) == 1 && v_mem->stride(3) == 1, "unit stride along D");
+  }
   TORCH_CHECK(u.sizes() == at::IntArrayRef({H, D}) && v_bias.sizes() == u.sizes(), "u, v_bias: (H, D)");
   const auto uf = u.to(at::kFloat).contiguous(), vf = v_bias.to(at::kFloat).contiguous();
   TORCH_CHECK(D % 16 == 0 && D <= 64, "head size a multiple of 16, at most 64");
-  TORCH_CHECK(k.sizes() == at::IntArrayRef({B, H, K, D}) && v.sizes() == k.sizes(), "k, v: (B, H, K, D)");
+  TORCH_CHECK(k.sizes() == at::IntArrayRef({B, H, Kn, D}) && v.sizes() == k.sizes(), "k, v: (B, H, K, D)");
   const int64_t R = causal ? K : K + T - 1;
   TORCH_CHECK(r.sizes() == at::IntArrayRef({H, R, D}), "r: (H, K, D) causal, (H, K+T-1, D) bidirectional");
   std::vector<int64_t> nk(B, K);
@@ -252,6 +275,8 @@ at::Tensor rel_attn_bf16(const at::Tensor& q, const at::Tensor& u, const at::Ten
   const float* vb_p = vf.data_ptr<float>();
   const bf16* k_p = k.data_ptr<bf16>();
   const bf16* v_p = v.data_ptr<bf16>();
+  const bf16* km_p = Mk ? k_mem->data_ptr<bf16>() : nullptr;
+  const bf16* vm_p = Mk ? v_mem->data_ptr<bf16>() : nullptr;
   const bf16* r_p = r.data_ptr<bf16>();
   bf16* o_p = out.data_ptr<bf16>();
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -259,9 +284,13 @@ at::Tensor rel_attn_bf16(const at::Tensor& q, const at::Tensor& u, const at::Ten
     std::vector<float> S, Pos;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
+      const Rows kr{Mk ? km_p + b * k_mem->stride(0) + h * k_mem->stride(1) : nullptr, Mk ? k_mem->stride(2) : 0,
+                    Mk, k_p + b * k.stride(0) + h * k.stride(1), k.stride(2)};
+      const Rows vr{Mk ? vm_p + b * v_mem->stride(0) + h * v_mem->stride(1) : nullptr, Mk ? v_mem->stride(2) : 0,
+                    Mk, v_p + b * v.stride(0) + h * v.stride(1), v.stride(2)};
+      const Rows rr{nullptr, 0, 0, r_p + h * r.stride(0), r.stride(1)};
       run_head(q_p + b * q.stride(0) + h * q.stride(1), u_p + h * D, vb_p + h * D, static_cast<float>(scale),
-               q.stride(2), k_p + b * k.stride(0) + h * k.stride(1), k.stride(2),
-               v_p + b * v.stride(0) + h * v.stride(1), v.stride(2), r_p + h * r.stride(0), r.stride(1), R,
+               q.stride(2), kr, vr, rr, R,
                o_p + (b * T * H + h) * D, H * D, T, K, D, causal, nk[b], kp, rp, vp, S, Pos, probs);
     }
   });
@@ -271,8 +300,8 @@ at::Tensor rel_attn_bf16(const at::Tensor& q, const at::Tensor& u, const at::Ten
 }  // namespace
 
 TORCH_LIBRARY(txl_fused, m) {
-  m.def("rel_attn_bf16(Tensor q, Tensor u, Tensor v_bias, float scale, Tensor k, Tensor v, Tensor r, bool causal, "
-        "Tensor? key_len) -> Tensor");
+  m.def("rel_attn_bf16(Tensor q, Tensor u, Tensor v_bias, float scale, Tensor? k_mem, Tensor? v_mem, Tensor k, "
+        "Tensor v, Tensor r, bool causal, Tensor? key_len) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(txl_fused, CPU, m) {
