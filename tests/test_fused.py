@@ -214,8 +214,10 @@ def test_packed_linear_equals_the_bf16_linear(bias):
             assert torch.equal(packed(x), linear(x.contiguous()))
     assert torch.equal(packed.dense_weight(), linear.weight.detach())
     twin = copy.deepcopy(packed)
+    fused_relu = fused.PackedLinear.from_linear(linear, relu=True)
     with torch.no_grad():
         assert torch.equal(twin(x), packed(x))
+        assert torch.equal(fused_relu(x), torch.relu(packed(x)))
     with pytest.raises(RuntimeError, match="inference only"):
         packed.float()
 
@@ -231,7 +233,8 @@ def test_bf16_encoder_packs_its_linears_and_reads_as_before(monkeypatch):
     monkeypatch.setenv("TXL_PACKED", "1")
     to_bf16(model.transformer)
     kinds = {type(m).__name__ for m in model.transformer.modules()}
-    assert "PackedLinear" in kinds and "Linear" not in kinds
+    assert "PackedLinear" in kinds and "Linear" not in kinds and "ReLU" not in kinds
+    assert sum(m.relu for m in model.transformer.modules() if isinstance(m, fused.PackedLinear)) == 3  # FF in
     assert not any(type(m) is fused.PackedLinear for m in plain.transformer.modules())
     ids = random_ids(2, 40)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -252,7 +252,13 @@ at::Tensor rel_attn_bf16(const at::Tensor& q, const at::Tensor& u, const at::Ten
     TORCH_CHECK(k_mem->stride(3) == 1 && v_mem->stride(3) == 1, "unit stride along D");
   }
   TORCH_CHECK(u.sizes() == at::IntArrayRef({H, D}) && v_bias.sizes() == u.sizes(), "u, v_bias: (H, D)");
-  const auto uf = u.to(at::kFloat).contiguous(), vf = v_bias.to(at::kFloat).contiguous();
+  std::vector<float> uf(H * D), vf(H * D);  // read here: a cast would be two more operators per call
+  for (auto [src, dst] : {std::make_pair(&u, &uf), std::make_pair(&v_bias, &vf)}) {
+    const auto t = src->contiguous();
+    TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, "u, v_bias: float32 or bf16");
+    for (int64_t i = 0; i < H * D; ++i)
+      (*dst)[i] = t.scalar_type() == at::kFloat ? t.data_ptr<float>()[i] : static_cast<float>(t.data_ptr<bf16>()[i]);
+  }
   TORCH_CHECK(D % 16 == 0 && D <= 64, "head size a multiple of 16, at most 64");
   TORCH_CHECK(k.sizes() == at::IntArrayRef({B, H, Kn, D}) && v.sizes() == k.sizes(), "k, v: (B, H, K, D)");
   const int64_t R = causal ? K : K + T - 1;
@@ -271,8 +277,8 @@ at::Tensor rel_attn_bf16(const at::Tensor& q, const at::Tensor& u, const at::Ten
               "unit stride along D");
   auto out = at::empty({B, T, H, D}, q.options());
   const bf16* q_p = q.data_ptr<bf16>();
-  const float* u_p = uf.data_ptr<float>();
-  const float* vb_p = vf.data_ptr<float>();
+  const float* u_p = uf.data();
+  const float* vb_p = vf.data();
   const bf16* k_p = k.data_ptr<bf16>();
   const bf16* v_p = v.data_ptr<bf16>();
   const bf16* km_p = Mk ? k_mem->data_ptr<bf16>() : nullptr;
