@@ -1,4 +1,4 @@
-"""The bench encoder's linear layers in bf16, as torch's `F.linear` and as `txl_core.fused.PackedLinear` (the
+"""The bench encoder's linear layers in bf16, as torch's `F.linear` and as `txl_core.packed_linear.PackedLinear` (the
 weight reordered once for oneDNN), in microseconds per product (3 timings of 50 calls each) and GFLOP/s.
 
     python benchmarks/packed_linear.py
@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from txl_core import fused
+from txl_core import packed_linear
 
 SHAPES = [(256, 256, 768), (256, 256, 1024), (256, 1024, 256), (2048, 256, 1024)]  # rows, in, out
 
@@ -25,13 +25,13 @@ def timed(fn, n: int = 50) -> float:
 
 
 def main() -> int:
-    if not fused.packing_supported():
+    if not packed_linear.packing_supported():
         print("oneDNN runs no bf16 linear on this CPU: nothing to compare")
         return 0
     torch.set_grad_enabled(False)
     for rows, d_in, d_out in SHAPES:
         linear = torch.nn.Linear(d_in, d_out).bfloat16()
-        packed = fused.PackedLinear.from_linear(linear)
+        packed = packed_linear.PackedLinear.from_linear(linear)
         x = torch.randn(rows, d_in).bfloat16()
         assert torch.equal(packed(x), linear(x))
         flop = 2 * rows * d_in * d_out

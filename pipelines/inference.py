@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from txl_core import fused
+from txl_core import packed_linear
 
 from .metrics import decide
 from .modeldir import ModelDir
@@ -146,13 +146,13 @@ def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto", keep
 def to_bf16(encoder: torch.nn.Module) -> torch.nn.Module:
     """The encoder's weights in bf16 (in place), for CPU inference under autocast. Autocast alone casts every
     weight again for every segment: the whole encoder in bf16 read 1.1x faster (benchmarks/RESULTS.md).
-    Where oneDNN runs bf16 its linear layers are then prepacked (`txl_core.fused.PackedLinear`: the weight
+    Where oneDNN runs bf16 its linear layers are then prepacked (`txl_core.packed_linear.PackedLinear`: the weight
     reordered once instead of in every product). The pooling and the head stay float32 (the classifier pools
     float32 copies of the hidden states)."""
     encoder = encoder.to(torch.bfloat16)
-    if os.environ.get("TXL_PACKED", "1") != "0" and fused.packing_supported() and all(
+    if os.environ.get("TXL_PACKED", "1") != "0" and packed_linear.packing_supported() and all(
             p.device.type == "cpu" for p in encoder.parameters()):
-        fused.pack_linears(encoder)
+        packed_linear.pack_linears(encoder)
     return encoder
 
 

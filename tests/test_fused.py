@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import perturb, random_ids, tiny_config
-from txl_core import fused
+from txl_core import fused, packed_linear
 from txl_core.attention import RelMultiHeadAttn, attention_mask, shift_bidirectional, shift_padded
 from txl_core.classifier import TXLDocumentClassifier
 
@@ -199,7 +199,7 @@ def test_bidirectional_layer_keeps_torch_for_masks_that_are_not_right_padding(op
     assert (fast.float() - ref.float())[1].abs().max() < 0.1 and not torch.equal(fast[0], slow[0])
 
 
-packing = pytest.mark.skipif(not fused.packing_supported(), reason="oneDNN runs no bf16 linear on this CPU")
+packing = pytest.mark.skipif(not packed_linear.packing_supported(), reason="oneDNN runs no bf16 linear on this CPU")
 
 
 @packing
@@ -207,14 +207,14 @@ packing = pytest.mark.skipif(not fused.packing_supported(), reason="oneDNN runs 
 def test_packed_linear_equals_the_bf16_linear(bias):
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 80, bias=bias).bfloat16()
-    packed = fused.PackedLinear.from_linear(linear)
+    packed = packed_linear.PackedLinear.from_linear(linear)
     for x in (torch.randn(5, 48), torch.randn(2, 7, 48), torch.randn(7, 2, 48).transpose(0, 1)):  # last: strided
         x = x.bfloat16()
         with torch.no_grad():  # (torch's own bf16 linear rounds a strided input's product before the bias)
             assert torch.equal(packed(x), linear(x.contiguous()))
     assert torch.equal(packed.dense_weight(), linear.weight.detach())
     twin = copy.deepcopy(packed)
-    fused_relu = fused.PackedLinear.from_linear(linear, relu=True)
+    fused_relu = packed_linear.PackedLinear.from_linear(linear, relu=True)
     with torch.no_grad():
         assert torch.equal(twin(x), packed(x))
         assert torch.equal(fused_relu(x), torch.relu(packed(x)))
@@ -234,8 +234,17 @@ def test_bf16_encoder_packs_its_linears_and_reads_as_before(monkeypatch):
     to_bf16(model.transformer)
     kinds = {type(m).__name__ for m in model.transformer.modules()}
     assert "PackedLinear" in kinds and "Linear" not in kinds and "ReLU" not in kinds
-    assert sum(m.relu for m in model.transformer.modules() if isinstance(m, fused.PackedLinear)) == 3  # FF in
-    assert not any(type(m) is fused.PackedLinear for m in plain.transformer.modules())
+    assert sum(m.relu for m in model.transformer.modules() if isinstance(m, packed_linear.PackedLinear)) == 3  # FF in
+    assert not any(type(m) is packed_linear.PackedLinear for m in plain.transformer.modules())
     ids = random_ids(2, 40)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(ids).logits, plain(ids).logits)
+
+
+def test_txl_fused_0_turns_the_kernel_off(op, monkeypatch):
+    monkeypatch.setattr(fused, "_LOADED", {})
+    monkeypatch.setenv("TXL_FUSED", "0")
+    assert fused.rel_attn_bf16() is None
+    monkeypatch.setattr(fused, "_LOADED", {})
+    monkeypatch.setenv("TXL_FUSED", "1")
+    assert fused.rel_attn_bf16() is op

@@ -14,6 +14,7 @@ from torch import nn
 
 from . import fused
 from .config import TXLConfig
+from .packed_linear import PackedLinear
 from .dropout import Dropout, keep_mask
 
 
@@ -120,7 +121,7 @@ class RelMultiHeadAttn(nn.Module):
         `load_state_dict`) alters, after the count of casts and moves (`_apply`). None when a weight keeps no
         version counter (an inference tensor), and for a dynamically quantized `qkv_net`: it scales its input
         per call, so a row's keys depend on the rows projected with it."""
-        if type(self.qkv_net) is not nn.Linear and not isinstance(self.qkv_net, fused.PackedLinear):
+        if type(self.qkv_net) is not nn.Linear and not isinstance(self.qkv_net, PackedLinear):
             return None
         parts = [self._generation]  # a PackedLinear never changes: its identity is its stamp
         for module in (self.qkv_net, self.layer_norm) if self.pre_lnorm else (self.qkv_net,):

@@ -14,8 +14,8 @@ def main() -> int:
     try:
         lib = fused.build()
     except Exception as e:  # no compiler, no headers: the fallback still works
-        print(f"txl_core.build_kernels: not built ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}); "
-              "the pure-torch path is used")
+        why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        print(f"txl_core.build_kernels: not built ({why}); the pure-torch path is used")
         return 0
     print(f"txl_core.build_kernels: built {lib}")
     return 0
