@@ -65,6 +65,26 @@ class TXLModel(PretrainedMixin, nn.Module):
         inference kept for those rows, so the next segment does not project them again."""
         return self._mem_kv.select(mems, index, [layer.dec_attn for layer in self.layers])
 
+    def _positions(self, key: tuple, *, inference: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sinusoids of distances K-1 ... 0 (to 1-T when bidirectional), (K+future, C), and the causal mask,
+        (T, K), or None when bidirectional; `key` = (mlen, qlen, clamp_len, bidirectional, dtype, device). In
+        inference they are made once per key: they depend on nothing else."""
+        mlen, qlen, clamp_len, bidirectional, dtype, device = key
+        cfg = self.config
+        key = key + (cfg.mem_len, cfg.same_length)
+        hit = self._pos_cache.get(key) if inference else None
+        if hit is not None:
+            return hit
+        future = qlen - 1 if bidirectional else 0
+        pos_emb = self.drop(self.pos_emb(mlen + qlen, clamp_len=clamp_len, future=future).to(dtype))
+        mask = None if bidirectional else attention_mask(qlen=qlen, mlen=mlen, mem_len=cfg.mem_len,
+                                                          same_length=cfg.same_length, device=device)
+        if inference:
+            if len(self._pos_cache) >= 8:
+                self._pos_cache.clear()
+            self._pos_cache[key] = (pos_emb, mask)
+        return pos_emb, mask
+
     def forward(self, input_ids: torch.Tensor, *, mems: Mems | None = None, valid: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> TXLOutput:
         """Read one segment.
@@ -85,27 +105,11 @@ class TXLModel(PretrainedMixin, nn.Module):
                 raise ValueError(f"a segment of {qlen} tokens exceeds the {cfg.segment_positions} segment positions")
             x = self.emb_norm(x + self.seg_pos_emb.weight[:qlen].to(x.dtype))
         x = self.drop(x)
-        future = qlen - 1 if cfg.bidirectional else 0
         inference = not self.training and not torch.is_grad_enabled()
         key = (mlen, qlen, cfg.clamp_len, cfg.bidirectional, x.dtype, x.device)
-        pos_emb = self._pos_cache.get(key) if inference else None
-        if pos_emb is None:  # (K+future, C); in inference the same for every segment of a shape: made once
-            pos_emb = self.drop(self.pos_emb(mlen + qlen, clamp_len=cfg.clamp_len, future=future).to(x.dtype))
-            if inference:
-                if len(self._pos_cache) >= 16:
-                    self._pos_cache.clear()
-                self._pos_cache[key] = pos_emb
-        if not cfg.bidirectional:
-            mask = self._pos_cache.get(("mask",) + key) if inference else None
-            if mask is None:
-                mask = attention_mask(qlen=qlen, mlen=mlen, mem_len=cfg.mem_len, same_length=cfg.same_length,
-                                      device=x.device)  # (T, K)
-                if inference:
-                    self._pos_cache[("mask",) + key] = mask
-        elif valid is not None and not bool(valid.all()):
+        pos_emb, mask = self._positions(key, inference=inference)  # (K+future, C), (T, K) causal or None
+        if cfg.bidirectional and valid is not None and not bool(valid.all()):
             mask = F.pad(~valid, (mlen, 0))[:, None, None, :]  # (B, 1, 1, K) padding keys
-        else:
-            mask = None
         shared = {} if cfg.untie_r else {"r_w_bias": self.r_w_bias, "r_r_bias": self.r_r_bias}
         if inference:  # pos_emb is then a function of this key
             shared["cache_key"] = key
