@@ -46,6 +46,11 @@ class Prediction:
     n_tokens: int
     segments: list[SegmentExplanation] = field(default_factory=list)
     error: str = ""
+    # a model with an n-gram component (pipelines/ngram.py): what each part alone would predict, and (explain)
+    # the n-grams that raise the predicted class's fused logit most, with their part of it
+    encoder_label: str = ""
+    ngram_label: str = ""
+    terms: list[tuple[str, float]] = field(default_factory=list)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -190,7 +195,8 @@ def predict(md: ModelDir, texts: Sequence[str], *, batch_size: int = 16, max_tok
     todo = [i for i, n in enumerate(lengths) if n > 0]
     for batch in _batches([lengths[i] for i in todo], batch_size=batch_size, max_tokens=max_tokens):
         rows = [todo[j] for j in batch]
-        for i, pred in zip(rows, _predict_batch(md, [encodings[i] for i in rows], explain=explain)):
+        batch_texts = [texts[i] for i in rows]
+        for i, pred in zip(rows, _predict_batch(md, [encodings[i] for i in rows], batch_texts, explain=explain)):
             results[i] = pred
         if progress:
             progress(len(rows))
@@ -202,30 +208,52 @@ def predict(md: ModelDir, texts: Sequence[str], *, batch_size: int = 16, max_tok
 
 
 @torch.inference_mode()
-def _predict_batch(md: ModelDir, encodings, *, explain: bool) -> list[Prediction]:
+def _predict_batch(md: ModelDir, encodings, texts: list[str], *, explain: bool) -> list[Prediction]:
     lengths = torch.tensor([len(e.ids) for e in encodings])
     ids = torch.zeros(len(encodings), int(lengths.max()), dtype=torch.long)
     for row, e in enumerate(encodings):
         ids[row, : len(e.ids)] = torch.tensor(e.ids)
     with _autocast(md):
         out = md.model(ids.to(md.device), lengths.to(md.device), explain=explain)
-    logits = out.logits.float().cpu()
-    probs = torch.sigmoid(logits) if md.multi_label else torch.softmax(logits, dim=-1)
+    encoder_logits = out.logits.float().cpu()
+    scores = md.ngram.scores(texts) if md.ngram is not None else None
+    logits = encoder_logits if scores is None else md.ngram.fuse(encoder_logits, scores)
+    probs = _probabilities(md, logits)
     preds = []
     for row, e in enumerate(encodings):
         pred = _prediction(md, probs[row], len(e.ids))
+        if scores is not None:
+            pred.encoder_label = _label_of(md, _probabilities(md, encoder_logits[row:row + 1])[0],
+                                           md.model.config.thresholds)
+            pred.ngram_label = _label_of(md, _probabilities(md, torch.as_tensor(scores[row:row + 1]))[0], None)
         if explain:
             pred.segments = _explain(md, out.segment_logits[row].float().cpu(), e, probs[row])
+            if md.ngram is not None:
+                pred.terms = md.ngram.term_contributions(texts[row], int(probs[row].argmax()))
         preds.append(pred)
     return preds
+
+
+def _probabilities(md: ModelDir, logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if md.multi_label else torch.softmax(logits, dim=-1)
+
+
+def _thresholds(md: ModelDir) -> list[float] | None:
+    """Multi-label decision thresholds: the fused model's when there is an n-gram component."""
+    return md.ngram.thresholds if md.ngram is not None else md.model.config.thresholds
+
+
+def _label_of(md: ModelDir, probs: torch.Tensor, thresholds) -> str:
+    if md.multi_label:
+        return "|".join(n for n, c in zip(md.labels, decide(probs.numpy()[None], thresholds)[0]) if c)
+    return md.labels[int(probs.argmax())]
 
 
 def _prediction(md: ModelDir, probs: torch.Tensor, n_tokens: int) -> Prediction:
     names = md.labels
     table = {name: float(p) for name, p in zip(names, probs)}
     if md.multi_label:
-        chosen = decide(probs.numpy()[None], md.model.config.thresholds)[0]
-        return Prediction("|".join(n for n, c in zip(names, chosen) if c), float(probs.max()), table, n_tokens)
+        return Prediction(_label_of(md, probs, _thresholds(md)), float(probs.max()), table, n_tokens)
     best = int(probs.argmax())
     return Prediction(names[best], float(probs[best]), table, n_tokens)
 

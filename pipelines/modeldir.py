@@ -3,6 +3,7 @@
     config.json        TXLConfig (labels included)        model.safetensors   the weights
     tokenizer.json     the subword tokenizer               labels.json         label names, in logit order
     README.md          the model card                      metrics.json        measured validation/test metrics
+    ngram.json, ngram.safetensors   the n-gram component fused with the encoder, when trained with one
 
 Files are written whole (temporary name, then rename), `config.json` last, so a directory never holds new
 weights with an old config.
@@ -20,6 +21,7 @@ from txl_core import CheckpointError, load_pretrained
 from txl_core.classifier import TXLDocumentClassifier
 
 from .errors import UserError
+from .ngram import FILES as NGRAM_FILES, NgramModel
 from .word_tokenizer import load_tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
@@ -35,6 +37,7 @@ class ModelDir:
     path: Path | None = None
     precision: str = "float32"  # set by inference.prepare
     device: object = None
+    ngram: NgramModel | None = None  # fused with the encoder's logits (pipelines/ngram.py)
 
     @property
     def multi_label(self) -> bool:
@@ -45,6 +48,11 @@ def save_model_dir(directory: str | Path, md: ModelDir) -> None:
     directory = Path(directory)
     extra = {"tokenizer.json": md.tokenizer.to_str(), "labels.json": json.dumps(md.labels, indent=1) + "\n",
              "README.md": md.card, "metrics.json": json.dumps(md.metrics, indent=1, sort_keys=True) + "\n"}
+    if md.ngram is not None:
+        extra.update(md.ngram.files())
+    else:  # an encoder saved alone must not be read with an earlier run's n-grams
+        for name in NGRAM_FILES:
+            (directory / name).unlink(missing_ok=True)
     md.model.save_pretrained(directory, extra_files=extra)
 
 
@@ -96,7 +104,11 @@ def load_model_dir(directory: str | Path) -> ModelDir:
     card = (directory / "README.md").read_text() if (directory / "README.md").is_file() else ""
     metrics_path = directory / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return ModelDir(model, tokenizer, labels, card, metrics, directory)
+    ngram = NgramModel.load(directory)
+    if ngram is not None and ngram.coef.shape[0] not in (len(labels), 1 if len(labels) == 2 else -1):
+        raise UserError(f"{directory}: the n-gram component scores {ngram.coef.shape[0]} classes, the model "
+                        f"{len(labels)}; the files come from different models")
+    return ModelDir(model, tokenizer, labels, card, metrics, directory, ngram=ngram)
 
 
 @dataclass

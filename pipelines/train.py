@@ -18,7 +18,9 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
@@ -29,7 +31,8 @@ from .errors import UserError, bounded
 from .inference import cpu_has_native_bf16, predict, prepare
 from .labeled import load_labeled
 from .labels import LabelSet, stratified_split
-from .metrics import compute_metrics
+from .metrics import compute_metrics, decide, tune_thresholds
+from .ngram import fit_ngram, fit_fusion
 from .modeldir import ModelDir, load_model_dir, save_model_dir
 from .output import write_atomic
 from .init_from import load_start, minilm_available
@@ -98,6 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "counted from each segment's start, beside the relative encoding (--segment-len at most its "
                    "512 positions); relative: fold their mean into the token embeddings, as the paper's model has "
                    "relative positions only")
+    p.add_argument("--ngrams", choices=("fuse", "off"), default="fuse",
+                   help="fuse (default): fit TF-IDF 1-2-grams + a linear SVM on the training split beside the encoder "
+                   "and fuse the two with weights fit on the validation split (pipelines/ngram.py); off: the encoder "
+                   "alone")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
@@ -232,9 +239,17 @@ def model_card(summary: dict, metrics: dict) -> str:
              "## Recipe", "", "```json", json.dumps(summary["recipe"], indent=1), "```", "",
              f"Trained for {summary['minutes']:.1f} min on {summary['machine']} ({summary['stopped'] or 'completed'}).",
              "", "## Metrics", "", "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|"]
+    names = {"validation_encoder": "validation, encoder alone", "validation_ngram": "validation, n-grams alone",
+             "test_encoder": "test, encoder alone", "test_ngram": "test, n-grams alone"}
     for split, m in metrics.items():
         if "accuracy" in m:
-            lines.append(f"| {split} | {m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |")
+            lines.append(f"| {names.get(split, split)} | {m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} "
+                         f"| {m['micro_f1']:.4f} |")
+    if "fusion" in metrics:
+        f = metrics["fusion"]
+        lines += ["", f"The encoder's log-probabilities are fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} "
+                  f"terms) fit on the training split: logits = {f['a']:.3g} x encoder + {f['b']:.3g} x n-gram "
+                  "scores, weights fit on the validation split (`txl train --ngrams`, pipelines/ngram.py)."]
     return "\n".join(lines) + "\n"
 
 
@@ -259,15 +274,22 @@ def _label_set(labels: list[str], vlabels: list[str]) -> LabelSet:
     return label_set
 
 
-def _finish(args, out: Path, state, summary: dict, trainer: Trainer) -> dict:
-    """Measure the best model on --test (each rank a shard), then rank 0 rewrites its card and metrics."""
+def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> dict:
+    """Fuse the n-gram component with the best model (unless --ngrams off), measure it on --test (each rank a
+    shard), then rank 0 rewrites its card and metrics."""
     final = {"validation": state.best_metrics}
     best = load_model_dir(out)
+    prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
+    if args.ngrams == "fuse":
+        final = _fuse_ngrams(best, *data)
     if args.test:
         ttexts, tlabels = _load_split(args.test, args, "test")
-        prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
-        predicted = dist.map_sharded(lambda part: [p.label for p in predict(best, part)], ttexts)
-        final["test"] = compute_metrics(tlabels, predicted, best.labels, multi_label=best.multi_label)
+        preds = dist.map_sharded(lambda part: [(p.label, p.encoder_label, p.ngram_label)
+                                               for p in predict(best, part)], ttexts)
+        final["test"] = compute_metrics(tlabels, [p[0] for p in preds], best.labels, multi_label=best.multi_label)
+        if best.ngram is not None:
+            for k, part in ((1, "test_encoder"), (2, "test_ngram")):
+                final[part] = compute_metrics(tlabels, [p[k] for p in preds], best.labels, multi_label=best.multi_label)
     summary.update(minutes=state.seconds / 60, stopped=state.stopped)
     best.card = model_card(summary, final)
     best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
@@ -276,6 +298,39 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer) -> dict:
         save_model_dir(out, best)
     dist.barrier()
     return final
+
+
+def _fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str]) -> dict:
+    """Fit the n-gram component on the training split and its fusion weights on the validation split
+    (`pipelines/ngram.py`); returns the validation metrics of the fused model and of each part."""
+    label_set = LabelSet(best.labels, best.multi_label)
+    ngram = fit_ngram(texts, np.asarray(label_set.encode(labels)), multi_label=best.multi_label,
+                      n_labels=len(best.labels))
+    probs = torch.tensor(dist.map_sharded(lambda part: [[p.probs[n] for n in best.labels]
+                                                        for p in predict(best, part)], vtexts))  # (N, L)
+    probs = probs.clamp(1e-7, 1 - 1e-7).double()
+    encoder = (torch.log(probs) - torch.log1p(-probs) if best.multi_label else torch.log(probs)).float()
+    scores = ngram.scores(vtexts)
+    truth = torch.as_tensor(label_set.encode(vlabels))
+    ngram.fusion = fit_fusion(encoder, scores, truth, multi_label=best.multi_label)
+    fused = torch.sigmoid(ngram.fuse(encoder, scores)) if best.multi_label else ngram.fuse(encoder, scores)
+    if best.multi_label:
+        ngram.thresholds = tune_thresholds(fused.numpy(), truth.numpy())
+    best.ngram = ngram
+    decide_all = lambda p, th: ["|".join(n for n, c in zip(best.labels, row) if c) for row in decide(p, th)] \
+        if best.multi_label else [best.labels[i] for i in p.argmax(1)]  # noqa: E731
+    parts = {"validation": decide_all(fused.numpy(), ngram.thresholds),
+             "validation_encoder": decide_all(torch.sigmoid(encoder).numpy() if best.multi_label else encoder.numpy(),
+                                              best.model.config.thresholds),
+             "validation_ngram": decide_all(torch.sigmoid(torch.as_tensor(scores)).numpy() if best.multi_label
+                                            else scores, None)}
+    out = {k: compute_metrics(vlabels, v, best.labels, multi_label=best.multi_label) for k, v in parts.items()}
+    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms))
+    if dist.is_main():
+        tqdm.write(f"txl train: n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
+                   + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
+                               for k, v in out.items() if "accuracy" in v))
+    return out
 
 
 def _start(args, label_set: LabelSet, texts: list[str]):
@@ -326,7 +381,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
         print(f"txl train: no checkpoint in {out}; starting from scratch")
     summary = {"name": out.name, "train": str(args.train), "n_train": len(ids), "n_valid": len(vtexts),
                "train_tokens": sum(map(len, ids)), "labels": list(label_set.names), "multi_label": label_set.multi_label,
-               "label_counts": label_set.counts(labels), "recipe": {**asdict(recipe), **model.config.to_dict()},
+               "label_counts": label_set.counts(labels), "recipe": {**asdict(recipe), "ngrams": args.ngrams, **model.config.to_dict()},
                "machine": f"{platform.machine()} {device.type}, {torch.get_num_threads()} threads"
                           + (f" x {dist.world()} processes" if dist.world() > 1 else "")}
 
@@ -336,10 +391,11 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
                                      model_card(summary, {"validation": metrics}), {"validation": metrics}))
 
     state = trainer.fit(on_best)
-    final = _finish(args, out, state, summary, trainer)
+    final = _finish(args, out, state, summary, trainer, (texts, labels, vtexts, vlabels))
     if not dist.is_main():
         return 0
-    line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items() if v)
+    line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items()
+                     if "accuracy" in v)
     print(f"txl train: saved {out} after {state.step} steps, {state.seconds / 60:.1f} min "
           f"({state.stopped or 'completed'}); {line}")
     return 0

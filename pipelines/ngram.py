@@ -1,0 +1,182 @@
+"""The n-gram component a model directory can carry beside the encoder, and its fusion with it.
+
+TF-IDF over word 1-2-grams (sublinear tf, min_df 2) and a linear SVM: `txl baseline`'s model, fit on the same
+training split as the encoder. The two read a document differently (the encoder its words in context, the
+n-grams every rare name and phrase) and err on different documents, so `txl train` fuses them:
+
+    fused logits = a * log_softmax(encoder logits) + b * svm scores            (single-label)
+    fused logits = a * encoder logits + b * svm scores + c                     (multi-label, per label)
+
+with a, b (and c) fit on the validation split by log-loss, a 2-3 parameter stacking that cannot overfit a
+validation split of a few hundred documents; a weight near 0 switches a component off where it does not help.
+Multi-label decision thresholds are then tuned on the fused validation probabilities.
+
+Stored without pickle: `ngram.json` (the terms in column order, the settings, the fusion weights and
+thresholds) and `ngram.safetensors` (idf, SVM weights in float16, intercepts).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load as load_arrays, save as save_arrays
+from .errors import UserError
+
+FILES = ("ngram.json", "ngram.safetensors")
+SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}
+
+
+@dataclass
+class NgramModel:
+    """A fitted TF-IDF vectorizer and one linear scorer per class (per label when multi-label)."""
+
+    terms: list[str]
+    idf: np.ndarray  # (F,)
+    coef: np.ndarray  # (L, F)
+    intercept: np.ndarray  # (L,)
+    multi_label: bool = False
+    fusion: dict = field(default_factory=lambda: {"a": 1.0, "b": 0.0, "c": 0.0})
+    thresholds: list[float] | None = None  # multi-label: on the fused probabilities
+
+    def __post_init__(self):
+        self._vectorizer = None
+
+    @property
+    def vectorizer(self):
+        """The sklearn TfidfVectorizer (imported here: loading a model without n-grams does not pay for it)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if self._vectorizer is None:  # rebuilt from plain data: the terms' order is the column order
+            vec = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(self.terms)}, dtype=np.float32,
+                                  **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()
+                                     if k != "min_df"})
+            vec.idf_ = self.idf
+            self._vectorizer = vec
+        return self._vectorizer
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """SVM decision values (N, L); a binary single-label model gets (-s/2, s/2) for its two classes."""
+        x = self.vectorizer.transform(texts)
+        s = np.asarray(x @ self.coef.astype(np.float32).T) + self.intercept[None]  # (N, L)
+        if not self.multi_label and self.coef.shape[0] == 1:
+            s = np.concatenate([-s / 2, s / 2], axis=1)
+        return s.astype(np.float32)
+
+    def fuse(self, encoder_logits: torch.Tensor, scores: np.ndarray) -> torch.Tensor:
+        """Fused logits (N, L) from the encoder's logits (N, L) and `scores` (N, L)."""
+        return fused_logits(encoder_logits.float(), torch.as_tensor(scores), **self.fusion,
+                            multi_label=self.multi_label)
+
+    def term_contributions(self, text: str, label: int, top: int = 10) -> list[tuple[str, float]]:
+        """The n-grams of `text` that raise the fused logit of class `label` most, with their part of it."""
+        x = self.vectorizer.transform([text]).tocsr()
+        binary = not self.multi_label and self.coef.shape[0] == 1
+        row, sign = (0, 0.5 if label == 1 else -0.5) if binary else (label, 1.0)
+        values = x.data * self.coef[row, x.indices].astype(np.float32) * (sign * self.fusion["b"])
+        order = np.argsort(-values)[:top]
+        return [(self.terms[x.indices[i]], float(values[i])) for i in order if values[i] > 0]
+
+    # ---- files ----------------------------------------------------------------------------------------------
+    def files(self) -> dict[str, str | bytes]:
+        meta = {"format": "txl-ngram", "settings": SETTINGS, "multi_label": self.multi_label,
+                "fusion": self.fusion, "thresholds": self.thresholds, "terms": self.terms}
+        arrays = {"idf": self.idf.astype(np.float32), "coef": self.coef.astype(np.float16),
+                  "intercept": self.intercept.astype(np.float32)}
+        return {"ngram.json": json.dumps(meta, ensure_ascii=False) + "\n", "ngram.safetensors": save_arrays(arrays)}
+
+    @classmethod
+    def load(cls, directory: Path) -> "NgramModel | None":
+        """The component in `directory`, None when it has none; a damaged one is a one-line UserError."""
+        if not (directory / "ngram.json").is_file():
+            return None
+        try:
+            meta = json.loads((directory / "ngram.json").read_text(encoding="utf-8"))
+            arrays = load_arrays((directory / "ngram.safetensors").read_bytes())
+            model = cls(list(meta["terms"]), arrays["idf"], arrays["coef"], arrays["intercept"],
+                        bool(meta["multi_label"]), dict(meta["fusion"]), meta.get("thresholds"))
+        except Exception as e:  # json, safetensors and missing keys raise many types for a damaged file
+            raise UserError(f"{directory}: the n-gram component (ngram.json, ngram.safetensors) is damaged "
+                            f"({type(e).__name__}); copy the model directory again") from None
+        if not (len(model.terms) == model.idf.shape[0] == model.coef.shape[1]) or not np.isfinite(model.coef).all():
+            raise UserError(f"{directory}: ngram.json and ngram.safetensors do not fit together; copy the model again")
+        return model
+
+
+def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_labels: int, C: float = 1.0) -> NgramModel:
+    """Fit on training texts; `targets` are class indices (N,) or multi-hot rows (N, L)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.svm import LinearSVC
+
+    vec = TfidfVectorizer(dtype=np.float32, **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()})
+    try:
+        x = vec.fit_transform(texts)
+    except ValueError:  # every word rarer than min_df: keep them all
+        vec.set_params(min_df=1)
+        x = vec.fit_transform(texts)
+    terms = [t for t, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])]
+    if multi_label:
+        coef, intercept = _per_label(x, targets, C)
+    else:
+        svm = LinearSVC(C=C, random_state=0).fit(x, targets)
+        coef, intercept = _full_classes(svm, n_labels, x.shape[1])
+    return NgramModel(terms, vec.idf_.astype(np.float32), coef, intercept, multi_label)
+
+
+def _full_classes(svm, n_labels: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row per class in logit order, even when the training split lacks some classes (they score -inf-ish)."""
+    if n_labels == 2 and len(svm.classes_) == 2:
+        return svm.coef_.astype(np.float32), svm.intercept_.astype(np.float32)
+    coef = np.zeros((n_labels, n_features), np.float32)
+    intercept = np.full(n_labels, -10.0, np.float32)
+    if len(svm.classes_) == 2:  # a binary fit among more labels: one row, the positive class's
+        coef[svm.classes_[1]], intercept[svm.classes_[1]] = svm.coef_[0], svm.intercept_[0]
+        coef[svm.classes_[0]], intercept[svm.classes_[0]] = -svm.coef_[0], -svm.intercept_[0]
+        return coef, intercept
+    coef[svm.classes_], intercept[svm.classes_] = svm.coef_, svm.intercept_
+    return coef, intercept
+
+
+def _per_label(x, targets: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.svm import LinearSVC
+
+    coef = np.zeros((targets.shape[1], x.shape[1]), np.float32)
+    intercept = np.full(targets.shape[1], -10.0, np.float32)  # a label never seen in training stays off
+    for j in range(targets.shape[1]):
+        if 0 < targets[:, j].sum() < len(targets):
+            svm = LinearSVC(C=C, random_state=0).fit(x, targets[:, j])
+            coef[j], intercept[j] = svm.coef_[0], svm.intercept_[0]
+    return coef, intercept
+
+
+def fused_logits(encoder: torch.Tensor, scores: torch.Tensor, *, a, b, c=0.0, multi_label: bool) -> torch.Tensor:
+    """The fusion of the module docstring; `encoder` (N, L) raw logits, `scores` (N, L) SVM decision values."""
+    if multi_label:
+        return a * encoder + b * scores + c
+    return a * torch.log_softmax(encoder, dim=-1) + b * scores
+
+
+def fit_fusion(encoder: torch.Tensor, scores: np.ndarray, targets: torch.Tensor, *, multi_label: bool,
+               steps: int = 200) -> dict:
+    """The weights a, b >= 0 (and c) that minimise the validation log-loss of the fused logits."""
+    encoder, s = encoder.float(), torch.as_tensor(scores).float()
+    raw = torch.tensor([math.log(math.e - 1), math.log(math.e - 1), 0.0], requires_grad=True)  # softplus -> 1, 1
+    opt = torch.optim.LBFGS([raw], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss_fn():
+        opt.zero_grad()
+        a, b = torch.nn.functional.softplus(raw[:2])
+        z = fused_logits(encoder, s, a=a, b=b, c=raw[2], multi_label=multi_label)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, targets.float()) if multi_label else \
+            torch.nn.functional.cross_entropy(z, targets)
+        loss.backward()
+        return loss
+
+    opt.step(loss_fn)
+    a, b = (float(v) for v in torch.nn.functional.softplus(raw[:2].detach()))
+    if not all(map(math.isfinite, (a, b))):
+        return {"a": 1.0, "b": 0.0, "c": 0.0}
+    return {"a": round(a, 6), "b": round(b, 6), "c": round(float(raw[2].detach()) if multi_label else 0.0, 6)}
