@@ -125,6 +125,19 @@ def single_result_ui(doc: Document, pred) -> None:
     st.markdown("**What drove the prediction**: each segment's share of the predicted class's score "
                 "(green pushes toward it, red away).")
     st.html(highlight_html(doc.text, pred.segments))
+    if pred.encoder_label:
+        ngram_ui(pred)
+
+
+def ngram_ui(pred) -> None:
+    """A model with an n-gram component: what each part alone says, and the n-grams that pushed the label."""
+    agree = "agree" if pred.encoder_label == pred.ngram_label else "disagree"
+    st.markdown(f"**Encoder and n-grams {agree}**: the Transformer-XL encoder alone says *{pred.encoder_label}*, "
+                f"the TF-IDF n-gram model alone *{pred.ngram_label}*; the prediction fuses both.")
+    if pred.terms:
+        st.markdown("**Words and phrases that pushed toward it** (their part of the fused score):")
+        st.dataframe(pd.DataFrame(pred.terms, columns=["n-gram", "contribution"]).round(4),
+                     hide_index=True)
 
 
 def highlight_html(text: str, segments) -> str:
@@ -149,8 +162,10 @@ def model_page_ui(md) -> None:
     cfg = md.model.config
     st.markdown(md.card or "_This model has no model card._")
     st.markdown(f"**Labels** ({len(md.labels)}{', multi-label' if md.multi_label else ''}): " + ", ".join(md.labels))
+    fused = "" if md.ngram is None else f"; fused with {len(md.ngram.terms):,} TF-IDF n-grams"
     st.caption(f"d_model {cfg.d_model}, {cfg.n_layer} layers, {cfg.n_head} heads, segment {cfg.segment_len}, "
-               f"memory {cfg.mem_len}, pooling {cfg.pooling}, vocabulary {cfg.vocab_size:,}; precision {md.precision}")
+               f"memory {cfg.mem_len}, pooling {cfg.pooling}, vocabulary {cfg.vocab_size:,}; precision {md.precision}"
+               + fused)
     for split, m in md.metrics.items():
         if "accuracy" not in m:
             continue

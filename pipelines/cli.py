@@ -25,6 +25,7 @@ COMMANDS = {
     "classify": "pipelines.classify",
     "evaluate": "pipelines.evaluate",
     "baseline": "pipelines.baseline",
+    "fuse": "pipelines.fuse",
     "pretrain": "pipelines.pretrain",
     "app": "pipelines.app_cmd",
     "bench": "pipelines.bench",

@@ -76,11 +76,18 @@ def evaluate(md, texts: list[str], labels: list[str], predicted: list[str] | Non
     return metrics
 
 
+def _summary(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "micro_f1")}
+
+
 def _fingerprint(args, texts: list[str], labels: list[str]) -> str:
     """Identifies one job: another model, data set, split, column or option starts over instead of mixing."""
     model = os.stat(Path(args.model) / "model.safetensors")
     digest = hashlib.sha1("\x00".join(texts + labels).encode("utf-8", "surrogatepass")).hexdigest()
-    key = [os.path.abspath(args.model), model.st_mtime_ns, model.st_size, digest, args.precision, args.chunk_rows]
+    ngram = Path(args.model) / "ngram.safetensors"
+    ngram_stamp = [os.stat(ngram).st_mtime_ns, os.stat(ngram).st_size] if ngram.is_file() else []
+    key = [os.path.abspath(args.model), model.st_mtime_ns, model.st_size, digest, args.precision, args.chunk_rows,
+           *ngram_stamp]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
 
@@ -95,7 +102,11 @@ def predict_in_chunks(md, texts: list[str], labels: list[str], part: Path, *, ch
             bar.update(len(frame))
         else:
             chunk = pd.DataFrame({"text": texts[start:start + chunk_rows], "label": labels[start:start + chunk_rows]})
-            frame = result_columns(chunk, predict(md, chunk["text"].tolist(), progress=bar.update), md.labels, 0)
+            preds = predict(md, chunk["text"].tolist(), progress=bar.update)
+            frame = result_columns(chunk, preds, md.labels, 0)
+            if md.ngram is not None:  # what each part of the fused model alone predicts
+                frame["encoder_label"] = [p.encoder_label for p in preds]
+                frame["ngram_label"] = [p.ngram_label for p in preds]
             tmp = target.with_name(f".{target.name}.tmp")
             frame.to_parquet(tmp, index=False)
             os.replace(tmp, target)
@@ -114,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     resumed = len(list(part.glob("part-*.parquet")))
     frame = predict_in_chunks(md, texts, labels, part, chunk_rows=args.chunk_rows)
     metrics = evaluate(md, texts, labels, predicted=frame["predicted_label"].tolist())
+    if "encoder_label" in frame:
+        metrics["components"] = {part: _summary(evaluate(md, texts, labels, predicted=frame[f"{part}_label"].tolist()))
+                                 for part in ("encoder", "ngram")}
     write_frame([frame], out / "predictions.csv")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     table = pd.DataFrame(metrics["per_class"]).T.rename_axis("label").reset_index()
@@ -125,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"txl evaluate: {len(metrics['labels_unknown_to_model'])} labels in the data are unknown to the model "
               f"and count as errors: {', '.join(metrics['labels_unknown_to_model'][:5])}")
     again = f" ({resumed} chunks reused from an interrupted run)" if resumed else ""
+    parts = "".join(f"; {part} alone {m['accuracy']:.4f}" for part, m in metrics.get("components", {}).items())
     print(f"txl evaluate: {metrics['n_documents']} documents, accuracy {metrics['accuracy']:.4f}, "
-          f"macro-F1 {metrics['macro_f1']:.4f}, micro-F1 {metrics['micro_f1']:.4f}; wrote {out}{again}")
+          f"macro-F1 {metrics['macro_f1']:.4f}, micro-F1 {metrics['micro_f1']:.4f}{parts}; wrote {out}{again}")
     return 0
 
 

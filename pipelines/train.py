@@ -283,13 +283,7 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
     if args.ngrams == "fuse":
         final = _fuse_ngrams(best, *data)
     if args.test:
-        ttexts, tlabels = _load_split(args.test, args, "test")
-        preds = dist.map_sharded(lambda part: [(p.label, p.encoder_label, p.ngram_label)
-                                               for p in predict(best, part)], ttexts)
-        final["test"] = compute_metrics(tlabels, [p[0] for p in preds], best.labels, multi_label=best.multi_label)
-        if best.ngram is not None:
-            for k, part in ((1, "test_encoder"), (2, "test_ngram")):
-                final[part] = compute_metrics(tlabels, [p[k] for p in preds], best.labels, multi_label=best.multi_label)
+        final.update(measure_test(best, *_load_split(args.test, args, "test")))
     summary.update(minutes=state.seconds / 60, stopped=state.stopped)
     best.card = model_card(summary, final)
     best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
@@ -298,6 +292,15 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
         save_model_dir(out, best)
     dist.barrier()
     return final
+
+
+def measure_test(best: ModelDir, texts: list[str], labels: list[str]) -> dict:
+    """Test metrics of the model (each rank a shard), and of each part alone when it has n-grams."""
+    preds = dist.map_sharded(lambda part: [(p.label, p.encoder_label, p.ngram_label) for p in predict(best, part)],
+                             texts)
+    parts = ("test", "test_encoder", "test_ngram") if best.ngram is not None else ("test",)
+    return {part: compute_metrics(labels, [p[k] for p in preds], best.labels, multi_label=best.multi_label)
+            for k, part in enumerate(parts)}
 
 
 def _fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str]) -> dict:
@@ -327,7 +330,7 @@ def _fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: li
     out = {k: compute_metrics(vlabels, v, best.labels, multi_label=best.multi_label) for k, v in parts.items()}
     out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms))
     if dist.is_main():
-        tqdm.write(f"txl train: n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
+        tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
                    + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
                                for k, v in out.items() if "accuracy" in v))
     return out

@@ -41,8 +41,38 @@ def test_train_writes_a_complete_model_directory(model):
         assert (model / name).is_file(), name
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.9  # the topics are separable: a working model must find them
-    assert "| test |" in (model / "README.md").read_text()
+    # the default fuses an n-gram component: the encoder alone must work too, and the card says so
+    assert (model / "ngram.json").is_file() and (model / "ngram.safetensors").is_file()
+    assert metrics["test_encoder"]["accuracy"] > 0.9 and metrics["test_ngram"]["accuracy"] > 0.9
+    assert metrics["fusion"]["a"] >= 0 and metrics["fusion"]["b"] >= 0
+    card = (model / "README.md").read_text()
+    assert "| test |" in card and "| test, encoder alone |" in card and "n-gram scores" in card
     assert json.loads((model / "labels.json").read_text()) == ["politics", "sport", "tech"]
+
+
+def test_ngrams_off_trains_the_encoder_alone(data, tmp_path):
+    out = tmp_path / "model"
+    assert main(["train", "--train", str(data / "train.csv"), "--out", str(out), "--epochs", "1", "--ngrams", "off",
+                 *TINY]) == 0
+    assert not (out / "ngram.json").exists()
+    assert "fusion" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_fused_predictions_report_each_part_and_the_terms(model, data):
+    from pipelines.inference import predict, prepare
+    from pipelines.modeldir import load_model_dir
+
+    md = prepare(load_model_dir(model), precision="float32")
+    assert md.ngram is not None
+    texts = pd.read_csv(data / "test.csv")["text"].tolist()[:12]
+    preds = predict(md, texts, explain=True)
+    assert all(p.encoder_label in md.labels and p.ngram_label in md.labels for p in preds)
+    assert all(abs(sum(p.probs.values()) - 1) < 1e-5 for p in preds)
+    for p in preds:  # the terms push toward the predicted class and come from the document
+        assert p.terms and all(v > 0 for _, v in p.terms)
+    assert all(t.split()[0] in text for p, text in zip(preds, texts) for t, _ in p.terms)
+    md.ngram = None  # the same directory read without its n-grams predicts as the encoder alone
+    assert [p.label for p in predict(md, texts)] == [p.encoder_label for p in preds]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: threads only add contention on 2 cores
@@ -153,6 +183,22 @@ def test_evaluate_writes_metrics_png_and_table(model, data, tmp_path):
     assert (pred["predicted_label"] == pred["label"]).mean() == pytest.approx(metrics["accuracy"])
     assert {"score", "prob_politics", "prob_sport", "prob_tech", "error"} <= set(pred.columns)
     assert not (tmp_path / "ev" / "predictions.partial").exists()
+    for part in ("encoder", "ngram"):  # each part of the fused model measured on the same documents
+        assert metrics["components"][part]["accuracy"] == pytest.approx((pred[f"{part}_label"] == pred["label"]).mean())
+
+
+def test_saving_without_ngrams_removes_the_old_ones(model, tmp_path):
+    import shutil
+
+    from pipelines.modeldir import load_model_dir, save_model_dir
+
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    md = load_model_dir(copy)
+    md.ngram = None
+    save_model_dir(copy, md)
+    assert not (copy / "ngram.json").exists() and not (copy / "ngram.safetensors").exists()
+    assert load_model_dir(copy).ngram is None
 
 
 def test_evaluate_continues_after_a_kill(model, data, tmp_path):

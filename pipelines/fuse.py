@@ -1,0 +1,71 @@
+"""Give a trained model directory its n-gram component (or a new one), without retraining the encoder.
+
+`txl train` fuses one by default; this is for a model trained with `--ngrams off` or before n-grams existed.
+It carves the validation split `txl train` carved (the same stratified 10% for the same --seed) unless --valid
+is given, fits TF-IDF + a linear SVM on the rest, and fits the fusion weights on the validation split
+(`pipelines/ngram.py`). Test figures measured before are kept as the encoder's alone.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+from .inference import PRECISIONS, prepare
+from .labels import LabelSet
+from .modeldir import load_model_dir, save_model_dir
+from .train import _data, _fuse_ngrams, _load_split, measure_test
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory written by `txl train`; updated in place")
+    p.add_argument("--train", required=True, help="the labelled file the model was trained on")
+    p.add_argument("--valid", help="validation file (default: the stratified 10%% of --train that `txl train` carved)")
+    p.add_argument("--test", help="test file: the fused model and each part measured on it, into the card")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--split-column", default="split", help="column naming each row's split, when the file has one")
+    p.add_argument("--seed", type=int, default=0, help="the --seed of the `txl train` run (it chose the split)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="of the encoder's validation pass")
+    p.add_argument("--device", default="auto")
+
+
+def _card_section(metrics: dict) -> str:
+    f = metrics["fusion"]
+    rows = [f"| {k.replace('_', ', ').replace('encoder', 'encoder alone').replace('ngram', 'n-grams alone')} | "
+            f"{m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |"
+            for k, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
+    return "\n".join(["", "## N-gram component (`txl fuse`)", "",
+                      f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on the training split: "
+                      f"logits = {f['a']:.3g} x encoder log-probabilities + {f['b']:.3g} x n-gram scores, weights fit "
+                      "on the validation split.", "", "| split | documents | accuracy | macro-F1 | micro-F1 |",
+                      "|---|---:|---:|---:|---:|", *rows, ""])
+
+
+def run(args: argparse.Namespace) -> int:
+    md = load_model_dir(args.model)
+    texts, labels, vtexts, vlabels = _data(args)
+    data_labels = LabelSet.from_labels(labels)
+    if data_labels.names != md.labels or data_labels.multi_label != md.multi_label:
+        raise UserError(f"{args.train} has the labels {data_labels.names[:5]}, the model {md.labels[:5]}; pass the "
+                        "file the model was trained on")
+    prepare(md, precision=args.precision, device=args.device, keep_weights=True)  # the weights are saved again
+    fused = _fuse_ngrams(md, texts, labels, vtexts, vlabels)
+    old = {k: v for k, v in md.metrics.items() if not k.startswith(("validation", "test", "fusion"))}
+    tested = {"test_encoder": md.metrics["test"]} if "test" in md.metrics else {}
+    if args.test:
+        tested = measure_test(md, *_load_split(args.test, args, "test"))
+    md.metrics = {**old, **fused, **tested}
+    md.card = md.card.split("\n## N-gram component")[0].rstrip("\n") + "\n" + _card_section(md.metrics)
+    save_model_dir(md.path, md)
+    for split in ("validation", "test"):
+        if split in md.metrics:
+            m = md.metrics
+            print(f"txl fuse: {md.path}: {split} accuracy fused {m[split]['accuracy']:.4f}, encoder alone "
+                  f"{m[split + '_encoder']['accuracy']:.4f}, n-grams alone {m[split + '_ngram']['accuracy']:.4f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .cli import main as cli_main
+    return cli_main(["fuse", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,139 @@
+"""The n-gram component (pipelines/ngram.py): it scores as scikit-learn's TF-IDF + LinearSVC does, survives a
+save/load without pickle, its fusion weights follow whichever part carries the signal, and a model directory
+trained with it predicts, explains and reports each part."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.svm import LinearSVC
+
+from pipelines.errors import UserError
+from pipelines.ngram import NgramModel, fit_fusion, fit_ngram, fused_logits
+from tests.synth import make_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    frame = make_corpus(120, seed=3)
+    names = sorted(set(frame.label))
+    return list(frame.text), np.array([names.index(y) for y in frame.label]), names
+
+
+def _save(model: NgramModel, directory):
+    for name, content in model.files().items():
+        (directory / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+def test_scores_equal_sklearn(corpus):
+    texts, y, names = corpus
+    model = fit_ngram(texts[:90], y[:90], multi_label=False, n_labels=len(names))
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    ref = LinearSVC(C=1.0, random_state=0).fit(vec.fit_transform(texts[:90]), y[:90])
+    expected = ref.decision_function(vec.transform(texts[90:]))
+    assert model.scores(texts[90:]).shape == (30, 3)
+    np.testing.assert_allclose(model.scores(texts[90:]), expected, atol=1e-5)
+
+
+def test_round_trip_is_plain_data(corpus, tmp_path):
+    texts, y, names = corpus
+    model = fit_ngram(texts, y, multi_label=False, n_labels=3)
+    model.fusion = {"a": 0.7, "b": 2.5, "c": 0.0}
+    _save(model, tmp_path)
+    meta = json.loads((tmp_path / "ngram.json").read_text())
+    assert meta["format"] == "txl-ngram" and meta["terms"] == model.terms
+    back = NgramModel.load(tmp_path)
+    assert back.fusion == model.fusion
+    # the weights travel as float16: scores agree to its precision
+    np.testing.assert_allclose(back.scores(texts[:20]), model.scores(texts[:20]), atol=2e-3)
+    assert NgramModel.load(tmp_path / "elsewhere") is None
+
+
+def test_damaged_files_are_one_line_errors(corpus, tmp_path):
+    texts, y, _ = corpus
+    _save(fit_ngram(texts, y, multi_label=False, n_labels=3), tmp_path)
+    (tmp_path / "ngram.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="damaged"):
+        NgramModel.load(tmp_path)
+    _save(fit_ngram(texts, y, multi_label=False, n_labels=3), tmp_path)
+    meta = json.loads((tmp_path / "ngram.json").read_text())
+    meta["terms"] = meta["terms"][:-3]
+    (tmp_path / "ngram.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="do not fit together"):
+        NgramModel.load(tmp_path)
+
+
+def test_binary_scores_are_two_opposite_columns(corpus):
+    texts, y, _ = corpus
+    binary = (y == 0).astype(int)
+    model = fit_ngram(texts, binary, multi_label=False, n_labels=2)
+    s = model.scores(texts)
+    assert s.shape == (len(texts), 2)
+    np.testing.assert_allclose(s[:, 0], -s[:, 1])
+    assert (s.argmax(1) == binary).mean() > 0.95
+
+
+def test_missing_class_scores_lowest(corpus):
+    texts, y, _ = corpus
+    keep = y != 2  # the training split lacks class 2
+    model = fit_ngram([t for t, k in zip(texts, keep) if k], y[keep], multi_label=False, n_labels=3)
+    assert (model.scores(texts).argmax(1) != 2).all()
+
+
+@pytest.mark.parametrize("informative", ["encoder", "ngram"])
+def test_fusion_weights_follow_the_signal(informative):
+    """Of two parts, one predicting the labels and one noise, the fit weights the informative one."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (400,), generator=g)
+    signal = 3.0 * torch.nn.functional.one_hot(y, 4).float() + torch.randn(400, 4, generator=g)
+    noise = torch.randn(400, 4, generator=g)
+    encoder, scores = (signal, noise) if informative == "encoder" else (noise, signal)
+    w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
+    strong, weak = (w["a"], w["b"]) if informative == "encoder" else (w["b"], w["a"])
+    assert strong > 0.5 and weak < 0.2 * strong, w
+    fused = fused_logits(encoder, scores, **w, multi_label=False)
+    assert (fused.argmax(1) == y).float().mean() > 0.9
+
+
+def test_fusion_of_two_half_informative_parts_beats_each():
+    """Each part sees half of the classes' evidence: the fused logits are right more often than either."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (2000,), generator=g)
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    encoder = 1.2 * onehot + torch.randn(2000, 3, generator=g)
+    scores = 1.2 * onehot + torch.randn(2000, 3, generator=g)
+    w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
+    acc = lambda z: float((z.argmax(1) == y).float().mean())  # noqa: E731
+    assert acc(fused_logits(encoder, scores, **w, multi_label=False)) > max(acc(encoder), acc(scores)) + 0.03
+
+
+def test_multi_label_fusion_and_per_label_scores():
+    frame = make_corpus(120, seed=4, multi_label=True)
+    names = sorted({x for y in frame.label for x in y.split("|")})
+    truth = np.array([[float(n in y.split("|")) for n in names] for y in frame.label])
+    model = fit_ngram(list(frame.text), truth, multi_label=True, n_labels=len(names))
+    s = model.scores(list(frame.text))
+    assert s.shape == truth.shape
+    assert ((s > 0) == truth.astype(bool)).mean() > 0.9
+    w = fit_fusion(torch.zeros(len(s), len(names)), s, torch.as_tensor(truth), multi_label=True)
+    assert w["b"] > 0.5  # the encoder here says nothing: the n-grams carry the decision
+
+
+def test_term_contributions_add_up_to_the_score(corpus):
+    texts, y, _ = corpus
+    model = fit_ngram(texts, y, multi_label=False, n_labels=3)
+    model.fusion = {"a": 1.0, "b": 2.0, "c": 0.0}
+    text = texts[5]
+    label = int(model.scores([text])[0].argmax())
+    terms = model.term_contributions(text, label, top=10_000)
+    assert terms and all(v > 0 for _, v in terms)
+    assert [v for _, v in terms] == sorted((v for _, v in terms), reverse=True)
+    # every positive term's part, plus the negative ones left out, is b * (score - intercept)
+    x = model.vectorizer.transform([text])
+    parts = x.data * model.coef[label, x.indices].astype(np.float32) * 2.0
+    assert sum(v for _, v in terms) == pytest.approx(float(parts[parts > 0].sum()), rel=1e-5)
+    assert float(parts.sum()) == pytest.approx(2.0 * float(model.scores([text])[0, label] - model.intercept[label]),
+                                               rel=1e-4, abs=1e-4)
