@@ -30,11 +30,13 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
 # Recipes: `txl train` flags. `minilm`: fine-tuning the all-MiniLM-L6-v2 start (the `minilm` extra) in bf16
 # autocast, lr 1e-4, 2 epochs, bidirectional within a segment as BERT was trained, BERT's positions kept within
 # each segment: all of it `txl train`'s default (`--init auto`) on a CPU with bf16 units, spelled out;
-# `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers); `minilm-relative`: the
+# `minilm-1epoch`: the same for one epoch (a budget-bound run of a large data set); every `txl train` since
+# 2026-12-02 also fuses the n-gram component (`--ngrams fuse`, the default); `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers); `minilm-relative`: the
 # MiniLM start with its positions folded into the token embeddings (the default until 2026-12-01);
 # `minilm-causal`: that one read causally as the paper does.
 MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "bf16"]
 RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
+           "minilm-1epoch": [*MINILM, "--positions", "segment", "--epochs", "1"],
            "minilm-relative": [*MINILM, "--positions", "relative"],
            "minilm-causal": [*MINILM, "--positions", "relative", "--attention", "causal"]}
 
@@ -47,7 +49,7 @@ def txl(*args: str) -> str:
 
 
 def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str = "minilm",
-            continue_later: bool = False) -> dict | None:
+            continue_later: bool = False, precision: str = "auto") -> dict | None:
     train, test = (str(data / f) for f in DATASETS[name])
     tag = name if recipe == "scratch" else f"{name}.{recipe}"
     out, ev = runs / tag, runs / f"{tag}.eval"
@@ -63,12 +65,15 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
             print(f"{tag}: stopped by the time budget in epoch {state['epoch'] + 1}, after {state['step']} steps "
                   f"and {state['seconds'] / 60:.0f} minutes; rerun with a larger --max-minutes to continue")
             return None
-        txl("evaluate", "--model", str(out), "--data", test, "--out", str(ev), "--precision", "float32")
+        txl("evaluate", "--model", str(out), "--data", test, "--out", str(ev), "--precision", precision)
     card = json.loads((out / "metrics.json").read_text())
     model = json.loads((ev / "metrics.json").read_text())
     baseline = json.loads(base.read_text())
+    parts = model.get("components", {})
     return {"dataset": name, "recipe": recipe, "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
-            "micro_f1": model["micro_f1"], "baseline_accuracy": baseline["accuracy"],
+            "micro_f1": model["micro_f1"], "ngrams": bool(parts), "precision": model.get("precision", "float32"),
+            **{f"{part}_{k}": m[k] for part, m in parts.items() for k in ("accuracy", "micro_f1")},
+            "baseline_accuracy": baseline["accuracy"],
             "baseline_macro_f1": baseline["macro_f1"], "baseline_micro_f1": baseline["micro_f1"],
             "train_minutes": card.get("training", {}).get("minutes", round((time.time() - started) / 60, 1)),
             "n_test": model["n_documents"]}
@@ -76,13 +81,19 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
 
 def table(rows: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}. Command: `python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy`.",
-             "", "| data set | recipe | test docs | txl accuracy | txl macro-F1 | txl micro-F1 | baseline accuracy "
-             "| baseline macro-F1 | baseline micro-F1 | train min |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "", "| data set | recipe | n-grams fused | test docs | txl accuracy | txl macro-F1 | txl micro-F1 "
+             "| encoder alone (acc / micro-F1) | n-grams alone (acc / micro-F1) | baseline accuracy "
+             "| baseline macro-F1 | baseline micro-F1 | train min |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     pct = lambda r, k: f"{100 * r[k]:.2f}" if k in r else ""  # noqa: E731
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r.get('recipe', 'scratch')} | {r['n_test']} | "
-                     + " | ".join(pct(r, k) for k in ("accuracy", "macro_f1", "micro_f1", "baseline_accuracy",
-                                                       "baseline_macro_f1", "baseline_micro_f1"))
+        fused = r.get("ngrams", False)
+        alone = {part: f"{pct(r, part + '_accuracy')} / {pct(r, part + '_micro_f1')}" if fused else "-"
+                 for part in ("encoder", "ngram")}
+        lines.append(f"| {r['dataset']} | {r.get('recipe', 'scratch')} | {'yes' if fused else 'no'} | {r['n_test']} | "
+                     + " | ".join(pct(r, k) for k in ("accuracy", "macro_f1", "micro_f1")) + f" | {alone['encoder']} | "
+                     + f"{alone['ngram']} | "
+                     + " | ".join(pct(r, k) for k in ("baseline_accuracy", "baseline_macro_f1", "baseline_micro_f1"))
                      + f" | {r['train_minutes']} |")
     lines += ["", "Multi-label (modapte90): accuracy is subset accuracy (every label of a document right); micro-F1 "
               "is the usual figure. Single-label: micro-F1 equals accuracy."]
@@ -107,6 +118,8 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--recipe", default="minilm", choices=list(RECIPES), help="the `txl train` flags (RECIPES)")
     p.add_argument("--max-minutes", type=float, default=40.0, help="training budget per data set")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16"],
+                   help="of `txl evaluate` (auto: bf16 on a CPU with bf16 units; the rows before 2026-12-02 used float32)")
     p.add_argument("--continue-later", action="store_true",
                    help="leave a training stopped by its budget unevaluated, for a later run to resume")
     args = p.parse_args()
@@ -115,7 +128,7 @@ def main() -> None:
     key = lambda r: (r["dataset"], r.get("recipe", "scratch"))  # noqa: E731
     by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
     for name in args.datasets:  # rows of earlier runs stay; the ones run now are replaced
-        row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later)
+        row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision)
         if row is not None:
             by_key[key(row)] = row
     rows = [by_key[k] for k in sorted(by_key, key=lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1])))]

@@ -140,3 +140,7 @@ def test_bundled_default_model_classifies_the_examples(monkeypatch):
         at.selectbox(key="example").set_value(example).run()
         assert not at.exception, at.exception
         assert label in at.subheader[0].value, at.subheader[0].value
+        # the bundled model fuses n-grams: each part's label and the n-grams behind the prediction are shown
+        assert any("Encoder and n-grams" in m.value for m in at.markdown)
+        terms = [d.value for d in at.dataframe if list(d.value.columns) == ["n-gram", "contribution"]]
+        assert len(terms) == 1 and len(terms[0]) > 0 and (terms[0]["contribution"] > 0).all()
