@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
                         "file the model was trained on")
     prepare(md, precision=args.precision, device=args.device, keep_weights=True)  # the weights are saved again
     fused = _fuse_ngrams(md, texts, labels, vtexts, vlabels)
+    if md.ngram is None:
+        raise UserError(f"{args.train}: the texts hold no word of two or more letters, so there are no n-grams to "
+                        "fuse; the model is left as it was")
     old = {k: v for k, v in md.metrics.items() if not k.startswith(("validation", "test", "fusion"))}
     tested = {"test_encoder": md.metrics["test"]} if "test" in md.metrics else {}
     if args.test:

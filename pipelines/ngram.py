@@ -28,6 +28,8 @@ from .errors import UserError
 
 FILES = ("ngram.json", "ngram.safetensors")
 SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}
+FIT_ONLY = {"min_df", "max_features"}  # settings of the fit; a loaded vectorizer has its vocabulary
+MAX_TERMS = 1_000_000  # the most frequent n-grams kept: bounds the component's size (imdb has 439k, 20newsgroups 386k)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class NgramModel:
         if self._vectorizer is None:  # rebuilt from plain data: the terms' order is the column order
             vec = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(self.terms)}, dtype=np.float32,
                                   **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()
-                                     if k != "min_df"})
+                                     if k not in FIT_ONLY})
             vec.idf_ = self.idf
             self._vectorizer = vec
         return self._vectorizer
@@ -106,17 +108,23 @@ class NgramModel:
         return model
 
 
-def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_labels: int, C: float = 1.0) -> NgramModel:
-    """Fit on training texts; `targets` are class indices (N,) or multi-hot rows (N, L)."""
+def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_labels: int,
+              C: float = 1.0) -> NgramModel | None:
+    """Fit on training texts; `targets` are class indices (N,) or multi-hot rows (N, L). None when the texts
+    hold no word of two or more letters (nothing for n-grams to count)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
 
-    vec = TfidfVectorizer(dtype=np.float32, **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()})
+    vec = TfidfVectorizer(dtype=np.float32, max_features=MAX_TERMS,
+                          **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()})
     try:
         x = vec.fit_transform(texts)
     except ValueError:  # every word rarer than min_df: keep them all
         vec.set_params(min_df=1)
-        x = vec.fit_transform(texts)
+        try:
+            x = vec.fit_transform(texts)
+        except ValueError:  # no word at all
+            return None
     terms = [t for t, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])]
     if multi_label:
         coef, intercept = _per_label(x, targets, C)

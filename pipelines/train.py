@@ -309,6 +309,10 @@ def _fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: li
     label_set = LabelSet(best.labels, best.multi_label)
     ngram = fit_ngram(texts, np.asarray(label_set.encode(labels)), multi_label=best.multi_label,
                       n_labels=len(best.labels))
+    if ngram is None:
+        if dist.is_main():
+            tqdm.write("txl: no n-grams fused: the training texts hold no word of two or more letters")
+        return {"validation": best.metrics.get("validation", {})}
     probs = torch.tensor(dist.map_sharded(lambda part: [[p.probs[n] for n in best.labels]
                                                         for p in predict(best, part)], vtexts))  # (N, L)
     probs = probs.clamp(1e-7, 1 - 1e-7).double()

@@ -137,3 +137,7 @@ def test_term_contributions_add_up_to_the_score(corpus):
     assert sum(v for _, v in terms) == pytest.approx(float(parts[parts > 0].sum()), rel=1e-5)
     assert float(parts.sum()) == pytest.approx(2.0 * float(model.scores([text])[0, label] - model.intercept[label]),
                                                rel=1e-4, abs=1e-4)
+
+
+def test_texts_without_words_give_no_component():
+    assert fit_ngram(["1 2 3", "4 5", "6"] * 4, np.array([0, 1, 0] * 4), multi_label=False, n_labels=2) is None

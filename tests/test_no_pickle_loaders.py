@@ -9,6 +9,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -139,3 +140,24 @@ def test_safe_load_turns_the_payload_into_a_placeholder(tmp_path):
 
     loaded = safe_load(io.BytesIO(pickle.dumps(Payload(tmp_path / "marker"))).getvalue())
     assert is_inert(loaded) and not (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("name", ["ngram.json", "ngram.safetensors"])
+def test_the_ngram_files_never_run_a_planted_pickle(model, tmp_path, name, form):
+    """The n-gram part is JSON + safetensors: a pickle in either is a damaged file, never code that runs."""
+    from pipelines.ngram import fit_ngram
+    from tests.synth import make_corpus
+
+    frame = make_corpus(30, seed=5)
+    names = sorted(set(frame.label))
+    part = fit_ngram(list(frame.text), np.array([names.index(y) for y in frame.label]), multi_label=False,
+                     n_labels=len(names))
+    bad, marker = tmp_path / "planted", tmp_path / "marker"
+    shutil.copytree(model, bad)
+    for file, content in part.files().items():
+        (bad / file).write_bytes(content if isinstance(content, bytes) else content.encode())
+    plant(bad / name, marker, form)
+    with pytest.raises(UserError, match="damaged") as caught:
+        load_model_dir(bad)
+    assert "\n" not in str(caught.value) and not marker.exists()

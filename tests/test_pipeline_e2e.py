@@ -55,7 +55,23 @@ def test_ngrams_off_trains_the_encoder_alone(data, tmp_path):
     assert main(["train", "--train", str(data / "train.csv"), "--out", str(out), "--epochs", "1", "--ngrams", "off",
                  *TINY]) == 0
     assert not (out / "ngram.json").exists()
-    assert "fusion" not in json.loads((out / "metrics.json").read_text())
+    before = json.loads((out / "metrics.json").read_text())
+    assert "fusion" not in before
+    # `txl fuse` adds the n-gram part afterwards, on the validation split `txl train` carved: the encoder's
+    # figure there is the one training measured
+    assert main(["fuse", "--model", str(out), "--train", str(data / "train.csv"), "--test", str(data / "test.csv"),
+                 "--precision", "float32"]) == 0
+    after = json.loads((out / "metrics.json").read_text())
+    assert (out / "ngram.json").is_file() and "fusion" in after
+    assert after["validation_encoder"]["accuracy"] == before["validation"]["accuracy"]
+    assert after["validation_encoder"]["n_documents"] == before["validation"]["n_documents"]
+    assert {"test", "test_encoder", "test_ngram", "training"} <= set(after)
+    assert "## N-gram component" in (out / "README.md").read_text()
+    assert main(["fuse", "--model", str(out), "--train", str(data / "test.csv")]) == 0  # same labels: allowed
+    frame = pd.read_csv(data / "train.csv")
+    frame.loc[frame.label == "tech", "label"] = "science"
+    frame.to_csv(tmp_path / "other.csv", index=False)
+    assert main(["fuse", "--model", str(out), "--train", str(tmp_path / "other.csv")]) == 2  # other labels: refused
 
 
 def test_fused_predictions_report_each_part_and_the_terms(model, data):
