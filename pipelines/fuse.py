@@ -1,7 +1,7 @@
 """Give a trained model directory its n-gram component (or a new one), without retraining the encoder.
 
-`txl train` fuses one by default; this is for a model trained with `--ngrams off` or before n-grams existed.
-It carves the validation split `txl train` carved (the same stratified 10% for the same --seed) unless --valid
+`fuse_ngrams` is the stage `txl train` ends with (`--ngrams fuse`, the default); `txl fuse` runs it alone,
+for a model trained with `--ngrams off` or before n-grams existed. It carves the validation split `txl train` carved (the same stratified 10% for the same --seed) unless --valid
 is given, fits TF-IDF + a linear SVM on the rest, and fits the fusion weights on the validation split
 (`pipelines/ngram.py`). Test figures measured before are kept as the encoder's alone.
 """
@@ -10,11 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import distributed as dist
 from .errors import UserError
-from .inference import PRECISIONS, prepare
+from .inference import PRECISIONS, predict, prepare
 from .labels import LabelSet
-from .modeldir import load_model_dir, save_model_dir
-from .train import _data, _fuse_ngrams, _load_split, measure_test
+from .metrics import compute_metrics, decide, tune_thresholds
+from .modeldir import ModelDir, load_model_dir, save_model_dir
+from .ngram import fit_fusion, fit_ngram
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +36,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def measure_test(best: ModelDir, texts: list[str], labels: list[str]) -> dict:
+    """Test metrics of the model (each rank a shard), and of each part alone when it has n-grams."""
+    preds = dist.map_sharded(lambda part: [(p.label, p.encoder_label, p.ngram_label) for p in predict(best, part)],
+                             texts)
+    parts = ("test", "test_encoder", "test_ngram") if best.ngram is not None else ("test",)
+    return {part: compute_metrics(labels, [p[k] for p in preds], best.labels, multi_label=best.multi_label)
+            for k, part in enumerate(parts)}
+
+
+def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str]) -> dict:
+    """Fit the n-gram component on the training split and its fusion weights on the validation split
+    (`pipelines/ngram.py`); returns the validation metrics of the fused model and of each part."""
+    best.ngram = None  # the encoder's own probabilities below, also when refitting a fused model
+    label_set = LabelSet(best.labels, best.multi_label)
+    ngram = fit_ngram(texts, np.asarray(label_set.encode(labels)), multi_label=best.multi_label,
+                      n_labels=len(best.labels))
+    if ngram is None:
+        if dist.is_main():
+            tqdm.write("txl: no n-grams fused: the training texts hold no word of two or more letters")
+        return {"validation": best.metrics.get("validation", {})}
+    probs = torch.tensor(dist.map_sharded(lambda part: [[p.probs[n] for n in best.labels]
+                                                        for p in predict(best, part)], vtexts))  # (N, L)
+    probs = probs.clamp(1e-7, 1 - 1e-7).double()
+    encoder = (torch.log(probs) - torch.log1p(-probs) if best.multi_label else torch.log(probs)).float()
+    scores = ngram.scores(vtexts)
+    truth = torch.as_tensor(label_set.encode(vlabels))
+    ngram.fusion = fit_fusion(encoder, scores, truth, multi_label=best.multi_label)
+    fused = torch.sigmoid(ngram.fuse(encoder, scores)) if best.multi_label else ngram.fuse(encoder, scores)
+    if best.multi_label:
+        ngram.thresholds = tune_thresholds(fused.numpy(), truth.numpy())
+    best.ngram = ngram
+    decide_all = lambda p, th: ["|".join(n for n, c in zip(best.labels, row) if c) for row in decide(p, th)] \
+        if best.multi_label else [best.labels[i] for i in p.argmax(1)]  # noqa: E731
+    parts = {"validation": decide_all(fused.numpy(), ngram.thresholds),
+             "validation_encoder": decide_all(torch.sigmoid(encoder).numpy() if best.multi_label else encoder.numpy(),
+                                              best.model.config.thresholds),
+             "validation_ngram": decide_all(torch.sigmoid(torch.as_tensor(scores)).numpy() if best.multi_label
+                                            else scores, None)}
+    out = {k: compute_metrics(vlabels, v, best.labels, multi_label=best.multi_label) for k, v in parts.items()}
+    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms))
+    if dist.is_main():
+        tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
+                   + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
+                               for k, v in out.items() if "accuracy" in v))
+    return out
+
+
 def _card_section(metrics: dict) -> str:
     f = metrics["fusion"]
     rows = [f"| {k.replace('_', ', ').replace('encoder', 'encoder alone').replace('ngram', 'n-grams alone')} | "
@@ -43,6 +96,8 @@ def _card_section(metrics: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .train import _data, _load_split  # train imports this module: its data helpers, loaded at run time
+
     md = load_model_dir(args.model)
     texts, labels, vtexts, vlabels = _data(args)
     data_labels = LabelSet.from_labels(labels)
@@ -50,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.train} has the labels {data_labels.names[:5]}, the model {md.labels[:5]}; pass the "
                         "file the model was trained on")
     prepare(md, precision=args.precision, device=args.device, keep_weights=True)  # the weights are saved again
-    fused = _fuse_ngrams(md, texts, labels, vtexts, vlabels)
+    fused = fuse_ngrams(md, texts, labels, vtexts, vlabels)
     if md.ngram is None:
         raise UserError(f"{args.train}: the texts hold no word of two or more letters, so there are no n-grams to "
                         "fuse; the model is left as it was")

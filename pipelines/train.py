@@ -18,9 +18,7 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
@@ -28,11 +26,10 @@ from txl_core.classifier import TXLDocumentClassifier
 from . import distributed as dist
 from .checkpoints import checkpoint_dir
 from .errors import UserError, bounded
-from .inference import cpu_has_native_bf16, predict, prepare
+from .inference import cpu_has_native_bf16, prepare
 from .labeled import load_labeled
 from .labels import LabelSet, stratified_split
-from .metrics import compute_metrics, decide, tune_thresholds
-from .ngram import fit_ngram, fit_fusion
+from .fuse import fuse_ngrams, measure_test
 from .modeldir import ModelDir, load_model_dir, save_model_dir
 from .output import write_atomic
 from .init_from import load_start, minilm_available
@@ -281,7 +278,7 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
     best = load_model_dir(out)
     prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
     if args.ngrams == "fuse":
-        final = _fuse_ngrams(best, *data)
+        final = fuse_ngrams(best, *data)
     if args.test:
         final.update(measure_test(best, *_load_split(args.test, args, "test")))
     summary.update(minutes=state.seconds / 60, stopped=state.stopped)
@@ -292,52 +289,6 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
         save_model_dir(out, best)
     dist.barrier()
     return final
-
-
-def measure_test(best: ModelDir, texts: list[str], labels: list[str]) -> dict:
-    """Test metrics of the model (each rank a shard), and of each part alone when it has n-grams."""
-    preds = dist.map_sharded(lambda part: [(p.label, p.encoder_label, p.ngram_label) for p in predict(best, part)],
-                             texts)
-    parts = ("test", "test_encoder", "test_ngram") if best.ngram is not None else ("test",)
-    return {part: compute_metrics(labels, [p[k] for p in preds], best.labels, multi_label=best.multi_label)
-            for k, part in enumerate(parts)}
-
-
-def _fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str]) -> dict:
-    """Fit the n-gram component on the training split and its fusion weights on the validation split
-    (`pipelines/ngram.py`); returns the validation metrics of the fused model and of each part."""
-    label_set = LabelSet(best.labels, best.multi_label)
-    ngram = fit_ngram(texts, np.asarray(label_set.encode(labels)), multi_label=best.multi_label,
-                      n_labels=len(best.labels))
-    if ngram is None:
-        if dist.is_main():
-            tqdm.write("txl: no n-grams fused: the training texts hold no word of two or more letters")
-        return {"validation": best.metrics.get("validation", {})}
-    probs = torch.tensor(dist.map_sharded(lambda part: [[p.probs[n] for n in best.labels]
-                                                        for p in predict(best, part)], vtexts))  # (N, L)
-    probs = probs.clamp(1e-7, 1 - 1e-7).double()
-    encoder = (torch.log(probs) - torch.log1p(-probs) if best.multi_label else torch.log(probs)).float()
-    scores = ngram.scores(vtexts)
-    truth = torch.as_tensor(label_set.encode(vlabels))
-    ngram.fusion = fit_fusion(encoder, scores, truth, multi_label=best.multi_label)
-    fused = torch.sigmoid(ngram.fuse(encoder, scores)) if best.multi_label else ngram.fuse(encoder, scores)
-    if best.multi_label:
-        ngram.thresholds = tune_thresholds(fused.numpy(), truth.numpy())
-    best.ngram = ngram
-    decide_all = lambda p, th: ["|".join(n for n, c in zip(best.labels, row) if c) for row in decide(p, th)] \
-        if best.multi_label else [best.labels[i] for i in p.argmax(1)]  # noqa: E731
-    parts = {"validation": decide_all(fused.numpy(), ngram.thresholds),
-             "validation_encoder": decide_all(torch.sigmoid(encoder).numpy() if best.multi_label else encoder.numpy(),
-                                              best.model.config.thresholds),
-             "validation_ngram": decide_all(torch.sigmoid(torch.as_tensor(scores)).numpy() if best.multi_label
-                                            else scores, None)}
-    out = {k: compute_metrics(vlabels, v, best.labels, multi_label=best.multi_label) for k, v in parts.items()}
-    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms))
-    if dist.is_main():
-        tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
-                   + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
-                               for k, v in out.items() if "accuracy" in v))
-    return out
 
 
 def _start(args, label_set: LabelSet, texts: list[str]):
