@@ -1,9 +1,9 @@
 """Give a trained model directory its n-gram component (or a new one), without retraining the encoder.
 
 `fuse_ngrams` is the stage `txl train` ends with (`--ngrams fuse`, the default); `txl fuse` runs it alone,
-for a model trained with `--ngrams off` or before n-grams existed. It carves the validation split `txl train` carved (the same stratified 10% for the same --seed) unless --valid
-is given, fits TF-IDF + a linear SVM on the rest, and fits the fusion weights on the validation split
-(`pipelines/ngram.py`). Test figures measured before are kept as the encoder's alone.
+for a model trained with `--ngrams off` or before n-grams existed. It carves the validation split `txl train`
+carved (the same stratified 10% for the same --seed) unless --valid is given, fits TF-IDF + a linear SVM on
+the rest, and fits the fusion weights on the validation split (`pipelines/ngram.py`). Test figures measured before are kept as the encoder's alone.
 """
 from __future__ import annotations
 

@@ -24,12 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import load as load_arrays, save as save_arrays
+
 from .errors import UserError
 
 FILES = ("ngram.json", "ngram.safetensors")
 SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}
-FIT_ONLY = {"min_df", "max_features"}  # settings of the fit; a loaded vectorizer has its vocabulary
+FIT_ONLY = {"min_df"}  # a setting of the fit; a loaded vectorizer has its vocabulary
 MAX_TERMS = 1_000_000  # the most frequent n-grams kept: bounds the component's size (imdb has 439k, 20newsgroups 386k)
+
+
+def _settings(*, fit: bool) -> dict:
+    """TfidfVectorizer's keyword arguments (JSON keeps tuples as lists)."""
+    return {"dtype": np.float32, **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()
+                                    if fit or k not in FIT_ONLY}}
 
 
 @dataclass
@@ -45,6 +52,9 @@ class NgramModel:
     thresholds: list[float] | None = None  # multi-label: on the fused probabilities
 
     def __post_init__(self):
+        # rounded as the file stores them (the figures measured after fitting are those of the saved model) and
+        # cast to float32 once, not for every batch
+        self.coef = np.asarray(self.coef, dtype=np.float16).astype(np.float32)
         self._vectorizer = None
 
     @property
@@ -53,9 +63,7 @@ class NgramModel:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         if self._vectorizer is None:  # rebuilt from plain data: the terms' order is the column order
-            vec = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(self.terms)}, dtype=np.float32,
-                                  **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()
-                                     if k not in FIT_ONLY})
+            vec = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(self.terms)}, **_settings(fit=False))
             vec.idf_ = self.idf
             self._vectorizer = vec
         return self._vectorizer
@@ -63,7 +71,7 @@ class NgramModel:
     def scores(self, texts: list[str]) -> np.ndarray:
         """SVM decision values (N, L); a binary single-label model gets (-s/2, s/2) for its two classes."""
         x = self.vectorizer.transform(texts)
-        s = np.asarray(x @ self.coef.astype(np.float32).T) + self.intercept[None]  # (N, L)
+        s = np.asarray(x @ self.coef.T) + self.intercept[None]  # (N, L)
         if not self.multi_label and self.coef.shape[0] == 1:
             s = np.concatenate([-s / 2, s / 2], axis=1)
         return s.astype(np.float32)
@@ -78,7 +86,7 @@ class NgramModel:
         x = self.vectorizer.transform([text]).tocsr()
         binary = not self.multi_label and self.coef.shape[0] == 1
         row, sign = (0, 0.5 if label == 1 else -0.5) if binary else (label, 1.0)
-        values = x.data * self.coef[row, x.indices].astype(np.float32) * (sign * self.fusion["b"])
+        values = x.data * self.coef[row, x.indices] * (sign * self.fusion["b"])
         order = np.argsort(-values)[:top]
         return [(self.terms[x.indices[i]], float(values[i])) for i in order if values[i] > 0]
 
@@ -115,8 +123,7 @@ def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_lab
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
 
-    vec = TfidfVectorizer(dtype=np.float32, max_features=MAX_TERMS,
-                          **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()})
+    vec = TfidfVectorizer(max_features=MAX_TERMS, **_settings(fit=True))
     try:
         x = vec.fit_transform(texts)
     except ValueError:  # every word rarer than min_df: keep them all
