@@ -20,7 +20,7 @@ from .inference import PRECISIONS, predict, prepare
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, tune_thresholds
 from .modeldir import ModelDir, load_model_dir, save_model_dir
-from .ngram import fit_fusion, fit_ngram
+from .ngram import MAX_FIT_CHARS, fit_fusion, fit_ngram
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,7 +75,10 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
              "validation_ngram": decide_all(torch.sigmoid(torch.as_tensor(scores)).numpy() if best.multi_label
                                             else scores, None)}
     out = {k: compute_metrics(vlabels, v, best.labels, multi_label=best.multi_label) for k, v in parts.items()}
-    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms))
+    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms), fit_documents=ngram.fit_documents)
+    if dist.is_main() and ngram.fit_documents < len(texts):
+        tqdm.write(f"txl: the n-grams were fit on a random {ngram.fit_documents:,} of the {len(texts):,} training "
+                   f"documents, about {MAX_FIT_CHARS // 10**6}M characters (the fit's memory grows with the text it reads)")
     if dist.is_main():
         tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
                    + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
@@ -83,13 +86,19 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
     return out
 
 
-def _card_section(metrics: dict) -> str:
+def fit_phrase(fusion: dict, n_train: int | None = None) -> str:
+    """What the card says the n-grams were fit on."""
+    n = fusion.get("fit_documents")
+    return "the training split" if n is None or n == n_train else f"a random {n:,} documents of the training split"
+
+
+def _card_section(metrics: dict, n_train: int) -> str:
     f = metrics["fusion"]
     rows = [f"| {k.replace('_', ', ').replace('encoder', 'encoder alone').replace('ngram', 'n-grams alone')} | "
             f"{m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |"
             for k, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
     return "\n".join(["", "## N-gram component (`txl fuse`)", "",
-                      f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on the training split: "
+                      f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on {fit_phrase(f, n_train)}: "
                       f"logits = {f['a']:.3g} x encoder log-probabilities + {f['b']:.3g} x n-gram scores, weights fit "
                       "on the validation split.", "", "| split | documents | accuracy | macro-F1 | micro-F1 |",
                       "|---|---:|---:|---:|---:|", *rows, ""])
@@ -114,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if args.test:
         tested = measure_test(md, *_load_split(args.test, args, "test"))
     md.metrics = {**old, **fused, **tested}
-    md.card = md.card.split("\n## N-gram component")[0].rstrip("\n") + "\n" + _card_section(md.metrics)
+    md.card = md.card.split("\n## N-gram component")[0].rstrip("\n") + "\n" + _card_section(md.metrics, len(texts))
     save_model_dir(md.path, md)
     for split in ("validation", "test"):
         if split in md.metrics:

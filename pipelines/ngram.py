@@ -31,6 +31,8 @@ FILES = ("ngram.json", "ngram.safetensors")
 SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}
 FIT_ONLY = {"min_df"}  # a setting of the fit; a loaded vectorizer has its vocabulary
 MAX_TERMS = 1_000_000  # the most frequent n-grams kept: bounds the component's size (imdb has 439k, 20newsgroups 386k)
+# the training text the fit reads at most: its memory grows with it (sklearn counts every n-gram before pruning)
+MAX_FIT_CHARS = 300_000_000
 
 
 def _settings(*, fit: bool) -> dict:
@@ -50,6 +52,7 @@ class NgramModel:
     multi_label: bool = False
     fusion: dict = field(default_factory=lambda: {"a": 1.0, "b": 0.0, "c": 0.0})
     thresholds: list[float] | None = None  # multi-label: on the fused probabilities
+    fit_documents: int | None = None  # the training documents the fit read (fewer than all: `fit_sample`)
 
     def __post_init__(self):
         # rounded as the file stores them (the figures measured after fitting are those of the saved model) and
@@ -93,7 +96,8 @@ class NgramModel:
     # ---- files ----------------------------------------------------------------------------------------------
     def files(self) -> dict[str, str | bytes]:
         meta = {"format": "txl-ngram", "settings": SETTINGS, "multi_label": self.multi_label,
-                "fusion": self.fusion, "thresholds": self.thresholds, "terms": self.terms}
+                "fusion": self.fusion, "thresholds": self.thresholds, "fit_documents": self.fit_documents,
+                "terms": self.terms}
         arrays = {"idf": self.idf.astype(np.float32), "coef": self.coef.astype(np.float16),
                   "intercept": self.intercept.astype(np.float32)}
         return {"ngram.json": json.dumps(meta, ensure_ascii=False) + "\n", "ngram.safetensors": save_arrays(arrays)}
@@ -107,7 +111,8 @@ class NgramModel:
             meta = json.loads((directory / "ngram.json").read_text(encoding="utf-8"))
             arrays = load_arrays((directory / "ngram.safetensors").read_bytes())
             model = cls(list(meta["terms"]), arrays["idf"], arrays["coef"], arrays["intercept"],
-                        bool(meta["multi_label"]), dict(meta["fusion"]), meta.get("thresholds"))
+                        bool(meta["multi_label"]), dict(meta["fusion"]), meta.get("thresholds"),
+                        meta.get("fit_documents"))
         except Exception as e:  # json, safetensors and missing keys raise many types for a damaged file
             raise UserError(f"{directory}: the n-gram component (ngram.json, ngram.safetensors) is damaged "
                             f"({type(e).__name__}); copy the model directory again") from None
@@ -123,6 +128,9 @@ def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_lab
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
 
+    keep = fit_sample([len(t) for t in texts])
+    if keep is not None:
+        texts, targets = [texts[i] for i in keep], targets[keep]
     vec = TfidfVectorizer(max_features=MAX_TERMS, **_settings(fit=True))
     try:
         x = vec.fit_transform(texts)
@@ -138,7 +146,19 @@ def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_lab
     else:
         svm = LinearSVC(C=C, random_state=0).fit(x, targets)
         coef, intercept = _full_classes(svm, n_labels, x.shape[1])
-    return NgramModel(terms, vec.idf_.astype(np.float32), coef, intercept, multi_label)
+    return NgramModel(terms, vec.idf_.astype(np.float32), coef, intercept, multi_label, fit_documents=len(texts))
+
+
+def fit_sample(lengths: list[int], limit: int | None = None, seed: int = 0) -> np.ndarray | None:
+    """The training texts the fit reads: None for all of them when their `lengths` add up to at most `limit`
+    characters (MAX_FIT_CHARS), else the sorted indices of a seeded random sample of about that many."""
+    limit = MAX_FIT_CHARS if limit is None else limit
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.sum() <= limit:
+        return None
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    n = max(1, int(np.searchsorted(np.cumsum(lengths[order]), limit, side="right")))
+    return np.sort(order[:n])
 
 
 def _full_classes(svm, n_labels: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:

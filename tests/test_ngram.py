@@ -12,7 +12,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
 from pipelines.errors import UserError
-from pipelines.ngram import NgramModel, fit_fusion, fit_ngram, fused_logits
+from pipelines.ngram import NgramModel, fit_fusion, fit_ngram, fit_sample, fused_logits
 from tests.synth import make_corpus
 
 
@@ -49,7 +49,7 @@ def test_round_trip_is_plain_data(corpus, tmp_path):
     meta = json.loads((tmp_path / "ngram.json").read_text())
     assert meta["format"] == "txl-ngram" and meta["terms"] == model.terms
     back = NgramModel.load(tmp_path)
-    assert back.fusion == model.fusion
+    assert back.fusion == model.fusion and back.fit_documents == model.fit_documents == len(texts)
     # the weights travel as float16, and the fitted model already holds them so rounded: identical scores
     np.testing.assert_array_equal(back.scores(texts[:20]), model.scores(texts[:20]))
     assert NgramModel.load(tmp_path / "elsewhere") is None
@@ -144,3 +144,25 @@ def test_term_contributions_add_up_to_the_score(corpus):
 
 def test_texts_without_words_give_no_component():
     assert fit_ngram(["1 2 3", "4 5", "6"] * 4, np.array([0, 1, 0] * 4), multi_label=False, n_labels=2) is None
+
+
+def test_fit_sample_bounds_the_text_read():
+    lengths = [100] * 50
+    assert fit_sample(lengths, limit=5000) is None  # all of it fits: every document
+    keep = fit_sample(lengths, limit=1234, seed=1)
+    assert len(keep) == 12 and (np.diff(keep) > 0).all() and keep.max() < 50  # sorted, distinct, in range
+    assert not np.array_equal(keep, np.arange(12))  # a random sample, not the file's first rows
+    np.testing.assert_array_equal(keep, fit_sample(lengths, limit=1234, seed=1))  # seeded
+    assert len(fit_sample([10_000, 5], limit=100)) == 1  # one over-long document still gives a fit
+
+
+def test_large_training_text_is_sampled(corpus, monkeypatch):
+    texts, y, names = corpus
+    full = fit_ngram(texts, y, multi_label=False, n_labels=3)
+    monkeypatch.setattr("pipelines.ngram.MAX_FIT_CHARS", sum(map(len, texts)) // 2)
+    half = fit_ngram(texts, y, multi_label=False, n_labels=3)
+    assert full.fit_documents == len(texts) and 0.3 * len(texts) < half.fit_documents < 0.7 * len(texts)
+    assert set(half.terms) < set(full.terms)  # the vocabulary of the sample only
+    assert half.coef.shape == (3, len(half.terms))
+    # the sampled fit still separates the classes of the whole corpus
+    assert (half.scores(texts).argmax(1) == y).mean() > 0.8
