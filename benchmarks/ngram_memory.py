@@ -2,9 +2,10 @@
 
     python benchmarks/ngram_memory.py [--millions 8 16 32 64]
 
-Fits TF-IDF 1-2-grams + LinearSVC on N million characters of imdb's reviews (its train and test files
-in ../shared/data/imdb, shuffled with seed 0, labels as given), each size in a fresh process, and prints the process's peak
-resident memory above what it held just before the fit (its texts loaded), the seconds and the terms kept. The fit's memory grows
+Fits TF-IDF 1-2-grams + LinearSVC on N million characters of imdb's reviews (its train and test files in
+../shared/data/imdb, shuffled with seed 0, labels as given), each size in a fresh process, and prints the
+process's peak resident memory above what it held just before the fit (its texts loaded), the seconds and the
+terms kept. The fit's memory grows
 with the text it reads (scikit-learn counts every n-gram before pruning to min_df 2 and the 1M most
 frequent), which is why `txl train` fits it on at most `MAX_FIT_CHARS` characters.
 """

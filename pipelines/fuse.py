@@ -20,7 +20,8 @@ from .inference import PRECISIONS, predict, prepare
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, tune_thresholds
 from .modeldir import ModelDir, load_model_dir, save_model_dir
-from .ngram import MAX_FIT_CHARS, fit_fusion, fit_ngram
+from . import ngram as ngram_module
+from .ngram import fit_fusion, fit_ngram
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,7 +79,8 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
     out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms), fit_documents=ngram.fit_documents)
     if dist.is_main() and ngram.fit_documents < len(texts):
         tqdm.write(f"txl: the n-grams were fit on a random {ngram.fit_documents:,} of the {len(texts):,} training "
-                   f"documents, about {MAX_FIT_CHARS // 10**6}M characters (the fit's memory grows with the text it reads)")
+                   f"documents, about {ngram_module.MAX_FIT_CHARS / 1e6:g}M characters (the fit's memory grows with the text "
+                   "it reads)")
     if dist.is_main():
         tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
                    + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
@@ -98,7 +100,8 @@ def _card_section(metrics: dict, n_train: int) -> str:
             f"{m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |"
             for k, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
     return "\n".join(["", "## N-gram component (`txl fuse`)", "",
-                      f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on {fit_phrase(f, n_train)}: "
+                      f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on "
+                      f"{fit_phrase(f, n_train)}: "
                       f"logits = {f['a']:.3g} x encoder log-probabilities + {f['b']:.3g} x n-gram scores, weights fit "
                       "on the validation split.", "", "| split | documents | accuracy | macro-F1 | micro-F1 |",
                       "|---|---:|---:|---:|---:|", *rows, ""])

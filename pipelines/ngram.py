@@ -128,7 +128,7 @@ def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_lab
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
 
-    keep = fit_sample([len(t) for t in texts])
+    keep = fit_sample([len(t) for t in texts], targets)
     if keep is not None:
         texts, targets = [texts[i] for i in keep], targets[keep]
     vec = TfidfVectorizer(max_features=MAX_TERMS, **_settings(fit=True))
@@ -149,14 +149,21 @@ def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_lab
     return NgramModel(terms, vec.idf_.astype(np.float32), coef, intercept, multi_label, fit_documents=len(texts))
 
 
-def fit_sample(lengths: list[int], limit: int | None = None, seed: int = 0) -> np.ndarray | None:
+def fit_sample(lengths: list[int], targets: np.ndarray, limit: int | None = None, seed: int = 0,
+               per_label: int = 200) -> np.ndarray | None:
     """The training texts the fit reads: None for all of them when their `lengths` add up to at most `limit`
-    characters (MAX_FIT_CHARS), else the sorted indices of a seeded random sample of about that many."""
+    characters (MAX_FIT_CHARS), else the sorted indices of a seeded random sample of about that many, which
+    first takes up to `per_label` documents of every label (`targets`: class indices (N,) or multi-hot (N, L)),
+    so a rare class keeps its n-grams (a class missing from the fit would score lowest for every document)."""
     limit = MAX_FIT_CHARS if limit is None else limit
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.sum() <= limit:
         return None
     order = np.random.default_rng(seed).permutation(len(lengths))
+    hot = targets[order].astype(bool) if targets.ndim == 2 else \
+        np.eye(int(targets.max()) + 1, dtype=bool)[targets[order]]  # (N, L) in the sample's order
+    first = ((np.cumsum(hot, axis=0) <= per_label) & hot).any(axis=1)  # among its label's first `per_label`
+    order = np.concatenate([order[first], order[~first]])
     n = max(1, int(np.searchsorted(np.cumsum(lengths[order]), limit, side="right")))
     return np.sort(order[:n])
 

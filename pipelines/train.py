@@ -246,7 +246,8 @@ def model_card(summary: dict, metrics: dict) -> str:
         f = metrics["fusion"]
         lines += ["", f"The encoder's log-probabilities are fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} "
                   f"terms) fit on {fit_phrase(f, summary['n_train'])}: logits = {f['a']:.3g} x encoder + "
-                  f"{f['b']:.3g} x n-gram scores, weights fit on the validation split (`txl train --ngrams`, pipelines/ngram.py)."]
+                  f"{f['b']:.3g} x n-gram scores, weights fit on the validation split (`txl train --ngrams`, "
+                  "pipelines/ngram.py)."]
     return "\n".join(lines) + "\n"
 
 

@@ -147,13 +147,28 @@ def test_texts_without_words_give_no_component():
 
 
 def test_fit_sample_bounds_the_text_read():
-    lengths = [100] * 50
-    assert fit_sample(lengths, limit=5000) is None  # all of it fits: every document
-    keep = fit_sample(lengths, limit=1234, seed=1)
+    lengths, y = [100] * 50, np.arange(50) % 2
+    assert fit_sample(lengths, y, limit=5000) is None  # all of it fits: every document
+    keep = fit_sample(lengths, y, limit=1234, seed=1)
     assert len(keep) == 12 and (np.diff(keep) > 0).all() and keep.max() < 50  # sorted, distinct, in range
     assert not np.array_equal(keep, np.arange(12))  # a random sample, not the file's first rows
-    np.testing.assert_array_equal(keep, fit_sample(lengths, limit=1234, seed=1))  # seeded
-    assert len(fit_sample([10_000, 5], limit=100)) == 1  # one over-long document still gives a fit
+    np.testing.assert_array_equal(keep, fit_sample(lengths, y, limit=1234, seed=1))  # seeded
+    assert len(fit_sample([10_000, 5], np.array([0, 1]), limit=100)) == 1  # one over-long document still gives a fit
+
+
+def test_fit_sample_keeps_rare_labels():
+    y = np.zeros(1000, int)
+    y[[17, 640, 901]] = 1  # a class of 3 documents in 1,000
+    multi = np.stack([y == 0, y == 1, np.arange(1000) == 333], 1).astype(int)  # and a label on 1 document
+    for targets in (y, multi):
+        keep = fit_sample([100] * 1000, targets, limit=5000, per_label=2)  # 50 documents of the 1,000
+        assert len(keep) == 50
+        hot = targets[keep] if targets.ndim == 2 else np.eye(2, dtype=int)[targets[keep]]
+        assert hot.sum(0).min() >= 1  # every label is in the sample
+        assert len(set(keep) & {17, 640, 901}) >= 2  # at least per_label of the rare class
+    # without the guarantee, this seeded 5% misses both rare labels: the guarantee is what kept them
+    plain = fit_sample([100] * 1000, multi, limit=5000, per_label=0)
+    assert 333 not in plain and not set(plain) & {17, 640, 901}
 
 
 def test_large_training_text_is_sampled(corpus, monkeypatch):

@@ -50,7 +50,7 @@ def test_train_writes_a_complete_model_directory(model):
     assert json.loads((model / "labels.json").read_text()) == ["politics", "sport", "tech"]
 
 
-def test_ngrams_off_trains_the_encoder_alone(data, tmp_path):
+def test_ngrams_off_trains_the_encoder_alone(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "model"
     assert main(["train", "--train", str(data / "train.csv"), "--out", str(out), "--epochs", "1", "--ngrams", "off",
                  *TINY]) == 0
@@ -67,6 +67,15 @@ def test_ngrams_off_trains_the_encoder_alone(data, tmp_path):
     assert after["validation_encoder"]["n_documents"] == before["validation"]["n_documents"]
     assert {"test", "test_encoder", "test_ngram", "training"} <= set(after)
     assert "## N-gram component" in (out / "README.md").read_text()
+    # a training text over the fit's bound is sampled, and the console and the card say so
+    n_train = json.loads((out / "ngram.json").read_text())["fit_documents"]  # all of the training split
+    monkeypatch.setattr("pipelines.ngram.MAX_FIT_CHARS", sum(map(len, pd.read_csv(data / "train.csv").text)) // 3)
+    assert main(["fuse", "--model", str(out), "--train", str(data / "train.csv")]) == 0
+    sampled = json.loads((out / "ngram.json").read_text())["fit_documents"]
+    said = "".join(capsys.readouterr())
+    assert 0 < sampled < n_train and f"fit on a random {sampled:,} of the {n_train:,}" in said
+    assert f"fit on a random {sampled:,} documents of the training split" in (out / "README.md").read_text()
+    monkeypatch.undo()
     assert main(["fuse", "--model", str(out), "--train", str(data / "test.csv")]) == 0  # same labels: allowed
     frame = pd.read_csv(data / "train.csv")
     frame.loc[frame.label == "tech", "label"] = "science"
