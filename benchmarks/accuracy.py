@@ -28,13 +28,13 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
     "modapte90": ("reuters21578/modapte90_multilabel.csv.xz", "reuters21578/modapte90_multilabel.csv.xz"),
 }
 # Recipes: `txl train` flags. `minilm`: fine-tuning the all-MiniLM-L6-v2 start (the `minilm` extra) in bf16
-# autocast, lr 1e-4, 2 epochs, bidirectional within a segment as BERT was trained, BERT's positions kept within
-# each segment: all of it `txl train`'s default (`--init auto`) on a CPU with bf16 units, spelled out;
+# autocast on a CPU with bf16 units (float32 on others, where bf16 is a slow fallback), lr 1e-4, 2 epochs, bidirectional within a segment as BERT was trained, BERT's positions kept within
+# each segment: all of it `txl train`'s default (`--init auto`), spelled out;
 # `minilm-1epoch`: the same for one epoch (a budget-bound run of a large data set); every `txl train` since
 # 2026-12-02 also fuses the n-gram component (`--ngrams fuse`, the default); `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers); `minilm-relative`: the
 # MiniLM start with its positions folded into the token embeddings (the default until 2026-12-01);
 # `minilm-causal`: that one read causally as the paper does.
-MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "bf16"]
+MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "auto"]
 RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
            "minilm-1epoch": [*MINILM, "--positions", "segment", "--epochs", "1"],
            "minilm-relative": [*MINILM, "--positions", "relative"],
@@ -70,7 +70,8 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
     model = json.loads((ev / "metrics.json").read_text())
     baseline = json.loads(base.read_text())
     parts = model.get("components", {})
-    return {"dataset": name, "recipe": recipe, "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
+    return {"dataset": name, "recipe": recipe, "cpu": cpu_kind(),
+            "train_precision": card.get("training", {}).get("precision", ""), "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
             "micro_f1": model["micro_f1"], "ngrams": bool(parts), "precision": model.get("precision", "float32"),
             **{f"{part}_{k}": m[k] for part, m in parts.items() for k in ("accuracy", "micro_f1")},
             "baseline_accuracy": baseline["accuracy"],
@@ -79,12 +80,19 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
             "n_test": model["n_documents"]}
 
 
+def cpu_kind() -> str:
+    """What decides this machine's speed: bf16 units or not (the rows' training minutes depend on it)."""
+    sys.path.insert(0, str(HERE.parent))
+    from pipelines.inference import cpu_has_native_bf16
+    return "AVX512-BF16" if cpu_has_native_bf16() else "no bf16 units"
+
+
 def table(rows: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}. Command: `python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy`.",
              "", "| data set | recipe | n-grams fused | test docs | txl accuracy | txl macro-F1 | txl micro-F1 "
              "| encoder alone (acc / micro-F1) | n-grams alone (acc / micro-F1) | baseline accuracy "
-             "| baseline macro-F1 | baseline micro-F1 | train min |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| baseline macro-F1 | baseline micro-F1 | train min | trained on (CPU, precision) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     pct = lambda r, k: f"{100 * r[k]:.2f}" if k in r else ""  # noqa: E731
     for r in rows:
         fused = r.get("ngrams", False)
@@ -94,9 +102,11 @@ def table(rows: list[dict], machine: str) -> str:
                      + " | ".join(pct(r, k) for k in ("accuracy", "macro_f1", "micro_f1")) + f" | {alone['encoder']} | "
                      + f"{alone['ngram']} | "
                      + " | ".join(pct(r, k) for k in ("baseline_accuracy", "baseline_macro_f1", "baseline_micro_f1"))
-                     + f" | {r['train_minutes']} |")
+                     + f" | {r['train_minutes']} | {r.get('cpu', '?')}, {r.get('train_precision') or '?'} |")
     lines += ["", "Multi-label (modapte90): accuracy is subset accuracy (every label of a document right); micro-F1 "
-              "is the usual figure. Single-label: micro-F1 equals accuracy."]
+              "is the usual figure. Single-label: micro-F1 equals accuracy. Every machine: 2 cores; \"AVX512-BF16\" "
+              "is an AMD EPYC with bf16 matrix units, \"no bf16 units\" an AVX2-only EPYC (float32 about 135 GFLOP/s, "
+              "bf16 a slow fallback)."]
     return "\n".join(lines)
 
 
@@ -132,7 +142,8 @@ def main() -> None:
         if row is not None:
             by_key[key(row)] = row
     rows = [by_key[k] for k in sorted(by_key, key=lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1])))]
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
+               f"{os.environ.get('OMP_NUM_THREADS', 'default')} (each row's CPU in its last column)")
     saved.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     write_section(table(rows, machine))
     print(table(rows, machine))

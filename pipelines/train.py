@@ -285,7 +285,8 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
     summary.update(minutes=state.seconds / 60, stopped=state.stopped)
     best.card = model_card(summary, final)
     best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
-                                          "stopped": state.stopped or "completed"}}
+                                          "stopped": state.stopped or "completed",
+                                          "precision": trainer.precision, "device": str(trainer.device)}}
     if dist.is_main():
         save_model_dir(out, best)
     dist.barrier()

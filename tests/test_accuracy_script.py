@@ -30,7 +30,7 @@ def accuracy(monkeypatch):
             (out / "checkpoint").mkdir(parents=True, exist_ok=True)
             (out / "checkpoint" / "state.json").write_text(json.dumps(
                 {"stopped": next(budget_runs), "epoch": 0, "step": 5, "seconds": 60.0}))
-            (out / "metrics.json").write_text(json.dumps({"training": {"minutes": 1.0}}))
+            (out / "metrics.json").write_text(json.dumps({"training": {"minutes": 1.0, "precision": "float32"}}))
         elif args[0] == "evaluate":
             flag("--out").mkdir(parents=True, exist_ok=True)
             (flag("--out") / "metrics.json").write_text(json.dumps(metrics))
@@ -48,6 +48,8 @@ def test_a_budget_stop_is_resumed_by_the_next_run(accuracy, tmp_path, capsys):
     row = module.run_one("r8", tmp_path / "data", tmp_path, 2, "minilm", continue_later=True)
     assert [c[0] for c in calls] == ["baseline", "train", "train", "evaluate"] and "--resume" in calls[2]
     assert row["accuracy"] == 0.9 and row["dataset"] == "r8" and row["recipe"] == "minilm"
+    assert row["train_precision"] == "float32" and row["cpu"] in ("AVX512-BF16", "no bf16 units")
+    assert f"| {row['cpu']}, float32 |" in module.table([row], "test machine")  # the row says what it ran on
     module.run_one("r8", tmp_path / "data", tmp_path, 2, "minilm", continue_later=True)  # done: nothing rerun
     assert len(calls) == 4
 

@@ -4,6 +4,7 @@ or saved."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -90,6 +91,8 @@ def test_a_model_trained_in_bf16_is_saved_in_float32(tmp_path):
                  "--segment-len", "32", "--mem-len", "32", "--precision", "bf16"]) == 0
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    training = json.loads((out / "metrics.json").read_text())["training"]
+    assert (training["precision"], training["device"]) == ("bf16", "cpu")  # what the weights were trained in
 
 
 def test_the_position_frequencies_stay_float32_in_a_bf16_encoder():
