@@ -71,7 +71,8 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
     baseline = json.loads(base.read_text())
     parts = model.get("components", {})
     return {"dataset": name, "recipe": recipe, "cpu": cpu_kind(),
-            "train_precision": card.get("training", {}).get("precision", ""), "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
+            "train_precision": card.get("training", {}).get("precision", ""),
+            "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
             "micro_f1": model["micro_f1"], "ngrams": bool(parts), "precision": model.get("precision", "float32"),
             **{f"{part}_{k}": m[k] for part, m in parts.items() for k in ("accuracy", "micro_f1")},
             "baseline_accuracy": baseline["accuracy"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,41 @@ def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):
     assert len(a) == 20 and len(b) == 10 and not set(a.text) & set(b.text)
     again, _ = start_ab.subset(data, "imdb", tmp_path, 20, 10, seed=0)
     assert pd.read_csv(again).equals(a)
+
+
+def test_gpu_session_fakes_the_extra_and_keeps_its_deadline(tmp_path, monkeypatch, capsys):
+    """benchmarks/gpu_session.py: the staged start is what `--init minilm` resolves to in a fresh process,
+    a data set whose budget would end past the deadline is skipped, and each finished one leaves its row."""
+    import subprocess
+    import sys
+
+    spec = importlib.util.spec_from_file_location("gpu_session_script", ROOT / "benchmarks" / "gpu_session.py")
+    session = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(session)
+    monkeypatch.setattr(session, "STAGE", tmp_path / "stage")
+    site = session.fake_extra()
+    (tmp_path / "stage" / "minilm").mkdir(parents=True)
+    (tmp_path / "stage" / "minilm" / "model.safetensors").write_bytes(b"")
+    found = subprocess.run([sys.executable, "-c", "from pipelines.init_from import resolve, minilm_available; "
+                            "print(minilm_available(), resolve('minilm'))"], capture_output=True, text=True,
+                           cwd=ROOT, env={"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin"})
+    assert found.stdout.split() == ["True", str(tmp_path / "stage" / "minilm")], found.stderr
+
+    monkeypatch.setattr(sys, "path", [str(ROOT / "benchmarks"), *sys.path])  # run() adds to it
+    for name in ("PYTHONPATH", "PYTHONUNBUFFERED"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # run() sets them: restored after the test
+    import accuracy as script  # gpu_session.run imports it from benchmarks/
+    ran, now = [], [0.0]
+
+    def two_minutes(name, *args):
+        ran.append(name)
+        now[0] += 120
+        return {"dataset": name, "cpu": "x"}
+
+    monkeypatch.setattr(script, "run_one", two_minutes)
+    monkeypatch.setattr(session.time, "time", lambda: now[0])
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    assert session.run(["imdb", "20newsgroups"], max_minutes=1, deadline_minutes=3.5) == 0
+    assert ran == ["imdb"]  # after imdb's 2 minutes, 20newsgroups' 1 + 2 would end past the 3.5
+    assert json.loads((tmp_path / "out" / "imdb.minilm.row.json").read_text())["dataset"] == "imdb"
+    assert "20newsgroups skipped" in capsys.readouterr().out
