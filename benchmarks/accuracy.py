@@ -33,12 +33,13 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
 # `minilm-1epoch`: the same for one epoch (a budget-bound run of a large data set); every `txl train` since
 # 2026-12-02 also fuses the n-gram component (`--ngrams fuse`, the default); `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers); `minilm-relative`: the
 # MiniLM start with its positions folded into the token embeddings (the default until 2026-12-01);
-# `minilm-causal`: that one read causally as the paper does.
+# `minilm-causal`: that one read causally as the paper does; `minilm-lr3e-5`: the default at a smaller rate.
 MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "auto"]
 RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
            "minilm-1epoch": [*MINILM, "--positions", "segment", "--epochs", "1"],
            "minilm-relative": [*MINILM, "--positions", "relative"],
-           "minilm-causal": [*MINILM, "--positions", "relative", "--attention", "causal"]}
+           "minilm-causal": [*MINILM, "--positions", "relative", "--attention", "causal"],
+           "minilm-lr3e-5": [*MINILM, "--positions", "segment", "--lr", "3e-5"]}  # argparse: the last --lr wins
 
 
 def txl(*args: str) -> str:
