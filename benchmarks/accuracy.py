@@ -28,12 +28,14 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
     "modapte90": ("reuters21578/modapte90_multilabel.csv.xz", "reuters21578/modapte90_multilabel.csv.xz"),
 }
 # Recipes: `txl train` flags. `minilm`: fine-tuning the all-MiniLM-L6-v2 start (the `minilm` extra) in bf16
-# autocast on a CPU with bf16 units (float32 on others, where bf16 is a slow fallback), lr 1e-4, 2 epochs, bidirectional within a segment as BERT was trained, BERT's positions kept within
-# each segment: all of it `txl train`'s default (`--init auto`), spelled out;
-# `minilm-1epoch`: the same for one epoch (a budget-bound run of a large data set); every `txl train` since
-# 2026-12-02 also fuses the n-gram component (`--ngrams fuse`, the default); `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers); `minilm-relative`: the
-# MiniLM start with its positions folded into the token embeddings (the default until 2026-12-01);
-# `minilm-causal`: that one read causally as the paper does; `minilm-lr3e-5`: the default at a smaller rate.
+# autocast on a CPU with bf16 units (float32 on others, where bf16 is a slow fallback), lr 1e-4, 2 epochs,
+# bidirectional within a segment as BERT was trained, BERT's positions kept within each segment: all of it
+# `txl train`'s default (`--init auto`), spelled out; `minilm-1epoch`: the same for one epoch (a budget-bound
+# run of a large data set); every `txl train` since 2026-12-02 also fuses the n-gram component (`--ngrams
+# fuse`, the default); `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers);
+# `minilm-relative`: the MiniLM start with its positions folded into the token embeddings (the default until
+# 2026-12-01); `minilm-causal`: that one read causally as the paper does; `minilm-lr3e-5`: the default at a
+# smaller peak learning rate.
 MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "auto"]
 RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
            "minilm-1epoch": [*MINILM, "--positions", "segment", "--epochs", "1"],
