@@ -123,8 +123,9 @@ def run(datasets: list[str], max_minutes: float, deadline_minutes: float, recipe
     if not (STAGE / "minilm" / "model.safetensors").is_file():
         print("run: the start is not staged (the machine was not warm): call `stage` first", file=sys.stderr)
         return 2
-    sys.path[:0] = [str(HERE), str(ROOT), str(fake_extra())]
-    os.environ["PYTHONPATH"] = f"{fake_extra()}:{ROOT}"
+    site = fake_extra()
+    sys.path[:0] = [str(HERE), str(ROOT), str(site)]
+    os.environ["PYTHONPATH"] = f"{site}:{ROOT}"
     os.environ["PYTHONUNBUFFERED"] = "1"
     import accuracy  # benchmarks/accuracy.py: the same recipe, the same bookkeeping
 
