@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dropatt", type=float, default=None, help="attention dropout (default: the start's, 0.1)")
+    p.add_argument("--precision", choices=["auto", "bf16", "float32"], default="auto",
+                   help="auto: bf16 autocast on a CPU with bf16 units, else float32 (as `txl train`)")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     start = load_start("minilm", segment_len=256)
@@ -68,7 +70,7 @@ def main() -> None:
     texts = pd.read_csv(args.data / "bbc_news" / "bbc_news.csv.xz")["text"].head(n_docs).tolist()
     ids = [e.ids for e in start.tokenizer.encode_batch(texts, add_special_tokens=False)]
     torch.manual_seed(0)
-    precision = "bf16" if cpu_has_native_bf16() else "float32"
+    precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "float32"
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(ModelDir(model, start.tokenizer, list("abcde")),
                           Recipe(precision=precision, batch_size=args.batch_size), train_ids=ids,
@@ -76,20 +78,22 @@ def main() -> None:
                           device=torch.device("cpu"))
         batches = [list(range(i, i + args.batch_size)) for i in range(0, n_docs, args.batch_size)]
         trainer.step(batches[0])  # warm-up
-        started, tokens = time.perf_counter(), 0
+        started, tokens, faults = time.perf_counter(), 0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for batch in batches[1:]:
             trainer.step(batch)
             tokens += sum(len(ids[i]) for i in batch)
         seconds = time.perf_counter() - started
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         print(json.dumps({"precision": precision, "threads": torch.get_num_threads(), "steps": args.steps,
                           "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
+                          "page_faults_per_step": round(faults / args.steps),
                           "dropatt": model.config.dropatt} | memory_mb()))
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for batch in batches[1:3]:
                     trainer.step(batch)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=40, max_shapes_column_width=90))
 
 
 if __name__ == "__main__":

@@ -96,9 +96,12 @@ def test_fused_softmax_dropout_values_equals_the_unfused_ops_in_float32(p):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-def test_fused_softmax_dropout_values_under_bf16_autocast_is_as_close_as_bf16_allows():
-    """bf16: the softmax gradient comes from the kept bf16 probabilities instead of float32 ones."""
+def test_fused_softmax_dropout_values_under_bf16_autocast_is_as_close_as_bf16_allows(monkeypatch):
+    """bf16 (torch's ops, the compiled kernels off): the softmax gradient comes from the kept bf16
+    probabilities instead of float32 ones."""
+    from txl_core import fused as fused_module
     from txl_core.attention import SoftmaxDropoutValues
+    monkeypatch.setattr(fused_module, "softmax_dropout_bf16", lambda: None)
     gen = torch.Generator().manual_seed(1)
     score = (torch.randn(2, 4, 16, 32, generator=gen) * 3).bfloat16()
     v, grad = torch.randn(2, 4, 32, 8, generator=gen).bfloat16(), torch.randn(2, 4, 16, 8, generator=gen).bfloat16()
@@ -111,9 +114,16 @@ def test_fused_softmax_dropout_values_under_bf16_autocast_is_as_close_as_bf16_al
         assert (a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max()
 
 
-def test_training_attention_keeps_less_than_half_for_the_backward():
+@pytest.mark.parametrize("kernels", [False, True])
+def test_training_attention_keeps_less_than_half_for_the_backward(kernels, monkeypatch):
     """Bytes saved for the backward by one training attention call (CPU, attention dropout): the fused path
-    keeps bf16 probabilities and a mask, 3 bytes per score, where the unfused ops kept 7."""
+    keeps bf16 probabilities and a mask, 3 bytes per score, where the unfused ops kept 7; with the compiled
+    kernels, the probabilities alone (the mask is made again from its seed): 2."""
+    from txl_core import fused as fused_module
+    if kernels and fused_module.softmax_dropout_bf16() is None:
+        pytest.skip("the compiled kernels are not built here or this CPU lacks AVX512-BF16")
+    if not kernels:
+        monkeypatch.setattr(fused_module, "softmax_dropout_bf16", lambda: None)
     config = tiny_config(dropout=0.0, dropatt=0.1, n_head=4, d_head=8, d_model=32)
     attn = RelMultiHeadAttn(config).train()
     with torch.no_grad():
@@ -143,5 +153,77 @@ def test_training_attention_keeps_less_than_half_for_the_backward():
             module.SoftmaxDropoutValues.apply = original
         return sum(seen.values()) / scores
 
-    assert saved_bytes_per_score(True) == 3  # bf16 probabilities and the mask
+    assert saved_bytes_per_score(True) == (2 if kernels else 3)  # bf16 probabilities (and the mask)
     assert saved_bytes_per_score(False) == 7  # float32 softmax output, the mask, the dropped bf16 copy
+
+
+def _kernels():
+    from txl_core import fused
+    kernels = fused.softmax_dropout_bf16()
+    if kernels is None:
+        pytest.skip("the compiled kernels are not built here or this CPU lacks AVX512-BF16")
+    return kernels
+
+
+@pytest.mark.parametrize("k", [1, 17, 40, 512])
+def test_softmax_dropout_kernel_forward_is_the_softmax_rounded_once_and_its_dropout(k):
+    """Probabilities within one bf16 rounding of the exact softmax (masked scores exactly 0), and the dropped
+    copy is probs / (1 - p) where kept, 0 elsewhere: with every row length (the kernels work 16 and 32 wide)."""
+    forward, dropout, _ = _kernels()
+    gen = torch.Generator().manual_seed(k)
+    score = (torch.randn(3, 2, 9, k, generator=gen) * 4).bfloat16()
+    if k > 1:
+        score[..., -2:] = torch.finfo(torch.bfloat16).min  # padding keys
+    for scores in (score, score.float()):
+        probs, dropped = forward(scores, 0.1, 42)
+        exact = torch.softmax(score.float(), -1)
+        assert probs.dtype == dropped.dtype == torch.bfloat16
+        ulp = exact.abs().clamp_min(1e-30) * 2.0 ** -8
+        assert ((probs.float() - exact).abs() <= ulp).all()
+        if k > 1:
+            assert (probs[..., -2:] == 0).all() and (dropped[..., -2:] == 0).all()
+        kept = dropped != 0
+        assert torch.equal(dropped[kept], (probs[kept].float() / 0.9).bfloat16())
+        assert torch.equal(dropout(probs, 0.1, 42), dropped)  # the backward's copy is the forward's
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_softmax_dropout_kernel_mask_keeps_one_minus_p_independently_and_replays_its_seed(p):
+    """Each element kept with probability 1 - p, independently of its neighbours, rows and tensors; a seed
+    gives the same mask again, another seed another."""
+    _, dropout, _ = _kernels()
+    probs = torch.full((64, 3, 40, 257), 0.5).bfloat16()
+    keep = dropout(probs, p, 7) != 0
+    n = keep.numel()
+    assert abs(keep.float().mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5 + 2 ** -16
+    for a, b in ((keep[..., 1:], keep[..., :-1]), (keep[:, :, 1:], keep[:, :, :-1]), (keep[1:], keep[:-1])):
+        together = (a & b).float().mean().item()  # neighbouring columns, rows, matrices
+        assert abs(together - (1 - p) ** 2) < 0.01
+    assert torch.equal(dropout(probs, p, 7) != 0, keep)
+    other = dropout(probs, p, 8) != 0
+    assert abs((keep & other).float().mean().item() - (1 - p) ** 2) < 0.01
+
+
+def test_softmax_dropout_values_with_the_kernels_has_the_gradient_of_its_own_mask():
+    """The autograd function on the kernels (bf16 autocast, CPU): output and both gradients equal torch's ops
+    given the same mask (read off the output's dropped copy), as closely as bf16 allows; torch.manual_seed
+    replays the mask."""
+    from txl_core.attention import SoftmaxDropoutValues
+    forward, _, _ = _kernels()
+    gen = torch.Generator().manual_seed(5)
+    score = (torch.randn(2, 4, 16, 48, generator=gen) * 3).bfloat16()
+    v, grad = torch.randn(2, 4, 48, 8, generator=gen).bfloat16(), torch.randn(2, 4, 16, 8, generator=gen).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, grad_score, grad_v = _run(SoftmaxDropoutValues.apply, score, v, 0.1, grad)
+        again = _run(SoftmaxDropoutValues.apply, score, v, 0.1, grad)
+    assert all(torch.equal(a, b) for a, b in zip((out, grad_score, grad_v), again))
+    torch.manual_seed(3)  # the seed the function drew in `_run`
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    keep = forward(score, 0.1, seed)[1] != 0
+
+    def with_this_mask(s, values, p):
+        probs = torch.softmax(s.float(), dim=-1)
+        return torch.matmul(torch.where(keep, probs / (1 - p), 0.0), values.float())
+    expected = _run(with_this_mask, score.float(), v.float(), 0.1, grad.float())
+    for a, b in zip((out, grad_score, grad_v), expected):
+        assert (a.float() - b).abs().max() <= 0.02 * b.abs().max()

