@@ -247,7 +247,7 @@ class RelMultiHeadAttn(nn.Module):
         if not need_probs and (p == 0.0 or q_u.device.type != "cpu"):
             return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
         score = torch.matmul(q_u, k.transpose(-1, -2)).mul_(self.scale).add_(bd)  # (B, H, T, K), one buffer
-        if not need_probs and torch.is_grad_enabled() and p < 1.0:
+        if not need_probs and p < 1.0:  # also without autograd (the first pass of a two-pass step): the same ops
             return SoftmaxDropoutValues.apply(score, v, p), None
         probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
         return torch.matmul(self.dropatt(probs), v), probs if need_probs else None
@@ -276,23 +276,26 @@ class SoftmaxDropoutValues(torch.autograd.Function):
     its gradient from the kept probabilities; with float32 values that is the unfused computation exactly. The
     mask is drawn where `Dropout` draws it, so a restored random state replays it.
 
-    With bf16 values on a CPU where `fused.softmax_dropout_bf16` is built, its kernels do the same in one pass
-    each way (4.5x faster than the ops below at (16, 12, 256, 512)) and keep only the bf16 probabilities (2
-    bytes per score): the mask is a function of a seed drawn from torch's generator, made again in the backward.
+    On a CPU where the compiled kernels are built (`fused.softmax_dropout_bf16`) the mask is theirs, as
+    `Dropout`'s is there: a function of a seed drawn from torch's generator, made again in the backward, so only
+    the probabilities are kept (2 bytes per score in bf16); with bf16 values the softmax, the dropout and the
+    softmax gradient are one kernel pass each way (4.5x faster than torch's ops at (16, 12, 256, 512)).
     """
 
     @staticmethod
     def forward(ctx, score, v, p):
-        kernels = fused.softmax_dropout_bf16() if (score.device.type == "cpu" and v.dtype == torch.bfloat16
-                                                    and 0.0 < p < 1.0) else None
+        kernels = fused.softmax_dropout_bf16() if score.device.type == "cpu" and 0.0 < p < 1.0 else None
         ctx.p, ctx.score_dtype, ctx.kernels = p, score.dtype, kernels
-        if kernels is not None:
-            ctx.seed = int(torch.empty((), dtype=torch.int64).random_())  # from the default generator
-            with torch.autocast(score.device.type, enabled=False):
-                probs, dropped = kernels[0](score, p, ctx.seed)  # (B, H, T, K) bf16 each
+        with torch.autocast(score.device.type, enabled=False):
+            if kernels is not None:
+                ctx.seed = int(torch.empty((), dtype=torch.int64).random_())  # as `Dropout` draws it
+                if v.dtype == torch.bfloat16:
+                    probs, dropped = kernels[0](score, p, ctx.seed)  # (B, H, T, K) bf16 each
+                else:
+                    probs = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)
+                    dropped = kernels[1](probs, p, ctx.seed)
                 ctx.save_for_backward(probs, None, v)
                 return torch.matmul(dropped, v)  # (B, H, T, D)
-        with torch.autocast(score.device.type, enabled=False):
             probs = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, K)
             keep = keep_mask(probs.shape, p, probs.device) if p > 0.0 else None
             dropped = probs if keep is None else torch.where(keep, probs * (1.0 / (1.0 - p)), 0.0)
@@ -302,12 +305,23 @@ class SoftmaxDropoutValues(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         probs, keep, v = ctx.saved_tensors
-        if ctx.kernels is not None:
-            with torch.autocast(grad.device.type, enabled=False):
-                grad = grad.to(v.dtype)
-                grad_v = torch.matmul(ctx.kernels[1](probs, ctx.p, ctx.seed).transpose(-1, -2), grad)  # (B, H, K, D)
-                grad_score = ctx.kernels[2](probs, torch.matmul(grad, v.transpose(-1, -2)), ctx.p, ctx.seed)
-            return grad_score.to(ctx.score_dtype), grad_v, None
+        p, kernels = ctx.p, ctx.kernels
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.to(v.dtype)
+            if kernels is not None:
+                drop = lambda t: kernels[1](t, p, ctx.seed)  # noqa: E731 (dropout is its own backward)
+            elif keep is not None:
+                drop = lambda t: torch.where(keep, t * (1.0 / (1.0 - p)), 0.0)  # noqa: E731
+            else:
+                drop = lambda t: t  # noqa: E731
+            grad_v = torch.matmul(drop(probs).transpose(-1, -2), grad)  # (B, H, K, D)
+            grad_dropped = torch.matmul(grad, v.transpose(-1, -2))  # (B, H, T, K)
+            if kernels is not None and probs.dtype == torch.bfloat16:
+                return kernels[2](probs, grad_dropped, p, ctx.seed).to(ctx.score_dtype), grad_v, None
+            y = probs.float()
+            yg = drop(grad_dropped).float().mul_(y)  # the softmax gradient y (g - sum(y g)), in two buffers
+            grad_score = yg.addcmul_(y, yg.sum(-1, keepdim=True), value=-1)
+        return grad_score.to(ctx.score_dtype), grad_v, None
         scale = 1.0 / (1.0 - ctx.p)
         with torch.autocast(grad.device.type, enabled=False):
             grad = grad.to(v.dtype)

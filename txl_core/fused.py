@@ -80,7 +80,7 @@ def rel_attn_bf16():
 def softmax_dropout_bf16():
     """The three operators of csrc/softmax_dropout.cpp as (forward, dropout, backward), or None:
     `forward(score, p, seed) -> (probs, dropped)`, `dropout(probs, p, seed) -> dropped`,
-    `backward(probs, grad_dropped, p, seed) -> grad_score`, all bf16 on a CPU."""
+    `backward(probs, grad_dropped, p, seed) -> grad_score`, all bf16 on a CPU (`dropout` also float32)."""
     ops = _ops()
-    return None if ops is None else (ops.softmax_dropout_bf16, ops.dropout_bf16, ops.softmax_dropout_backward_bf16)
+    return None if ops is None else (ops.softmax_dropout_bf16, ops.dropout_rows, ops.softmax_dropout_backward_bf16)
 

@@ -11,11 +11,14 @@
 // The mask: element (r, c) of a matrix with K columns takes the 16 bits 16 (c % 4) .. 16 (c % 4) + 15 of the
 // 64-bit word w = r * W + c / 4, W = 8 ceil(K / 32), of splitmix64(seed + w * golden), and is kept when they
 // are >= round(p * 65536): so with probability 1 - round(p * 65536) / 65536, independently of every other.
+// `dropout_rows` applies the same mask to any bf16 or float32 tensor (rows = its last dimension): the forward of
+// txl_core.dropout's dropout and, on the gradient, its backward.
 #include <immintrin.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -58,19 +61,27 @@ inline void store16(bf16* y, __m512 v, __mmask16 m) {
 }
 inline __mmask16 tail16(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
 
-// dropped[c] = probs[c] * scale where kept, else 0, for one row (probs already rounded to bf16)
-inline void drop_row(const bf16* probs, bf16* out, int64_t K, float scale, int64_t seed, int64_t word0,
-                     uint16_t threshold) {
+inline void store16(float* y, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(y, m, v); }
+
+// out[c] = x[c] * scale where kept, else 0, for columns c0 .. c1 - 1 of one row (c0 a multiple of 32)
+template <typename T>
+inline void drop_span(const T* x, T* out, int64_t c0, int64_t c1, float scale, int64_t seed, int64_t word0,
+                      uint16_t threshold) {
   const __m512 vs = _mm512_set1_ps(scale);
-  for (int64_t c0 = 0; c0 < K; c0 += 32) {
+  for (; c0 < c1; c0 += 32) {
     __mmask32 keep = keep32(seed, word0, c0, threshold);
-    for (int half = 0; half < 2 && c0 + 16 * half < K; ++half) {
+    for (int half = 0; half < 2 && c0 + 16 * half < c1; ++half) {
       int64_t c = c0 + 16 * half;
-      __mmask16 m = tail16(K - c);
+      __mmask16 m = tail16(c1 - c);
       __mmask16 k = static_cast<__mmask16>(keep >> (16 * half));
-      store16(out + c, _mm512_maskz_mul_ps(k, load16(probs + c, m), vs), m);
+      store16(out + c, _mm512_maskz_mul_ps(k, load16(x + c, m), vs), m);
     }
   }
+}
+
+inline void drop_row(const bf16* probs, bf16* out, int64_t K, float scale, int64_t seed, int64_t word0,
+                     uint16_t threshold) {
+  drop_span(probs, out, 0, K, scale, seed, word0, threshold);
 }
 
 template <typename T>
@@ -124,19 +135,39 @@ std::tuple<at::Tensor, at::Tensor> softmax_dropout_bf16(const at::Tensor& score,
   return {probs, dropped};
 }
 
-at::Tensor dropout_bf16(const at::Tensor& probs, double p, int64_t seed) {
-  TORCH_CHECK(probs.scalar_type() == at::kBFloat16, "dropout_bf16: probabilities must be bf16");
-  at::Tensor x = probs.contiguous();
-  at::Tensor out = at::empty_like(x);
-  const int64_t K = x.size(-1), rows = K ? x.numel() / K : 0;
+template <typename T>
+void dropout_rows_impl(const T* src, T* dst, int64_t rows, int64_t K, double p, int64_t seed) {
   const uint16_t threshold = threshold_of(p);
   const float scale = static_cast<float>(1.0 / (1.0 - p));
   const int64_t W = words_per_row(K);
-  const bf16* src = x.data_ptr<bf16>();
-  bf16* dst = out.data_ptr<bf16>();
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) drop_row(src + r * K, dst + r * K, K, scale, seed, r * W, threshold);
-  });
+  if (rows >= 64) {
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        drop_span(src + r * K, dst + r * K, 0, K, scale, seed, r * W, threshold);
+    });
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {  // few long rows: split each into spans of 32k columns
+    at::parallel_for(0, (K + 32767) / 32768, 1, [&](int64_t begin, int64_t end) {
+      drop_span(src + r * K, dst + r * K, begin * 32768, std::min(K, end * 32768), scale, seed, r * W,
+                threshold);
+    });
+  }
+}
+
+// x * mask / (1 - p) with the mask of (seed, row, column) over the last dimension: the forward of dropout and,
+// given the gradient, its backward; bf16 or float32.
+at::Tensor dropout_rows(const at::Tensor& x, double p, int64_t seed) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
+              "dropout_rows: bf16 or float32 only");
+  at::Tensor c = x.contiguous();
+  at::Tensor out = at::empty_like(c);
+  const int64_t K = c.dim() ? c.size(-1) : 1, rows = K ? c.numel() / K : 0;
+  if (rows == 0) return out;
+  if (c.scalar_type() == at::kFloat)
+    dropout_rows_impl(c.data_ptr<float>(), out.data_ptr<float>(), rows, K, p, seed);
+  else
+    dropout_rows_impl(c.data_ptr<bf16>(), out.data_ptr<bf16>(), rows, K, p, seed);
   return out;
 }
 
@@ -185,12 +216,12 @@ at::Tensor softmax_dropout_backward_bf16(const at::Tensor& probs, const at::Tens
 
 TORCH_LIBRARY_FRAGMENT(txl_fused, m) {
   m.def("softmax_dropout_bf16(Tensor score, float p, int seed) -> (Tensor, Tensor)");
-  m.def("dropout_bf16(Tensor probs, float p, int seed) -> Tensor");
+  m.def("dropout_rows(Tensor x, float p, int seed) -> Tensor");
   m.def("softmax_dropout_backward_bf16(Tensor probs, Tensor grad_dropped, float p, int seed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(txl_fused, CPU, m) {
   m.impl("softmax_dropout_bf16", &softmax_dropout_bf16);
-  m.impl("dropout_bf16", &dropout_bf16);
+  m.impl("dropout_rows", &dropout_rows);
   m.impl("softmax_dropout_backward_bf16", &softmax_dropout_backward_bf16);
 }
