@@ -93,7 +93,8 @@ def main() -> None:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for batch in batches[1:3]:
                     trainer.step(batch)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=40, max_shapes_column_width=90))
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=40,
+                                            max_shapes_column_width=90))
 
 
 if __name__ == "__main__":

@@ -306,31 +306,19 @@ class SoftmaxDropoutValues(torch.autograd.Function):
     def backward(ctx, grad):
         probs, keep, v = ctx.saved_tensors
         p, kernels = ctx.p, ctx.kernels
+
+        def drop(t):  # the forward's dropout, on the probabilities again and on their gradient
+            if kernels is not None:
+                return kernels[1](t, p, ctx.seed)
+            return t if keep is None else torch.where(keep, t * (1.0 / (1.0 - p)), 0.0)
+
         with torch.autocast(grad.device.type, enabled=False):
             grad = grad.to(v.dtype)
-            if kernels is not None:
-                drop = lambda t: kernels[1](t, p, ctx.seed)  # noqa: E731 (dropout is its own backward)
-            elif keep is not None:
-                drop = lambda t: torch.where(keep, t * (1.0 / (1.0 - p)), 0.0)  # noqa: E731
-            else:
-                drop = lambda t: t  # noqa: E731
             grad_v = torch.matmul(drop(probs).transpose(-1, -2), grad)  # (B, H, K, D)
             grad_dropped = torch.matmul(grad, v.transpose(-1, -2))  # (B, H, T, K)
             if kernels is not None and probs.dtype == torch.bfloat16:
                 return kernels[2](probs, grad_dropped, p, ctx.seed).to(ctx.score_dtype), grad_v, None
             y = probs.float()
             yg = drop(grad_dropped).float().mul_(y)  # the softmax gradient y (g - sum(y g)), in two buffers
-            grad_score = yg.addcmul_(y, yg.sum(-1, keepdim=True), value=-1)
-        return grad_score.to(ctx.score_dtype), grad_v, None
-        scale = 1.0 / (1.0 - ctx.p)
-        with torch.autocast(grad.device.type, enabled=False):
-            grad = grad.to(v.dtype)
-            dropped = probs if keep is None else torch.where(keep, probs * scale, 0.0)
-            grad_v = torch.matmul(dropped.transpose(-1, -2), grad)  # (B, H, K, D)
-            grad_dropped = torch.matmul(grad, v.transpose(-1, -2))  # (B, H, T, K)
-            if keep is not None:
-                grad_dropped = torch.where(keep, grad_dropped * scale, 0.0)
-            y = probs.float()
-            yg = grad_dropped.float().mul_(y)  # the softmax gradient y (g - sum(y g)), in two buffers
             grad_score = yg.addcmul_(y, yg.sum(-1, keepdim=True), value=-1)
         return grad_score.to(ctx.score_dtype), grad_v, None

@@ -25,7 +25,8 @@ _LOADED: dict = {}
 def cache_dir() -> Path:
     """Where builds go: $TXL_KERNEL_DIR, else ~/.cache/txl/kernels; one folder per source, flags and torch."""
     root = Path(os.environ.get("TXL_KERNEL_DIR") or Path.home() / ".cache" / "txl" / "kernels")
-    key = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES + HEADERS) + " ".join(FLAGS).encode() + torch.__version__.encode()
+    sources = b"".join(f.read_bytes() for f in SOURCES + HEADERS)
+    key = hashlib.sha256(sources + " ".join(FLAGS).encode() + torch.__version__.encode()
                          + sys.version.encode()).hexdigest()[:12]
     return root / f"txl_fused_{key}"
 
@@ -51,9 +52,9 @@ def build(verbose: bool = False) -> Path:
     bindir = str(Path(sys.executable).parent)  # the `ninja` the project installs, when this venv is not activated
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    cpp_extension.load(name=out.name, sources=[str(f) for f in SOURCES], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                       build_directory=str(out), is_python_module=False, verbose=verbose)
-    _LOADED.clear()  # the next `rel_attn_bf16()` looks again
+    cpp_extension.load(name=out.name, sources=[str(f) for f in SOURCES], extra_cflags=FLAGS,
+                       extra_ldflags=["-fopenmp"], build_directory=str(out), is_python_module=False, verbose=verbose)
+    _LOADED.clear()  # the next `_ops()` looks again
     return lib
 
 
