@@ -153,7 +153,6 @@ def test_predict_releases_free_memory_as_it_goes(tmp_path, monkeypatch):
     assert len(ticks) == 3  # after each of the 3 batches
 
 
-
 FAULTS_OF_A_BIG_TENSOR = """
 import resource, sys
 import pipelines  # the commands' package: sets torch's huge-page switch unless the user set it

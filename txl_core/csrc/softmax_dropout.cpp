@@ -79,11 +79,6 @@ inline void drop_span(const T* x, T* out, int64_t c0, int64_t c1, float scale, i
   }
 }
 
-inline void drop_row(const bf16* probs, bf16* out, int64_t K, float scale, int64_t seed, int64_t word0,
-                     uint16_t threshold) {
-  drop_span(probs, out, 0, K, scale, seed, word0, threshold);
-}
-
 template <typename T>
 void softmax_dropout_rows(const T* score, bf16* probs, bf16* dropped, int64_t rows, int64_t K, double p,
                           int64_t seed) {
@@ -115,7 +110,7 @@ void softmax_dropout_rows(const T* score, bf16* probs, bf16* dropped, int64_t ro
         __mmask16 m = tail16(K - c);
         store16(pr + c, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, buf.data() + c), inv), m);
       }
-      drop_row(pr, dropped + r * K, K, scale, seed, r * W, threshold);
+      drop_span(static_cast<const bf16*>(pr), dropped + r * K, 0, K, scale, seed, r * W, threshold);
     }
   });
 }
