@@ -112,12 +112,18 @@ def map_sharded(fn: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]
 
 
 def any_rank(flag: bool) -> bool:
-    """True on every rank when any rank says so: one decision that all ranks act on (e.g. a time budget)."""
+    """True on every rank when any rank says so: one decision that all ranks act on (e.g. a checkpoint)."""
+    return bool(max_over_ranks(float(flag)))
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest of the ranks' `value`s, on every rank: one figure all ranks act on (e.g. the time spent,
+    which sets the learning rate under a time budget; clocks differ, weights must not)."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor([float(flag)], device=_collective_device())
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return float(t.item())
 
 
 def sum_gradients(params: Sequence[torch.nn.Parameter], extra: torch.Tensor) -> torch.Tensor:

@@ -282,10 +282,14 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
         final = fuse_ngrams(best, *data)
     if args.test:
         final.update(measure_test(best, *_load_split(args.test, args, "test")))
-    summary.update(minutes=state.seconds / 60, stopped=state.stopped)
+    stopped = state.stopped
+    if stopped.startswith("time"):
+        stopped += (f": {state.step} of {trainer.total} planned steps, the learning rate decayed to zero over the "
+                    "budget")
+    summary.update(minutes=state.seconds / 60, stopped=stopped)
     best.card = model_card(summary, final)
     best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
-                                          "stopped": state.stopped or "completed",
+                                          "planned_steps": trainer.total, "stopped": state.stopped or "completed",
                                           "precision": trainer.precision, "device": str(trainer.device)}}
     if dist.is_main():
         save_model_dir(out, best)

@@ -1,5 +1,9 @@
-"""The fine-tuning loop behind `txl train`: bucketed batches, AdamW with warm-up and decay, clipping,
+"""The fine-tuning loop behind `txl train`: bucketed batches, AdamW with warm-up and linear decay, clipping,
 early stopping on validation macro-F1, a time budget, and checkpoints that `--resume` continues from.
+
+Under a time budget (`--max-minutes`) that ends before the planned epochs, the schedule runs on the budget's
+clock instead of the step count, so the learning rate still reaches zero when training stops (a run cut at a
+high learning rate keeps the noisy weights of mid-training; budgeted training: Li et al., ICLR 2020).
 
 Each step reads whole documents with `txl_core.recompute.backward_document`, so a long document costs one
 segment's activations, not all of them.
@@ -145,13 +149,24 @@ class Trainer:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                       {"params": other, "weight_decay": 0.0}], lr=recipe.lr)
         self.steps_per_epoch = math.ceil(len(train_ids) / recipe.batch_size)
-        total = max(1, self.steps_per_epoch * recipe.epochs)
-        warm = max(1, int(recipe.warmup * total))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        self.total = max(1, self.steps_per_epoch * recipe.epochs)
+        self.warm = max(1, int(recipe.warmup * self.total))
         self.state = TrainState()
 
     # ---- one step -------------------------------------------------------------------------------------------
+    def schedule_step(self, elapsed: float) -> float:
+        """Where the schedule stands: the steps done, or as far as the time spent has used up the budget of
+        the whole schedule, whichever is further (fractional)."""
+        budget = self.recipe.max_minutes
+        by_time = self.total * elapsed / (60 * budget) if budget else 0.0
+        return max(float(self.state.step), by_time)
+
+    def lr_scale(self, elapsed: float) -> float:
+        """Linear warm-up over `warmup` of the schedule, then linear decay to 0 at its end: the end of the
+        epochs, or of the time budget when that comes first (`elapsed`: seconds of training so far)."""
+        s = self.schedule_step(elapsed)
+        return min((s + 1) / self.warm, max(0.0, (self.total - s) / max(1, self.total - self.warm)))
+
     def _loss_fn(self, y: torch.Tensor, y_global: torch.Tensor):
         """The (weighted) mean loss of the global batch, restricted to this rank's documents `y`: the ranks'
         losses add up to the loss of the whole batch, and so do their gradients."""
@@ -170,8 +185,8 @@ class Trainer:
             ids[row, : lengths[row]] = torch.tensor(self.ids[i])
         return ids.to(self.device), lengths.to(self.device)  # (B, N), (B,)
 
-    def step(self, batch: list[int]) -> float:
-        """One optimiser step on the global `batch`; returns its loss."""
+    def step(self, batch: list[int], elapsed: float = 0.0) -> float:
+        """One optimiser step on the global `batch`, `elapsed` seconds into training; returns its loss."""
         mine = dist.shard(batch)  # the whole batch in a single process
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
@@ -186,8 +201,9 @@ class Trainer:
                                             self._loss_fn(self.y[mine].to(self.device), self.y[batch]))
         loss = dist.sum_gradients(list(self.model.parameters()), loss.float().reshape(1))
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip)
+        for group in self.opt.param_groups:
+            group["lr"] = self.recipe.lr * self.lr_scale(elapsed)
         self.opt.step()
-        self.sched.step()
         return float(loss)
 
     # ---- evaluation -----------------------------------------------------------------------------------------
@@ -223,8 +239,7 @@ class Trainer:
         write_checkpoint(self.out, {
             "config.json": self.md.model.config.to_json(),  # a resumed run rebuilds this model
             "model.safetensors": lambda path: save_file(weights, str(path)),
-            "optim.pt": lambda path: torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                                                 "rng": rngs}, path),
+            "optim.pt": lambda path: torch.save({"opt": self.opt.state_dict(), "rng": rngs}, path),
             "state.json": json.dumps(asdict(self.state), indent=1)})
 
     def load_checkpoint(self) -> bool:
@@ -236,8 +251,7 @@ class Trainer:
             weights = load_file(str(ck / "model.safetensors"))
             self.model.load_state_dict(weights, strict=False)
             saved = torch.load(ck / "optim.pt", weights_only=True)  # refuses anything but tensors and containers
-            self.opt.load_state_dict(saved["opt"])
-            self.sched.load_state_dict(saved["sched"])
+            self.opt.load_state_dict(saved["opt"])  # the schedule follows from the step and the time spent
         except Exception as e:  # json, safetensors, torch and pickle raise many types for a damaged file
             raise UserError(f"the checkpoint in {ck} is damaged or not from this run ({type(e).__name__}); "
                             "delete it to start over, or restore it") from None
@@ -248,9 +262,13 @@ class Trainer:
         return True
 
     # ---- the loop -------------------------------------------------------------------------------------------
-    def out_of_time(self, started: float) -> bool:
+    def elapsed(self, started: float) -> float:
+        """Seconds of training over every session of this run, the same figure on every rank."""
+        return dist.max_over_ranks(self.state.seconds + time.time() - started)
+
+    def out_of_time(self, elapsed: float) -> bool:
         budget = self.recipe.max_minutes
-        return budget is not None and self.state.seconds + time.time() - started > budget * 60
+        return budget is not None and elapsed > budget * 60
 
     def fit(self, on_best) -> TrainState:
         """Train until the epochs, the patience or the time budget run out; `on_best(metrics)` saves the model.
@@ -264,17 +282,18 @@ class Trainer:
             st.validated_at = st.step
         n_eval = max(1, min(r.evals_per_epoch, self.steps_per_epoch))
         eval_at = {round(k * self.steps_per_epoch / n_eval) for k in range(1, n_eval + 1)}
-        bar = tqdm(total=self.steps_per_epoch * r.epochs, initial=st.step, unit="step", dynamic_ncols=True,
+        bar = tqdm(total=self.total, initial=st.step, unit="step", dynamic_ncols=True,
                    mininterval=2 if sys.stderr.isatty() else 60,  # a log file gets a line a minute
                    disable=not dist.is_main())
         while st.epoch < r.epochs and not st.stopped:
             batches = bucketed_batches(self.lengths, batch_size=r.batch_size, seed=r.seed + st.epoch)
             while st.batch < len(batches):
-                if dist.any_rank(self.out_of_time(started)):  # clocks differ: all ranks stop at the same step
+                elapsed = self.elapsed(started)  # clocks differ: all ranks stop at the same step
+                if self.out_of_time(elapsed):
                     st.stopped = f"time budget of {r.max_minutes} min reached"
                     break
                 t0, batch = time.time(), batches[st.batch]
-                loss = self.step(batch)
+                loss = self.step(batch, elapsed)
                 if self.device.type == "cpu":
                     trim.tick()
                 st.batch, st.step = st.batch + 1, st.step + 1
@@ -310,7 +329,7 @@ class Trainer:
     def _time_left(self, seconds: float, first_step: int, session: float) -> str:
         """Minutes to the end at this session's pace (validations included), or to the budget if sooner."""
         steps = self.state.step - first_step
-        left = (time.time() - session) / max(1, steps) * (self.steps_per_epoch * self.recipe.epochs - self.state.step)
+        left = (time.time() - session) / max(1, steps) * (self.total - self.state.step)
         if self.recipe.max_minutes is not None:
             left = min(left, max(0.0, 60 * self.recipe.max_minutes - seconds))
         return minutes_text(left)

@@ -56,6 +56,8 @@ def run_steps(out: Path) -> None:
                     record[f"{kind}.{k}.grad.{name}"] = torch.zeros(0) if p.grad is None else p.grad.detach().clone()
             for name, p in trainer.model.named_parameters():
                 record[f"{kind}.weight.{name}"] = p.detach().clone()
+        # ranks' clocks differ; the learning rate under a time budget follows the largest, on every rank
+        record["clock"] = torch.tensor(dist.max_over_ranks(float(dist.rank())), dtype=torch.float64)
     out.mkdir(parents=True, exist_ok=True)
     save_file(record, str(out / f"rank{dist.rank()}.safetensors"))
 

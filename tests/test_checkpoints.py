@@ -75,11 +75,11 @@ def test_a_killed_run_resumes_from_its_last_timed_checkpoint_to_the_same_weights
     assert _train(data, tmp_path / "whole") == 0
     real_step, calls = trainer_module.Trainer.step, []
 
-    def dies_in_step_20(self, batch):
+    def dies_in_step_20(self, batch, elapsed=0.0):
         calls.append(1)
         if len(calls) == 20:
             raise KeyboardInterrupt
-        return real_step(self, batch)
+        return real_step(self, batch, elapsed)
 
     monkeypatch.setattr(trainer_module.Trainer, "step", dies_in_step_20)
     assert _train(data, tmp_path / "killed", "--save-every", "0") == 130

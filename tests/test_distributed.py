@@ -81,6 +81,7 @@ def test_two_processes_take_the_steps_of_one(two, tmp_path):
     one = load_file(str(tmp_path / "rank0.safetensors"))
     ranks = [load_file(str(two[1] / f"rank{r}.safetensors")) for r in (0, 1)]
     assert set(ranks[0]) == set(one) and any(".grad." in k for k in one)
+    assert float(one.pop("clock")) == 0 and [float(r.pop("clock")) for r in ranks] == [1, 1]  # max over ranks
     for key, want in one.items():
         assert want.numel() > 0, f"{key}: no gradient"
         assert (ranks[0][key] - want).abs().max() < 1e-5, key

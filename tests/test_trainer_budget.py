@@ -1,5 +1,6 @@
 """`--max-minutes`: a run stopped by its time budget validates the steps done since its last evaluation, so
-the work of the last stretch is not thrown away, and a budget shorter than one evaluation still leaves a model.
+the work of the last stretch is not thrown away, and a budget shorter than one evaluation still leaves a model;
+the learning rate decays to zero by the end of the budget when the budget ends before the epochs.
 Also: a CPU trainer keeps big buffers in the heap from its first step."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,15 +20,17 @@ from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 
 
-def _trainer(tmp_path, *, stop_at: int) -> tuple[Trainer, list[int]]:
+def _trainer(tmp_path, *, stop_at: int | None, **recipe) -> tuple[Trainer, list[int]]:
     md = load_model_dir(make_model_dir(tmp_path / "m"))
     corpus = make_corpus(20, seed=2)
     ids = [e.ids for e in md.tokenizer.encode_batch(corpus["text"].tolist())]
     y = torch.tensor([md.labels.index(label) for label in corpus["label"]])
-    trainer = Trainer(md, Recipe(batch_size=4, epochs=3, evals_per_epoch=1, patience=10), train_ids=ids, train_y=y,
+    recipe = Recipe(**{"batch_size": 4, "epochs": 3, "evals_per_epoch": 1, "patience": 10, **recipe})
+    trainer = Trainer(md, recipe, train_ids=ids, train_y=y,
                       valid_texts=corpus["text"].tolist()[:6], valid_labels=corpus["label"].tolist()[:6],
                       out=tmp_path / "out", device=torch.device("cpu"))
-    trainer.out_of_time = lambda started: trainer.state.step >= stop_at  # the budget runs out at step `stop_at`
+    if stop_at is not None:
+        trainer.out_of_time = lambda elapsed: trainer.state.step >= stop_at  # the budget runs out at step `stop_at`
     validated = []
     real = trainer._validate
 
@@ -58,6 +62,58 @@ def test_a_budget_shorter_than_one_evaluation_still_leaves_a_model(tmp_path):
     assert validated == [2] and len(saved) == 1 and state.best_f1 >= 0
 
 
+def _learning_rates(trainer: Trainer) -> list[float]:
+    """The learning rate of every optimiser step the trainer takes from now on."""
+    rates, real = [], trainer.opt.step
+    trainer.opt.step = lambda *a, **k: rates.append(trainer.opt.param_groups[0]["lr"]) or real(*a, **k)
+    return rates
+
+
+def test_without_a_budget_the_schedule_is_warm_up_then_linear_decay_over_the_epochs(tmp_path):
+    """3 epochs of 5 steps, warm-up 20% (3 steps): the rate rises to its peak, then falls linearly towards 0
+    at the end of the last epoch, step by step as torch's LambdaLR did it before the budget clock existed."""
+    trainer, _ = _trainer(tmp_path, stop_at=None, warmup=0.2, lr=1e-3)
+    rates = _learning_rates(trainer)
+    assert trainer.fit(lambda metrics: None).stopped == ""
+    want = [1e-3 * min((k + 1) / 3, (15 - k) / 12) for k in range(15)]
+    assert rates == pytest.approx(want, rel=1e-12)
+    assert max(rates) == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-3 / 12)
+
+
+def test_a_budget_shorter_than_the_epochs_decays_the_rate_to_zero_by_its_end(tmp_path):
+    """A 1-minute budget on a clock where each step takes 10 s: 7 of the 15 planned steps fit. The schedule
+    runs on the budget's clock (2.5 steps of schedule per step), so warm-up is shorter and the rate reaches 0
+    at the budget's end, where the step count alone would have stopped it at 75% of its peak."""
+    trainer, _ = _trainer(tmp_path, stop_at=None, warmup=0.2, lr=1e-3, max_minutes=1)
+    trainer.elapsed = lambda started: 10.0 * trainer.state.step
+    rates = _learning_rates(trainer)
+    state = trainer.fit(lambda metrics: None)
+    assert state.stopped.startswith("time budget") and state.step == 7
+    want = [1e-3 * min((2.5 * k + 1) / 3, (15 - 2.5 * k) / 12) for k in range(7)]
+    assert rates == pytest.approx(want, abs=1e-15)
+    assert rates[-1] == 0 and rates[-2] == pytest.approx(1e-3 * 2.5 / 12)
+    assert 1e-3 * (15 - 6) / 12 == pytest.approx(0.75e-3)  # the step count's rate at the same step
+
+
+def test_a_budget_longer_than_the_epochs_leaves_the_schedule_to_the_steps(tmp_path):
+    trainer, _ = _trainer(tmp_path, stop_at=None, warmup=0.2, lr=1e-3, max_minutes=60)
+    trainer.elapsed = lambda started: 10.0 * trainer.state.step  # 15 steps: 2.5 of the 60 minutes
+    rates = _learning_rates(trainer)
+    assert trainer.fit(lambda metrics: None).stopped == ""
+    assert rates == pytest.approx([1e-3 * min((k + 1) / 3, (15 - k) / 12) for k in range(15)], rel=1e-12)
+
+
+def test_the_budget_clock_counts_earlier_sessions_of_a_resumed_run(tmp_path):
+    """`--resume` keeps the time spent: a run that used 45 of its 60 minutes resumes three quarters through the
+    schedule, whatever step it had reached."""
+    trainer, _ = _trainer(tmp_path, stop_at=None, warmup=0.2, max_minutes=60)
+    trainer.state.seconds, trainer.state.step = 45 * 60.0, 2
+    elapsed = trainer.elapsed(time.time())
+    assert 45 * 60 <= elapsed < 45 * 60 + 5
+    assert trainer.schedule_step(elapsed) == pytest.approx(0.75 * 15, abs=0.05)
+    assert trainer.lr_scale(elapsed) == pytest.approx((15 - 11.25) / 12, abs=0.01)
+
+
 def test_the_progress_bar_says_how_long_is_left():
     assert [minutes_text(s) for s in (30, 754, 3600, 7500)] == ["0.5min", "12.6min", "1h00m", "2h05m"]
 
@@ -84,6 +140,11 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+# The heap tests count 4 kB page faults: without bf16 units `import pipelines` puts big tensors on 2 MB pages
+# (THP_MEM_ALLOC_ENABLE, tested below), which would hide the faults they count.
+SMALL_PAGES = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}
+
+
 def test_the_tuned_allocator_reuses_freed_pages():
     """Property behind `tune_cpu_allocator`: a big tensor allocated again takes no new page faults (glibc),
     where by default each one is a fresh mmap whose pages fault in (are zeroed) again (48 MB: 12,288 pages)."""
@@ -91,7 +152,8 @@ def test_the_tuned_allocator_reuses_freed_pages():
         pytest.skip("glibc only")
     faults = {}
     for mode in ("plain", "tuned"):
-        out = subprocess.run([sys.executable, "-c", ALLOCATE_TWICE, mode], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", ALLOCATE_TWICE, mode], capture_output=True, text=True, check=True,
+                             env=SMALL_PAGES)
         applied, n = out.stdout.split()
         faults[mode] = int(n)
         assert applied == ("True" if mode == "tuned" else "False")
@@ -118,7 +180,8 @@ def test_freed_fragments_go_back_to_the_system():
     chunks that the kept heap cannot hand back by itself: here 256 MB of holes between live tensors."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
-    out = subprocess.run([sys.executable, "-c", FRAGMENT_AND_TRIM], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", FRAGMENT_AND_TRIM], capture_output=True, text=True, check=True,
+                         env=SMALL_PAGES)
     before, after = map(int, out.stdout.split())
     assert before - after > 200, (before, after)
     from pipelines.inference import FreeMemoryEvery
@@ -201,3 +264,20 @@ def test_bf16_units_are_read_from_cpuinfo():
     if not Path("/proc/cpuinfo").exists():
         pytest.skip("Linux only")
     assert pipelines.cpu_has_bf16_units() == cpu_has_native_bf16()
+
+
+def test_txl_train_says_when_the_budget_cut_the_schedule_short(tmp_path):
+    """The model card and metrics.json tell a budget-fitted run from a completed one: steps against the
+    planned steps, and that the learning rate decayed over the budget."""
+    import json
+
+    from pipelines.cli import main
+    from tests.test_checkpoints import TINY
+    make_corpus(150, seed=1).to_csv(tmp_path / "train.csv", index=False)  # 135 training documents: 17 steps an epoch
+    assert main(["train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--epochs", "2",
+                 "--max-minutes", "0.002", "--ngrams", "off", *TINY]) == 0
+    training = json.loads((tmp_path / "m" / "metrics.json").read_text())["training"]
+    assert training["stopped"].startswith("time budget") and training["planned_steps"] == 34
+    assert 0 < training["steps"] < 34
+    assert f"{training['steps']} of 34 planned steps, the learning rate decayed to zero over the budget" in (
+        tmp_path / "m" / "README.md").read_text()

@@ -1,0 +1,69 @@
+"""A budget-bound `txl train` with this checkout against another commit: the same data, flags and
+`--max-minutes`, one after the other on the same machine; prints each run's steps and its validation (and
+test) accuracy from the model's metrics.json.
+
+    python benchmarks/budget_ab.py --dataset bbc_news --minutes 12 --against b56c301 [--test] \\
+        [--recipe minilm] [--runs runs/budget_ab]
+
+Made for the learning-rate schedule fitted to the time budget (2026-12-03; `--against` the commit before it):
+a budget that ends before the planned epochs used to stop the run wherever the step-count schedule stood. The
+other commit is checked out into a temporary `git worktree` and run from there (`python -m pipelines.cli` with
+the worktree as its working directory, so its `pipelines` and `txl_core` are the ones imported). The encoder
+alone (`--ngrams off`). Rerunnable: a run whose model directory has metrics is not repeated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from accuracy import DATASETS, RECIPES  # noqa: E402  (benchmarks/ is scripts, not a package)
+
+
+def train(tree: Path, out: Path, args) -> dict:
+    if not (out / "metrics.json").is_file():
+        train_file, test_file = (str((args.data / f).resolve()) for f in DATASETS[args.dataset])
+        cmd = [sys.executable, "-m", "pipelines.cli", "train", "--train", train_file, "--out", str(out.resolve()),
+               "--max-minutes", str(args.minutes), "--ngrams", "off", *RECIPES[args.recipe],
+               *(["--test", test_file] if args.test else [])]
+        subprocess.run(cmd, cwd=tree, check=True)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--dataset", default="bbc_news", choices=list(DATASETS))
+    p.add_argument("--minutes", type=float, required=True, help="the --max-minutes of both runs")
+    p.add_argument("--against", required=True, help="the other commit (e.g. HEAD~1)")
+    p.add_argument("--recipe", default="minilm", choices=list(RECIPES))
+    p.add_argument("--test", action="store_true", help="also measure the test split (after the budget)")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "budget_ab")
+    args = p.parse_args(argv)
+    runs = args.runs / f"{args.dataset}.{args.recipe}.{args.minutes:g}min"
+    runs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "other"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(other), args.against], cwd=ROOT, check=True)
+        try:
+            arms = {args.against: train(other, runs / f"against-{args.against}", args),
+                    "this checkout": train(ROOT, runs / "this", args)}
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, check=True)
+    for name, m in arms.items():
+        t = m["training"]
+        test = f", test {100 * m['test']['accuracy']:.2f}" if "test" in m else ""
+        print(f"{args.dataset}, {args.minutes:g} min, {name}: {t['steps']} steps "
+              f"({t['minutes']:.1f} min, {t['stopped']}), validation {100 * m['validation']['accuracy']:.2f} "
+              f"(macro-F1 {100 * m['validation']['macro_f1']:.2f}){test}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
