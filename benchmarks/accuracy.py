@@ -135,7 +135,9 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16"],
                    help="of `txl evaluate` (auto: bf16 on a CPU with bf16 units; the rows before 2026-12-02 used float32)")
     p.add_argument("--continue-later", action="store_true",
-                   help="leave a training stopped by its budget unevaluated, for a later run to resume")
+                   help="leave a training stopped by its budget unevaluated, for a later run to resume (txl "
+                   "train fits its learning-rate schedule to each budget given: a larger one stretches the schedule "
+                   "and the rate rises again, a warm restart, not the uninterrupted recipe)")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     saved = HERE / "accuracy.json"

@@ -122,7 +122,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        choices=choices, help=f"recipe: {text} (default {f.default})")
     p.add_argument("--max-minutes", type=_kind("max_minutes", 0.0), default=None,
                    help="stop gracefully after this many minutes of training, counted over --resume runs too; "
-                   "the steps since the last validation are validated first and the best model is kept")
+                   "the steps since the last validation are validated first and the best model is kept. A budget "
+                   "that ends before the epochs fits the learning-rate schedule: it decays to zero by the budget's end")
 
 
 def _load_split(path: str, args, split: str | None):
