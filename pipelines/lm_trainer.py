@@ -20,7 +20,7 @@ from txl_core import TXLLMHeadModel
 from .checkpoints import checkpoint_dir, write_checkpoint
 from .lm_stream import batchify, n_segments, segment, segment_nll
 from .output import write_atomic
-from .trainer import minutes_text
+from .trainer import minutes_text, schedule_step
 
 
 @dataclass
@@ -75,9 +75,7 @@ class LMTrainer:
     def lr_scale(self, elapsed: float) -> float:
         """Linear warm-up, then cosine decay to 0 over the steps or the time budget, whichever ends first."""
         r, step = self.recipe, self.state.step
-        progress = step / self.total
-        if r.max_minutes:
-            progress = max(progress, elapsed / (60 * r.max_minutes))
+        progress = schedule_step(step, self.total, elapsed, r.max_minutes) / self.total
         return min(1.0, (step + 1) / max(1, r.warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def step(self, elapsed: float) -> float:

@@ -119,6 +119,14 @@ def prior_bias(targets: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.
     return torch.log(w * p / (1 - p))
 
 
+def schedule_step(step: int, total: int, elapsed: float, max_minutes: float | None) -> float:
+    """Where a schedule of `total` steps stands: the steps done, or as far as the `elapsed` seconds have used
+    up a time budget meant for the whole schedule, whichever is further (fractional; `txl train` and `txl
+    pretrain` both decay their learning rate to zero by the end of a budget that ends first)."""
+    by_time = total * elapsed / (60 * max_minutes) if max_minutes else 0.0
+    return max(float(step), by_time)
+
+
 def minutes_text(seconds: float) -> str:
     """A progress bar's time left: `12.5min`, or `2h05m` from an hour up."""
     minutes = seconds / 60
@@ -154,17 +162,10 @@ class Trainer:
         self.state = TrainState()
 
     # ---- one step -------------------------------------------------------------------------------------------
-    def schedule_step(self, elapsed: float) -> float:
-        """Where the schedule stands: the steps done, or as far as the time spent has used up the budget of
-        the whole schedule, whichever is further (fractional)."""
-        budget = self.recipe.max_minutes
-        by_time = self.total * elapsed / (60 * budget) if budget else 0.0
-        return max(float(self.state.step), by_time)
-
     def lr_scale(self, elapsed: float) -> float:
         """Linear warm-up over `warmup` of the schedule, then linear decay to 0 at its end: the end of the
         epochs, or of the time budget when that comes first (`elapsed`: seconds of training so far)."""
-        s = self.schedule_step(elapsed)
+        s = schedule_step(self.state.step, self.total, elapsed, self.recipe.max_minutes)
         return min((s + 1) / self.warm, max(0.0, (self.total - s) / max(1, self.total - self.warm)))
 
     def _loss_fn(self, y: torch.Tensor, y_global: torch.Tensor):
