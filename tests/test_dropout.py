@@ -27,10 +27,10 @@ def test_each_element_is_kept_with_probability_one_minus_p_independently(p):
 def test_dropout_keeps_the_expectation_and_its_gradient_is_the_mask(kernels, dtype, monkeypatch):
     """With `keep_mask` and with the compiled kernels' seeded mask (which keeps no mask for the backward)."""
     from txl_core import fused as fused_module
-    if kernels and fused_module.softmax_dropout_bf16() is None:
-        pytest.skip("the compiled kernels are not built here or this CPU lacks AVX512-BF16")
+    if kernels and fused_module.dropout_op(dtype) is None:
+        pytest.skip(f"no compiled {dtype} dropout here (not built, or not for this CPU)")
     if not kernels:
-        monkeypatch.setattr(fused_module, "softmax_dropout_bf16", lambda: None)
+        monkeypatch.setattr(fused_module, "_ops", lambda: None)
     torch.manual_seed(0)
     x = torch.randn(300, 500).to(dtype).requires_grad_()
     y = dropout(x, 0.2)
@@ -97,14 +97,15 @@ def _run(fn, score, v, p, grad, seed=3):
 @pytest.mark.parametrize("kernels", [False, True])
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
 def test_fused_softmax_dropout_values_equals_the_unfused_ops_in_float32(p, kernels, monkeypatch):
-    """With `keep_mask` and with the kernels' seeded mask, which `Dropout` then takes too: the same mask from
-    the same random state, so the two-pass training step replays the first pass's dropout."""
+    """With `keep_mask` and with the float32 kernels' seeded mask, which `Dropout` then takes too: the same mask
+    from the same random state, so the two-pass training step replays the first pass's dropout. The kernels'
+    exponential is not torch's (both within about an ulp), hence the tolerance."""
     from txl_core import fused as fused_module
     from txl_core.attention import SoftmaxDropoutValues
-    if kernels and fused_module.softmax_dropout_bf16() is None:
-        pytest.skip("the compiled kernels are not built here or this CPU lacks AVX512-BF16")
+    if kernels and fused_module.softmax_dropout_f32() is None:
+        pytest.skip("the compiled float32 kernels are not built here (or not for this CPU)")
     if not kernels:
-        monkeypatch.setattr(fused_module, "softmax_dropout_bf16", lambda: None)
+        monkeypatch.setattr(fused_module, "_ops", lambda: None)
     gen = torch.Generator().manual_seed(0)
     score, v = torch.randn(2, 3, 7, 11, generator=gen) * 3, torch.randn(2, 3, 11, 5, generator=gen)
     grad = torch.randn(2, 3, 7, 5, generator=gen)
@@ -119,7 +120,7 @@ def test_fused_softmax_dropout_values_under_bf16_autocast_is_as_close_as_bf16_al
     probabilities instead of float32 ones."""
     from txl_core import fused as fused_module
     from txl_core.attention import SoftmaxDropoutValues
-    monkeypatch.setattr(fused_module, "softmax_dropout_bf16", lambda: None)
+    monkeypatch.setattr(fused_module, "_ops", lambda: None)
     gen = torch.Generator().manual_seed(1)
     score = (torch.randn(2, 4, 16, 32, generator=gen) * 3).bfloat16()
     v, grad = torch.randn(2, 4, 32, 8, generator=gen).bfloat16(), torch.randn(2, 4, 16, 8, generator=gen).bfloat16()
@@ -141,7 +142,7 @@ def test_training_attention_keeps_less_than_half_for_the_backward(kernels, monke
     if kernels and fused_module.softmax_dropout_bf16() is None:
         pytest.skip("the compiled kernels are not built here or this CPU lacks AVX512-BF16")
     if not kernels:
-        monkeypatch.setattr(fused_module, "softmax_dropout_bf16", lambda: None)
+        monkeypatch.setattr(fused_module, "_ops", lambda: None)
     config = tiny_config(dropout=0.0, dropatt=0.1, n_head=4, d_head=8, d_model=32)
     attn = RelMultiHeadAttn(config).train()
     with torch.no_grad():
@@ -246,3 +247,92 @@ def test_softmax_dropout_values_with_the_kernels_has_the_gradient_of_its_own_mas
     expected = _run(with_this_mask, score.float(), v.float(), 0.1, grad.float())
     for a, b in zip((out, grad_score, grad_v), expected):
         assert (a.float() - b).abs().max() <= 0.02 * b.abs().max()
+
+
+def _spec_keep(rows: int, k: int, p: float, seed: int) -> torch.Tensor:
+    """The kernels' mask as csrc/softmax_dropout*.cpp define it, in int64 torch ops: element (r, c) keeps when
+    bits 16 (c % 4) .. + 15 of splitmix64(seed + (r W + c // 4) golden), W = 8 ceil(k / 32), are >= p 65536."""
+    def signed(v):
+        return v - (1 << 64) if v >= 1 << 63 else v
+
+    def shr(x, n):  # logical shift of int64
+        return (x >> n) & ((1 << (64 - n)) - 1)
+    c = torch.arange(k)
+    x = seed + (torch.arange(rows)[:, None] * (8 * ((k + 31) // 32)) + c // 4) * signed(0x9E3779B97F4A7C15)
+    x = (x ^ shr(x, 30)) * signed(0xBF58476D1CE4E5B9)
+    x = (x ^ shr(x, 27)) * signed(0x94D049BB133111EB)
+    x = x ^ shr(x, 31)
+    return ((x >> (16 * (c % 4))) & 0xFFFF) >= min(65535, round(p * 65536))
+
+
+def _f32_kernels():
+    from txl_core import fused
+    kernels = fused.softmax_dropout_f32()
+    if kernels is None:
+        pytest.skip("the compiled float32 kernels are not built here (or not for this CPU)")
+    return kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 7, 8, 33, 257])
+def test_kernel_masks_are_the_documented_function_of_seed_and_place(k, dtype):
+    """Each build's dropout (the AVX2 float32 one and the AVX512 bf16 one) keeps exactly the elements the
+    documented splitmix64 rule keeps, so a seed drops the same elements on either kind of CPU; rows of any
+    length, and few long rows (split across threads) alike."""
+    from txl_core import fused
+    op = fused.dropout_op(dtype)
+    if op is None:
+        pytest.skip(f"no compiled {dtype} dropout here (not built, or not for this CPU)")
+    gen = torch.Generator().manual_seed(k)
+    for shape, p, seed in (((4, 3, k), 0.1, 12345), ((2, 5, k), 0.5, -(2 ** 62) + 7), ((2, 40000 + k), 0.2, 9)):
+        x = torch.randn(shape, generator=gen).to(dtype)
+        keep = _spec_keep(x.numel() // shape[-1], shape[-1], p, seed).view(shape)
+        assert torch.equal(op(x, p, seed), torch.where(keep, x * (1.0 / (1.0 - p)), 0.0).to(dtype))
+
+
+@pytest.mark.parametrize("k", [1, 5, 8, 40, 512])
+def test_float32_softmax_dropout_kernel_forward_and_backward(k):
+    """Forward: the softmax within 1e-6 of torch's (masked scores exactly 0, every row length: the kernel works
+    8 and 32 wide), the dropped copy exactly probs / (1 - p) where the documented mask keeps; backward: the
+    softmax gradient of the dropped probabilities, y (g - sum(y g)) with g the dropped gradient."""
+    forward, dropout, backward = _f32_kernels()
+    gen = torch.Generator().manual_seed(k)
+    score = torch.randn(3, 2, 9, k, generator=gen) * 4
+    if k > 1:
+        score[..., -2:] = torch.finfo(torch.float32).min  # padding keys
+    probs, dropped = forward(score, 0.1, 42)
+    assert probs.dtype == dropped.dtype == torch.float32
+    torch.testing.assert_close(probs, torch.softmax(score, -1), rtol=0, atol=1e-6)
+    if k > 1:
+        assert (probs[..., -2:] == 0).all()
+    keep = _spec_keep(54, k, 0.1, 42).view(score.shape)
+    assert torch.equal(dropped, torch.where(keep, probs * (1.0 / 0.9), 0.0))
+    assert torch.equal(dropout(probs, 0.1, 42), dropped)  # the backward's copy is the forward's
+    grad = torch.randn(score.shape, generator=gen)
+    g = torch.where(keep, grad * (1.0 / 0.9), 0.0)
+    expected = probs * (g - (probs * g).sum(-1, keepdim=True))
+    torch.testing.assert_close(backward(probs, grad, 0.1, 42), expected, rtol=0, atol=1e-6)
+
+
+def test_float32_training_keeps_only_the_probabilities_for_the_backward(monkeypatch):
+    """With the float32 kernels one training attention call keeps 4 bytes per score (the probabilities; the
+    mask is made again from its seed) where torch's ops keep 5 (the probabilities and a byte of mask)."""
+    from txl_core import fused
+    from txl_core.attention import SoftmaxDropoutValues
+    _f32_kernels()
+    score, v = torch.randn(2, 3, 16, 40, requires_grad=True), torch.randn(2, 3, 40, 8, requires_grad=True)
+
+    def saved_bytes_per_score() -> float:
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            if t.numel() == score.numel():
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            SoftmaxDropoutValues.apply(score, v, 0.1)
+        return sum(seen.values()) / score.numel()
+
+    assert saved_bytes_per_score() == 4
+    monkeypatch.setattr(fused, "_ops", lambda: None)
+    assert saved_bytes_per_score() == 5

@@ -276,24 +276,24 @@ class SoftmaxDropoutValues(torch.autograd.Function):
     its gradient from the kept probabilities; with float32 values that is the unfused computation exactly. The
     mask is drawn where `Dropout` draws it, so a restored random state replays it.
 
-    On a CPU where the compiled kernels are built (`fused.softmax_dropout_bf16`) the mask is theirs, as
-    `Dropout`'s is there: a function of a seed drawn from torch's generator, made again in the backward, so only
-    the probabilities are kept (2 bytes per score in bf16); with bf16 values the softmax, the dropout and the
-    softmax gradient are one kernel pass each way (4.5x faster than torch's ops at (16, 12, 256, 512)).
+    On a CPU where the compiled kernels are built (`fused.softmax_dropout_bf16` for bf16 values, `_f32` for
+    float32 ones) the mask is theirs, as `Dropout`'s is there: a function of a seed drawn from torch's
+    generator, made again in the backward, so only the probabilities are kept (2 bytes per score in bf16); the
+    softmax, the dropout and the softmax gradient are one kernel pass each way (bf16: 4.5x faster than torch's
+    ops at (16, 12, 256, 512)).
     """
 
     @staticmethod
     def forward(ctx, score, v, p):
-        kernels = fused.softmax_dropout_bf16() if score.device.type == "cpu" and 0.0 < p < 1.0 else None
+        kernels = None
+        if score.device.type == "cpu" and 0.0 < p < 1.0:
+            kernels = fused.softmax_dropout_bf16() if v.dtype == torch.bfloat16 else \
+                fused.softmax_dropout_f32() if v.dtype == torch.float32 else None
         ctx.p, ctx.score_dtype, ctx.kernels = p, score.dtype, kernels
         with torch.autocast(score.device.type, enabled=False):
-            if kernels is not None:
+            if kernels is not None:  # one pass: the softmax in float32, probabilities and dropped copy in v's dtype
                 ctx.seed = int(torch.empty((), dtype=torch.int64).random_())  # as `Dropout` draws it
-                if v.dtype == torch.bfloat16:
-                    probs, dropped = kernels[0](score, p, ctx.seed)  # (B, H, T, K) bf16 each
-                else:
-                    probs = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)
-                    dropped = kernels[1](probs, p, ctx.seed)
+                probs, dropped = kernels[0](score if v.dtype == torch.bfloat16 else score.float(), p, ctx.seed)
                 ctx.save_for_backward(probs, None, v)
                 return torch.matmul(dropped, v)  # (B, H, T, D)
             probs = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, K)
@@ -316,7 +316,7 @@ class SoftmaxDropoutValues(torch.autograd.Function):
             grad = grad.to(v.dtype)
             grad_v = torch.matmul(drop(probs).transpose(-1, -2), grad)  # (B, H, K, D)
             grad_dropped = torch.matmul(grad, v.transpose(-1, -2))  # (B, H, T, K)
-            if kernels is not None and probs.dtype == torch.bfloat16:
+            if kernels is not None:
                 return kernels[2](probs, grad_dropped, p, ctx.seed).to(ctx.score_dtype), grad_v, None
             y = probs.float()
             yg = drop(grad_dropped).float().mul_(y)  # the softmax gradient y (g - sum(y g)), in two buffers

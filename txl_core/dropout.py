@@ -6,8 +6,8 @@ spent 29% of its time there, most of it on the (B, H, T, K) attention probabilit
 1 - p rounded to a multiple of 1/65536 (0.1 stays 0.1 within 1e-5). On a GPU torch's own (fused) dropout is used.
 The mask comes from torch's default generator, so `torch.manual_seed` and a restored random state replay it.
 
-Where the compiled kernels are built (`fused`, CPUs with AVX512-BF16), bf16 and float32 tensors take the
-kernels' mask instead: a function of a seed drawn from that generator and of each element's place, applied in one
+Where the compiled kernels are built (`fused`: bf16 and float32 on CPUs with AVX512-BF16, float32 on CPUs
+with AVX2), those tensors take the kernels' mask instead: a function of a seed drawn from that generator and of each element's place, applied in one
 pass forward and made again in the backward, so no mask is kept (with `keep_mask`: 4 passes forward, 2 backward,
 a byte per element kept).
 """
@@ -35,9 +35,9 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    kernels = fused.softmax_dropout_bf16() if x.dtype in (torch.bfloat16, torch.float32) else None
-    if kernels is not None:
-        return _SeededDropout.apply(x, p, int(torch.empty((), dtype=torch.int64).random_()), kernels[1])
+    op = fused.dropout_op(x.dtype)
+    if op is not None:
+        return _SeededDropout.apply(x, p, int(torch.empty((), dtype=torch.int64).random_()), op)
     return torch.where(keep_mask(x.shape, p, x.device), x * (1.0 / (1.0 - p)), 0.0)
 
 
