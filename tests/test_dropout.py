@@ -80,8 +80,10 @@ def test_attention_dropout_averages_to_the_attention_without_it():
     assert F.mse_loss(mean, expected) < 0.01 * F.mse_loss(runs[0], expected)
 
 
-def _unfused(score, v, p):
+def _unfused(score, v, p, key_len=None):
     """What the training attention computed before SoftmaxDropoutValues: softmax, Dropout, product."""
+    if key_len is not None:
+        score = score.masked_fill(torch.arange(score.size(-1)) >= key_len[:, None, None, None], -3e38)
     probs = torch.softmax(score.float(), dim=-1).to(v.dtype)
     return torch.matmul(Dropout(p).train()(probs), v)
 
@@ -336,3 +338,59 @@ def test_float32_training_keeps_only_the_probabilities_for_the_backward(monkeypa
     assert saved_bytes_per_score() == 4
     monkeypatch.setattr(fused, "_ops", lambda: None)
     assert saved_bytes_per_score() == 5
+
+
+def test_float32_kernel_takes_right_padding_as_key_counts():
+    """`key_len` gives the padded keys probability 0, exactly as scores masked with float32's minimum do."""
+    forward, _, _ = _f32_kernels()
+    gen = torch.Generator().manual_seed(2)
+    score = torch.randn(3, 2, 5, 37, generator=gen) * 3
+    key_len = torch.tensor([37, 9, 1])
+    masked = score.masked_fill(torch.arange(37) >= key_len[:, None, None, None], torch.finfo(torch.float32).min)
+    got, expected = forward(score, 0.2, 11, key_len), forward(masked, 0.2, 11)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert (got[0][2, ..., 1:] == 0).all() and torch.equal(got[0][2, ..., 0], torch.ones(2, 5))
+    with pytest.raises(RuntimeError, match="at least 1"):
+        forward(score, 0.2, 11, torch.tensor([37, 0, 3]))
+
+
+def test_bidirectional_training_attention_with_padding_is_the_same_through_the_key_counts(monkeypatch):
+    """A padded last segment in float32 training (bidirectional, attention dropout): the layer's output and
+    gradients with the padding passed to the kernel as key counts equal those with the padding masked into the
+    scores, under the same random state (so the same dropout masks)."""
+    from txl_core.attention import RelMultiHeadAttn
+    _f32_kernels()
+    config = tiny_config(bidirectional=True, dropout=0.1, dropatt=0.2, n_head=2, d_head=8, d_model=16)
+    attn = RelMultiHeadAttn(config).train()
+    with torch.no_grad():
+        for prm in attn.parameters():
+            prm.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(prm.numel()))
+    gen = torch.Generator().manual_seed(3)
+    x, mem = torch.randn(3, 6, 16, generator=gen), torch.randn(3, 4, 16, generator=gen)
+    pos = torch.randn(15, 16, generator=gen)
+    key_len = torch.tensor([10, 7, 5])
+    mask = (torch.arange(10) >= key_len[:, None])[:, None, None, :]  # (B, 1, 1, K)
+
+    def run():
+        inp = x.clone().requires_grad_()
+        torch.manual_seed(0)
+        out = attn(inp, pos_emb=pos, mem=mem, mask=mask)[0]
+        out.square().sum().backward()
+        grads = [inp.grad] + [p.grad.clone() for p in attn.parameters()]
+        attn.zero_grad()
+        return [out] + grads
+
+    used = []
+    original = RelMultiHeadAttn._attend
+
+    def spy(self, *args):
+        used.append(args[-1] is not None)
+        return original(self, *args)
+    monkeypatch.setattr(RelMultiHeadAttn, "_attend", spy)
+    with_counts = run()
+    monkeypatch.setattr(RelMultiHeadAttn, "_f32_training_kernel", lambda self, v, need_probs: False)
+    with_mask = run()
+    assert used == [True, False]
+    for a, b in zip(with_counts, with_mask):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert with_counts[0][2, :, :].abs().sum() > 0

@@ -49,6 +49,17 @@ def shift_bidirectional(x: torch.Tensor, klen: int) -> torch.Tensor:
     return x.as_strided((*lead, qlen, klen), (*x.stride()[:-2], width - 1, 1), x.storage_offset() + qlen - 1)
 
 
+def right_padding_lengths(mask: torch.Tensor, klen: int) -> torch.Tensor | None:
+    """The key counts (B,) of a bidirectional padding mask (B, 1, 1, K) that hides only keys at the right of
+    each document (its last segment's padding) and leaves each at least one; None for any other mask."""
+    if mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.size(-1) != klen:
+        return None
+    hidden = mask[:, 0, 0]  # (B, K), True = padding
+    key_len = klen - hidden.sum(-1)
+    right = torch.arange(klen, device=mask.device) >= key_len[:, None]
+    return key_len if bool(torch.equal(hidden, right)) and bool((key_len > 0).all()) else None
+
+
 def attention_mask(*, qlen: int, mlen: int, mem_len: int, same_length: bool, device=None) -> torch.Tensor:
     """Bool (T, K), True = masked: future keys, and with `same_length` keys older than `mem_len` steps.
 
@@ -173,17 +184,20 @@ class RelMultiHeadAttn(nn.Module):
             return (x + out if self.pre_lnorm else self.layer_norm(x + out)), None, kv
         if kept is not None:
             k, v = torch.cat([kept[0], k], dim=2), torch.cat([kept[1], v], dim=2)  # (B, H, K, D)
+        key_len = None  # right padding passed as key counts to the float32 training kernel, not masked in bd
         if self.bidirectional:
             bd = shift_bidirectional(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)),
                                      klen)  # (B, H, T, K)
-            if mask is not None:
+            if mask is not None and self._f32_training_kernel(v, need_probs):
+                key_len = right_padding_lengths(mask, klen)
+            if mask is not None and key_len is None:
                 bd = bd.masked_fill(mask, torch.finfo(bd.dtype).min)
             mask = None
         else:
             # A zero first row of R gives bd the zero column rel_shift pads in; the scale rides on the small q.
             r = F.pad(r, (0, 0, 1, 0))  # (H, K+1, D)
             bd = shift_padded(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)))  # (B, H, T, K)
-        vec, probs = self._attend(q + u[:, None], k, v, bd, mask, need_probs)  # (B, H, T, D)
+        vec, probs = self._attend(q + u[:, None], k, v, bd, mask, need_probs, key_len)  # (B, H, T, D)
         vec = vec.transpose(1, 2).reshape(x.size(0), qlen, -1)  # (B, T, H*D)
         out = self.drop(self.o_net(vec))  # (B, T, C)
         return (x + out if self.pre_lnorm else self.layer_norm(x + out)), probs, (k, v)
@@ -203,12 +217,13 @@ class RelMultiHeadAttn(nn.Module):
             return mask is not None and not self.same_length, None
         if mask is None:
             return True, None
-        if mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.size(-1) != klen:
-            return False, None
-        hidden = mask[:, 0, 0]  # (B, K), True = padding
-        key_len = klen - hidden.sum(-1)
-        right = torch.arange(klen, device=mask.device) >= key_len[:, None]
-        return (bool(torch.equal(hidden, right)) and bool((key_len > 0).all())), key_len
+        key_len = right_padding_lengths(mask, klen)
+        return key_len is not None, key_len
+
+    def _f32_training_kernel(self, v, need_probs) -> bool:
+        """Whether `_attend` runs `fused.softmax_dropout_f32` (float32 CPU training with attention dropout)."""
+        return (self.training and 0.0 < self.dropatt.p < 1.0 and not need_probs and v.device.type == "cpu"
+                and v.dtype == torch.float32 and fused.softmax_dropout_f32() is not None)
 
     def _project(self, cat, *, qlen):
         """q of the segment's rows, k and v of all K rows: (B, H, T, D), (B, H, K, D), (B, H, K, D).
@@ -230,8 +245,9 @@ class RelMultiHeadAttn(nn.Module):
             k, v = kv.view(bsz, klen, 2, self.n_head, self.d_head).unbind(2)  # 2 x (B, K, H, D)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def _attend(self, q_u, k, v, bd, mask, need_probs):
-        """softmax(ac / sqrt(D) + bd) v, with `bd` already scaled; masked entries get the dtype's minimum.
+    def _attend(self, q_u, k, v, bd, mask, need_probs, key_len=None):
+        """softmax(ac / sqrt(D) + bd) v, with `bd` already scaled; masked entries get the dtype's minimum, and
+        with `key_len` (B,) the keys from key_len[b] on are padding (only where `_f32_training_kernel`).
 
         Without `need_probs` the fused `scaled_dot_product_attention` computes `ac`, the softmax and the
         weighted sum, with `bd` (masked) passed as its additive bias; except when training with attention
@@ -248,7 +264,7 @@ class RelMultiHeadAttn(nn.Module):
             return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
         score = torch.matmul(q_u, k.transpose(-1, -2)).mul_(self.scale).add_(bd)  # (B, H, T, K), one buffer
         if not need_probs and p < 1.0:  # also without autograd (the first pass of a two-pass step): the same ops
-            return SoftmaxDropoutValues.apply(score, v, p), None
+            return SoftmaxDropoutValues.apply(score, v, p, key_len), None
         probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
         return torch.matmul(self.dropatt(probs), v), probs if need_probs else None
 
@@ -284,16 +300,23 @@ class SoftmaxDropoutValues(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, score, v, p):
+    def forward(ctx, score, v, p, key_len=None):
         kernels = None
         if score.device.type == "cpu" and 0.0 < p < 1.0:
             kernels = fused.softmax_dropout_bf16() if v.dtype == torch.bfloat16 else \
                 fused.softmax_dropout_f32() if v.dtype == torch.float32 else None
         ctx.p, ctx.score_dtype, ctx.kernels = p, score.dtype, kernels
         with torch.autocast(score.device.type, enabled=False):
+            if key_len is not None and (kernels is None or v.dtype != torch.float32):  # only the f32 kernel takes it
+                pad = torch.arange(score.size(-1), device=score.device) >= key_len[:, None, None, None]
+                score = score.masked_fill(pad, torch.finfo(score.dtype).min)
+                key_len = None
             if kernels is not None:  # one pass: the softmax in float32, probabilities and dropped copy in v's dtype
                 ctx.seed = int(torch.empty((), dtype=torch.int64).random_())  # as `Dropout` draws it
-                probs, dropped = kernels[0](score if v.dtype == torch.bfloat16 else score.float(), p, ctx.seed)
+                if v.dtype == torch.bfloat16:
+                    probs, dropped = kernels[0](score, p, ctx.seed)
+                else:
+                    probs, dropped = kernels[0](score.float(), p, ctx.seed, key_len)
                 ctx.save_for_backward(probs, None, v)
                 return torch.matmul(dropped, v)  # (B, H, T, D)
             probs = torch.softmax(score, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, K)
@@ -317,8 +340,8 @@ class SoftmaxDropoutValues(torch.autograd.Function):
             grad_v = torch.matmul(drop(probs).transpose(-1, -2), grad)  # (B, H, K, D)
             grad_dropped = torch.matmul(grad, v.transpose(-1, -2))  # (B, H, T, K)
             if kernels is not None:
-                return kernels[2](probs, grad_dropped, p, ctx.seed).to(ctx.score_dtype), grad_v, None
+                return kernels[2](probs, grad_dropped, p, ctx.seed).to(ctx.score_dtype), grad_v, None, None
             y = probs.float()
             yg = drop(grad_dropped).float().mul_(y)  # the softmax gradient y (g - sum(y g)), in two buffers
             grad_score = yg.addcmul_(y, yg.sum(-1, keepdim=True), value=-1)
-        return grad_score.to(ctx.score_dtype), grad_v, None
+        return grad_score.to(ctx.score_dtype), grad_v, None, None

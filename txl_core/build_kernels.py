@@ -8,8 +8,9 @@ from txl_core import fused
 
 
 def main() -> int:
-    if not fused.cpu_supported():
-        print("txl_core.build_kernels: this CPU has no AVX512-BF16; the pure-torch path is used, nothing to build")
+    if fused.variant() is None:
+        print("txl_core.build_kernels: this CPU has neither AVX512-BF16 nor AVX2 with FMA; the pure-torch path is "
+              "used, nothing to build")
         return 0
     try:
         lib = fused.build()
@@ -17,7 +18,7 @@ def main() -> int:
         why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         print(f"txl_core.build_kernels: not built ({why}); the pure-torch path is used")
         return 0
-    print(f"txl_core.build_kernels: built {lib}")
+    print(f"txl_core.build_kernels: built the {fused.variant()} kernels, {lib}")
     return 0
 
 

@@ -120,12 +120,25 @@ inline void drop_span(const float* x, float* out, int64_t c0, int64_t c1, __m256
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> softmax_dropout_f32(const at::Tensor& score, double p, int64_t seed) {
+// With `key_len` (B,), int64, for scores (B, ...): the row's keys from key_len[b] on are padding, probability 0
+// (as a score masked with float32's minimum gets from torch's softmax), without a masked copy of the scores.
+std::tuple<at::Tensor, at::Tensor> softmax_dropout_f32(const at::Tensor& score, double p, int64_t seed,
+                                                       const std::optional<at::Tensor>& key_len) {
   TORCH_CHECK(score.scalar_type() == at::kFloat, "softmax_dropout_f32: scores must be float32");
   at::Tensor s = score.contiguous();
   at::Tensor probs = at::empty_like(s), dropped = at::empty_like(s);
   const int64_t K = s.dim() ? s.size(-1) : 1, rows = K ? s.numel() / K : 0;
   if (rows == 0) return {probs, dropped};
+  at::Tensor lens;
+  int64_t rows_per_b = rows;
+  if (key_len.has_value()) {
+    lens = key_len->to(at::kLong).contiguous();
+    TORCH_CHECK(s.dim() >= 2 && lens.dim() == 1 && lens.size(0) == s.size(0),
+                "softmax_dropout_f32: key_len must hold one length per row of the scores' first dimension");
+    TORCH_CHECK(lens.min().item<int64_t>() >= 1, "softmax_dropout_f32: every key_len must be at least 1");
+    rows_per_b = rows / s.size(0);
+  }
+  const int64_t* lp = lens.defined() ? lens.data_ptr<int64_t>() : nullptr;
   const uint16_t threshold = threshold_of(p);
   const __m256 scale = _mm256_set1_ps(static_cast<float>(1.0 / (1.0 - p)));
   const int64_t W = words_per_row(K);
@@ -136,25 +149,27 @@ std::tuple<at::Tensor, at::Tensor> softmax_dropout_f32(const at::Tensor& score, 
     for (int64_t r = begin; r < end; ++r) {
       const float* x = sp + r * K;
       float* pr = pp + r * K;
+      const int64_t n = lp ? std::min(K, lp[r / rows_per_b]) : K;  // the row's keys; the rest are padding
       __m256 vmax = _mm256_set1_ps(-INFINITY);
-      for (int64_t c = 0; c < K; c += 8) {
-        __m256 v = load8(x + c, K - c);
-        if (K - c < 8) v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, _mm256_castsi256_ps(tail8(K - c)));
+      for (int64_t c = 0; c < n; c += 8) {
+        __m256 v = load8(x + c, n - c);
+        if (n - c < 8) v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, _mm256_castsi256_ps(tail8(n - c)));
         vmax = _mm256_max_ps(vmax, v);
       }
       const __m256 mx = _mm256_set1_ps(hmax(vmax));
       __m256 vsum = _mm256_setzero_ps();
-      for (int64_t c = 0; c < K; c += 8) {
-        __m256 d = _mm256_sub_ps(load8(x + c, K - c), mx);
+      for (int64_t c = 0; c < n; c += 8) {
+        __m256 d = _mm256_sub_ps(load8(x + c, n - c), mx);
         // below e^-87 (a masked score) the probability is 0, as torch's softmax gives it
         __m256 keep = _mm256_cmp_ps(d, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
-        if (K - c < 8) keep = _mm256_and_ps(keep, _mm256_castsi256_ps(tail8(K - c)));
+        if (n - c < 8) keep = _mm256_and_ps(keep, _mm256_castsi256_ps(tail8(n - c)));
         __m256 e = _mm256_and_ps(exp256(d), keep);
         vsum = _mm256_add_ps(vsum, e);
-        store8(pr + c, e, K - c);
+        store8(pr + c, e, n - c);
       }
       const __m256 inv = _mm256_set1_ps(1.0f / hsum(vsum));
-      for (int64_t c = 0; c < K; c += 8) store8(pr + c, _mm256_mul_ps(load8(pr + c, K - c), inv), K - c);
+      for (int64_t c = 0; c < n; c += 8) store8(pr + c, _mm256_mul_ps(load8(pr + c, n - c), inv), n - c);
+      std::fill(pr + n, pr + K, 0.0f);
       drop_span(pr, dp + r * K, 0, K, scale, seed, r * W, threshold);
     }
   });
@@ -223,7 +238,7 @@ at::Tensor softmax_dropout_backward_f32(const at::Tensor& probs, const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(txl_fused, m) {
-  m.def("softmax_dropout_f32(Tensor score, float p, int seed) -> (Tensor, Tensor)");
+  m.def("softmax_dropout_f32(Tensor score, float p, int seed, Tensor? key_len=None) -> (Tensor, Tensor)");
   m.def("dropout_rows_f32(Tensor x, float p, int seed) -> Tensor");
   m.def("softmax_dropout_backward_f32(Tensor probs, Tensor grad_dropped, float p, int seed) -> Tensor");
 }
