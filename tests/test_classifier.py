@@ -122,8 +122,9 @@ def test_backward_document_equals_full_backprop(pooling, loss_name, bidirectiona
     torch.testing.assert_close(logits2, logits.detach(), rtol=0, atol=1e-5)
     torch.testing.assert_close(loss2, loss.detach(), rtol=0, atol=1e-6)
     assert got.keys() == expected.keys() and len(got) > 20
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in expected:  # float32 sums in another order: within a few ulps of the tensor's largest entry
+        atol = 1e-6 * max(1.0, expected[name].abs().max().item())
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=atol, msg=name)
     torch.manual_seed(8)
     assert (model(ids, lens).logits - logits).abs().max() > 1e-3  # dropout is active: the seeds mattered
 
