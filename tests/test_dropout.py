@@ -142,7 +142,7 @@ def test_training_attention_keeps_less_than_half_for_the_backward(kernels, monke
     kernels, the probabilities alone (the mask is made again from its seed): 2."""
     from txl_core import fused as fused_module
     if kernels and fused_module.softmax_dropout_bf16() is None:
-        pytest.skip("the compiled kernels are not built here or this CPU lacks AVX512-BF16")
+        pytest.skip("the compiled bf16 kernels are not built here or this CPU lacks AVX512-BF16")
     if not kernels:
         monkeypatch.setattr(fused_module, "_ops", lambda: None)
     config = tiny_config(dropout=0.0, dropatt=0.1, n_head=4, d_head=8, d_model=32)
@@ -183,7 +183,7 @@ def _kernels():
     from txl_core import fused
     kernels = fused.softmax_dropout_bf16()
     if kernels is None:
-        pytest.skip("the compiled kernels are not built here or this CPU lacks AVX512-BF16")
+        pytest.skip("the compiled bf16 kernels are not built here or this CPU lacks AVX512-BF16")
     return kernels
 
 
