@@ -248,3 +248,24 @@ def test_txl_fused_0_turns_the_kernel_off(op, monkeypatch):
     monkeypatch.setattr(fused, "_LOADED", {})
     monkeypatch.setenv("TXL_FUSED", "1")
     assert fused.rel_attn_bf16() is op
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ({"avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512_bf16"}, "avx512_bf16"),
+    ({"avx2", "fma", "bmi2", "avx512f", "avx512bw"}, "avx2"),  # AVX-512 without bf16: the float32 build
+    ({"avx2", "fma", "bmi2"}, "avx2"),
+    ({"sse4_2", "avx"}, None),
+    (set(), None),  # not x86, or no /proc/cpuinfo
+])
+def test_each_cpu_gets_the_build_it_can_run(flags, expected, monkeypatch):
+    """The variant follows the CPU's flags, and its build folder is its own (no AVX-512 library on a CPU
+    without it)."""
+    monkeypatch.setattr(fused, "_flags", lambda: flags)
+    monkeypatch.setattr(fused, "_LOADED", {})
+    assert fused.variant() == expected
+    assert fused.cpu_supported() == (expected == "avx512_bf16")
+    assert fused.cache_dir().name.startswith(f"txl_fused_{expected or 'none'}_")
+    if expected is None:
+        assert fused._ops() is None and fused.softmax_dropout_f32() is None
+        with pytest.raises(RuntimeError, match="neither"):
+            fused.build()

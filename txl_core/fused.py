@@ -84,8 +84,7 @@ def build(verbose: bool = False) -> Path:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     cpp_extension.load(name=out.name, sources=[str(f) for f in sources], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"], build_directory=str(out), is_python_module=False, verbose=verbose)
-    for key in ("ops",):  # the next `_ops()` looks again
-        _LOADED.pop(key, None)
+    _LOADED.pop("ops", None)  # the next `_ops()` looks again
     return lib
 
 
