@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DataWarning, UserError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DataWarning, Interrupted, UserError
 from .threads import choose_wait_policy
 
 COMMANDS = {
@@ -120,8 +120,8 @@ def _guarded(name: str, work: Callable[[], int]) -> int:
             traceback.print_exc()
         say(f"error: {_one_line(e, limit=2000)}")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        say("interrupted")
+    except KeyboardInterrupt as e:
+        say(f"interrupted: {e}" if isinstance(e, Interrupted) and str(e) else "interrupted")
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
         if _debug():

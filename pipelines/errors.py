@@ -8,6 +8,10 @@ EXIT_STOPPED = 3  # stopped early on purpose (a time budget); the work so far is
 EXIT_INTERRUPTED = 130  # Ctrl-C, the shell's convention (128 + SIGINT)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) handled: the work so far is saved; the message says how to continue."""
+
+
 class UserError(Exception):
     """A one-line message saying what went wrong and what to do; printed without a traceback."""
 

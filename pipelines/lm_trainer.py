@@ -20,7 +20,8 @@ from txl_core import TXLLMHeadModel
 from .checkpoints import checkpoint_dir, write_checkpoint
 from .lm_stream import batchify, n_segments, segment, segment_nll
 from .output import write_atomic
-from .trainer import minutes_text, schedule_step
+from .errors import Interrupted
+from .trainer import StopRequests, minutes_text, schedule_step
 
 
 @dataclass
@@ -119,7 +120,12 @@ class LMTrainer:
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def fit(self) -> LMState:
-        """Train until --max-steps (or --epochs) or the time budget runs out; checkpoint every --save-every min."""
+        """Train until --max-steps (or --epochs) or the time budget runs out; checkpoint every --save-every min.
+        Ctrl-C (or SIGTERM) stops after the current step with a checkpoint (`trainer.StopRequests`)."""
+        with StopRequests("txl pretrain") as stop:
+            return self._fit(stop)
+
+    def _fit(self, stop: StopRequests) -> LMState:
         r, st = self.recipe, self.state
         started = last_save = time.time()
         before = st.seconds
@@ -139,9 +145,13 @@ class LMTrainer:
                             tok_s=f"{self.data.size(0) * self.segment_len / (time.time() - t0):,.0f}",
                             left=self._time_left(st.seconds))
             bar.update(1)
-            if time.time() - last_save >= 60 * r.save_every:
+            if time.time() - last_save >= 60 * r.save_every or (stop.requested and st.step < self.total):
                 self.save_checkpoint()
                 last_save = time.time()
+                if stop.requested and st.step < self.total:
+                    bar.close()
+                    raise Interrupted(f"stopped after step {st.step} of {self.total} with a checkpoint in "
+                                      f"{self.out}; rerun the same command with --resume to continue")
         bar.close()
         st.seconds = before + time.time() - started
         self.save_checkpoint()

@@ -19,7 +19,9 @@ import contextlib
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ from txl_core.recompute import backward_document
 
 from . import distributed as dist
 from .checkpoints import checkpoint_dir, write_checkpoint
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .inference import FreeMemoryEvery, predict, prepare, resolve_precision, tune_cpu_allocator
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
@@ -131,6 +133,40 @@ def minutes_text(seconds: float) -> str:
     """A progress bar's time left: `12.5min`, or `2h05m` from an hour up."""
     minutes = seconds / 60
     return f"{minutes:.1f}min" if minutes < 60 else f"{int(minutes // 60)}h{int(minutes % 60):02d}m"
+
+
+class StopRequests:
+    """Within the block, the first SIGINT or SIGTERM only sets `requested` (and says so): the training loop
+    stops after its current step with a checkpoint. The handlers are then the previous ones again, so a
+    second signal acts at once (Ctrl-C: KeyboardInterrupt). Outside the main thread (where Python allows no
+    handlers) nothing is installed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, command: str = "txl train"):
+        self.command, self.requested = command, False
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self._restore()
+        if dist.is_main():
+            print(f"\n{self.command}: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                  "(press Ctrl-C again to stop at once, losing the steps since the last checkpoint)",
+                  file=sys.stderr, flush=True)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 class Trainer:
@@ -275,7 +311,13 @@ class Trainer:
         """Train until the epochs, the patience or the time budget run out; `on_best(metrics)` saves the model.
 
         A checkpoint is written after every validation and every `save_every` minutes between them, so a
-        killed run loses at most that much work (an epoch of a large data set can take hours on a CPU)."""
+        killed run loses at most that much work (an epoch of a large data set can take hours on a CPU). Ctrl-C
+        (or SIGTERM) stops it after the current step with a checkpoint, losing nothing: `Interrupted` says to
+        rerun with --resume; a second Ctrl-C stops at once."""
+        with StopRequests() as stop:
+            return self._fit(on_best, stop)
+
+    def _fit(self, on_best, stop: "StopRequests") -> TrainState:
         r, st = self.recipe, self.state
         started = last_save = session = time.time()
         first_step, trim = st.step, FreeMemoryEvery(60)
@@ -306,7 +348,7 @@ class Trainer:
                     self._validate(on_best)
                     if st.stopped:
                         break
-                elif not dist.any_rank(time.time() - last_save >= 60 * r.save_every):
+                elif not dist.any_rank(stop.requested or time.time() - last_save >= 60 * r.save_every):
                     continue
                 rolled = st.batch >= len(batches)  # the checkpoint resumes at the next epoch's first batch
                 if rolled:
@@ -314,6 +356,10 @@ class Trainer:
                 st.seconds += time.time() - started
                 started = last_save = time.time()
                 self.save_checkpoint()
+                if st.epoch < r.epochs and dist.any_rank(stop.requested):  # (when finished, it finishes)
+                    bar.close()
+                    raise Interrupted(f"stopped after step {st.step} of {self.total} with a checkpoint in "
+                                      f"{self.out}; rerun the same command with --resume to continue")
                 if rolled:
                     break
             if st.batch >= len(batches):

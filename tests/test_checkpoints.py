@@ -114,3 +114,60 @@ def test_a_new_run_refuses_to_overwrite_an_interrupted_one(data, tmp_path, capsy
     assert "--resume" in err and len(err.strip().splitlines()) == 1
     assert json.loads((out / "checkpoint" / "state.json").read_text()) == {"step": 5}
 
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resume_loses_nothing(data, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """SIGINT in step 20 of 34 (the default `--save-every`, so the last checkpoint was the validation's at
+    step 17): the run finishes step 20, saves a checkpoint there, says how to continue, and exits 130; the
+    resumed run ends bit for bit where an uninterrupted one does. SIGINT's handler is the previous one after."""
+    import os
+    import signal
+    assert _train(data, tmp_path / "whole") == 0
+    real_step, calls = trainer_module.Trainer.step, []
+
+    def signalled_in_step_20(self, batch, elapsed=0.0):
+        calls.append(1)
+        if len(calls) == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, batch, elapsed)
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(trainer_module.Trainer, "step", signalled_in_step_20)
+    capsys.readouterr()
+    assert _train(data, tmp_path / "stopped") == 130
+    assert signal.getsignal(signal.SIGINT) is before
+    err = capsys.readouterr().err
+    assert "stopping after this step" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("txl train: interrupted: stopped after step 20 of 34") and "--resume" in last
+    state = json.loads((tmp_path / "stopped" / "checkpoint" / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch"]) == (20, 1, 3)
+    assert state["validated_at"] == 17 and (tmp_path / "stopped" / "model.safetensors").is_file()  # best so far
+    monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
+    assert _train(data, tmp_path / "stopped", "--resume") == 0
+    for name in ("checkpoint/model.safetensors", "model.safetensors"):
+        whole, resumed = (load_file(str(tmp_path / d / name)) for d in ("whole", "stopped"))
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole), name
+
+
+def test_a_second_ctrl_c_stops_at_once(data, tmp_path, monkeypatch, capsys):
+    """Two SIGINTs in one step: the second raises at once (exit 130, the plain message), and the checkpoint
+    is the last one written before (the validation's at step 17)."""
+    import os
+    import signal
+    real_step, calls = trainer_module.Trainer.step, []
+
+    def signalled_twice_in_step_20(self, batch, elapsed=0.0):
+        calls.append(1)
+        if len(calls) == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, batch, elapsed)
+
+    monkeypatch.setattr(trainer_module.Trainer, "step", signalled_twice_in_step_20)
+    capsys.readouterr()
+    assert _train(data, tmp_path / "run") == 130
+    err = capsys.readouterr().err
+    assert "txl train: interrupted\n" in err and "--resume" not in err
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 17

@@ -144,6 +144,33 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, text, monkeypatch):
     assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["steps"] == 10
 
 
+def test_ctrl_c_stops_with_a_checkpoint_and_resume_loses_nothing(tmp_path, text, monkeypatch, capsys):
+    """SIGINT in step 7 of 10 with the default `--save-every` (no checkpoint yet): step 7 finishes, a
+    checkpoint is written there, exit 130 with how to continue; the resumed run equals the uninterrupted one."""
+    import os
+    import signal
+    flags = ["--max-steps", "10", "--dropout", "0.1"]
+    assert _run(tmp_path / "whole", text, *flags) == 0
+    real_step, calls = LMTrainer.step, []
+
+    def signalled_in_step_7(self, elapsed):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, elapsed)
+
+    monkeypatch.setattr(lm_trainer.LMTrainer, "step", signalled_in_step_7)
+    capsys.readouterr()
+    assert _run(tmp_path / "stopped", text, *flags) == 130
+    err = capsys.readouterr().err
+    assert "txl pretrain: interrupted: stopped after step 7 of 10" in err and "--resume" in err
+    assert json.loads((tmp_path / "stopped" / "checkpoint" / "state.json").read_text())["step"] == 7
+    monkeypatch.setattr(lm_trainer.LMTrainer, "step", real_step)
+    assert _run(tmp_path / "stopped", text, *flags, "--resume") == 0
+    whole, resumed = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "stopped"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_the_directory_feeds_a_classifier(lm_dir):
     """The contract with `txl train --init`: load_pretrained gives the TXLLMHeadModel, the encoder's weights
     are `transformer.*`, and they load into a classifier's encoder, which then reads text identically."""
