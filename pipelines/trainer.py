@@ -19,9 +19,7 @@ import contextlib
 import json
 import math
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from txl_core.recompute import backward_document
 from . import distributed as dist
 from .checkpoints import checkpoint_dir, write_checkpoint
 from .errors import Interrupted, UserError
+from .interrupt import StopRequests
 from .inference import FreeMemoryEvery, predict, prepare, resolve_precision, tune_cpu_allocator
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
@@ -133,40 +132,6 @@ def minutes_text(seconds: float) -> str:
     """A progress bar's time left: `12.5min`, or `2h05m` from an hour up."""
     minutes = seconds / 60
     return f"{minutes:.1f}min" if minutes < 60 else f"{int(minutes // 60)}h{int(minutes % 60):02d}m"
-
-
-class StopRequests:
-    """Within the block, the first SIGINT or SIGTERM only sets `requested` (and says so): the training loop
-    stops after its current step with a checkpoint. The handlers are then the previous ones again, so a
-    second signal acts at once (Ctrl-C: KeyboardInterrupt). Outside the main thread (where Python allows no
-    handlers) nothing is installed."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, command: str = "txl train"):
-        self.command, self.requested = command, False
-        self._previous: dict = {}
-
-    def __enter__(self) -> "StopRequests":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        self._restore()
-        if dist.is_main():
-            print(f"\n{self.command}: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                  "(press Ctrl-C again to stop at once, losing the steps since the last checkpoint)",
-                  file=sys.stderr, flush=True)
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
 
 
 class Trainer:

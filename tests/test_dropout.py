@@ -103,7 +103,7 @@ def test_fused_softmax_dropout_values_equals_the_unfused_ops_in_float32(p, kerne
     from the same random state, so the two-pass training step replays the first pass's dropout. The kernels'
     exponential is not torch's (both within about an ulp), hence the tolerance."""
     from txl_core import fused as fused_module
-    from txl_core.attention import SoftmaxDropoutValues
+    from txl_core.softmax_dropout import SoftmaxDropoutValues
     if kernels and fused_module.softmax_dropout_f32() is None:
         pytest.skip("the compiled float32 kernels are not built here (or not for this CPU)")
     if not kernels:
@@ -121,7 +121,7 @@ def test_fused_softmax_dropout_values_under_bf16_autocast_is_as_close_as_bf16_al
     """bf16 (torch's ops, the compiled kernels off): the softmax gradient comes from the kept bf16
     probabilities instead of float32 ones."""
     from txl_core import fused as fused_module
-    from txl_core.attention import SoftmaxDropoutValues
+    from txl_core.softmax_dropout import SoftmaxDropoutValues
     monkeypatch.setattr(fused_module, "_ops", lambda: None)
     gen = torch.Generator().manual_seed(1)
     score = (torch.randn(2, 4, 16, 32, generator=gen) * 3).bfloat16()
@@ -230,7 +230,7 @@ def test_softmax_dropout_values_with_the_kernels_has_the_gradient_of_its_own_mas
     """The autograd function on the kernels (bf16 autocast, CPU): output and both gradients equal torch's ops
     given the same mask (read off the output's dropped copy), as closely as bf16 allows; torch.manual_seed
     replays the mask."""
-    from txl_core.attention import SoftmaxDropoutValues
+    from txl_core.softmax_dropout import SoftmaxDropoutValues
     forward, _, _ = _kernels()
     gen = torch.Generator().manual_seed(5)
     score = (torch.randn(2, 4, 16, 48, generator=gen) * 3).bfloat16()
@@ -320,7 +320,7 @@ def test_float32_training_keeps_only_the_probabilities_for_the_backward(monkeypa
     """With the float32 kernels one training attention call keeps 4 bytes per score (the probabilities; the
     mask is made again from its seed) where torch's ops keep 5 (the probabilities and a byte of mask)."""
     from txl_core import fused
-    from txl_core.attention import SoftmaxDropoutValues
+    from txl_core.softmax_dropout import SoftmaxDropoutValues
     _f32_kernels()
     score, v = torch.randn(2, 3, 16, 40, requires_grad=True), torch.randn(2, 3, 40, 8, requires_grad=True)
 
