@@ -107,18 +107,29 @@ inline __m256 exp256(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));  // p * 2^n; n >= -126, so 2^n is a normal float
 }
 
-// out[c] = x[c] * scale where kept, else 0, for columns c0 .. c1 - 1 of one row (c0 a multiple of 32)
-inline void drop_span(const float* x, float* out, int64_t c0, int64_t c1, __m256 scale, int64_t seed, int64_t word0,
-                      uint16_t threshold) {
-  for (; c0 < c1; c0 += 32) {
-    Keep32 keep = keep32(seed, word0, c0, threshold);
-    for (int q = 0; q < 4 && c0 + 8 * q < c1; ++q) {
-      int64_t c = c0 + 8 * q;
-      __m256 v = _mm256_mul_ps(load8(x + c, c1 - c), scale);
-      store8(out + c, _mm256_and_ps(v, _mm256_castsi256_ps(keep.lanes[q])), c1 - c);
+// One call's dropout: the mask's seed and threshold, the scale of what is kept, the mask's words per row.
+struct Dropping {
+  int64_t seed;
+  uint16_t threshold;
+  __m256 scale;
+  int64_t words;
+
+  Dropping(double p, int64_t seed_, int64_t K)
+      : seed(seed_), threshold(threshold_of(p)), scale(_mm256_set1_ps(static_cast<float>(1.0 / (1.0 - p)))),
+        words(words_per_row(K)) {}
+
+  // out[c] = x[c] * scale where kept, else 0, for columns c0 .. c1 - 1 of row r (c0 a multiple of 32)
+  void span(const float* x, float* out, int64_t r, int64_t c0, int64_t c1) const {
+    for (; c0 < c1; c0 += 32) {
+      Keep32 keep = keep32(seed, r * words, c0, threshold);
+      for (int q = 0; q < 4 && c0 + 8 * q < c1; ++q) {
+        int64_t c = c0 + 8 * q;
+        __m256 v = _mm256_mul_ps(load8(x + c, c1 - c), scale);
+        store8(out + c, _mm256_and_ps(v, _mm256_castsi256_ps(keep.lanes[q])), c1 - c);
+      }
     }
   }
-}
+};
 
 // With `key_len` (B,), int64, for scores (B, ...): the row's keys from key_len[b] on are padding, probability 0
 // (as a score masked with float32's minimum gets from torch's softmax), without a masked copy of the scores.
@@ -139,9 +150,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_dropout_f32(const at::Tensor& score, 
     rows_per_b = rows / s.size(0);
   }
   const int64_t* lp = lens.defined() ? lens.data_ptr<int64_t>() : nullptr;
-  const uint16_t threshold = threshold_of(p);
-  const __m256 scale = _mm256_set1_ps(static_cast<float>(1.0 / (1.0 - p)));
-  const int64_t W = words_per_row(K);
+  const Dropping drop(p, seed, K);
   const float* sp = s.data_ptr<float>();
   float* pp = probs.data_ptr<float>();
   float* dp = dropped.data_ptr<float>();
@@ -170,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_dropout_f32(const at::Tensor& score, 
       const __m256 inv = _mm256_set1_ps(1.0f / hsum(vsum));
       for (int64_t c = 0; c < n; c += 8) store8(pr + c, _mm256_mul_ps(load8(pr + c, n - c), inv), n - c);
       std::fill(pr + n, pr + K, 0.0f);
-      drop_span(pr, dp + r * K, 0, K, scale, seed, r * W, threshold);
+      drop.span(pr, dp + r * K, r, 0, K);
     }
   });
   return {probs, dropped};
@@ -184,20 +193,18 @@ at::Tensor dropout_rows_f32(const at::Tensor& x, double p, int64_t seed) {
   at::Tensor out = at::empty_like(c);
   const int64_t K = c.dim() ? c.size(-1) : 1, rows = K ? c.numel() / K : 0;
   if (rows == 0) return out;
-  const uint16_t threshold = threshold_of(p);
-  const __m256 scale = _mm256_set1_ps(static_cast<float>(1.0 / (1.0 - p)));
-  const int64_t W = words_per_row(K);
+  const Dropping drop(p, seed, K);
   const float* src = c.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   if (rows >= 64) {
     at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) drop_span(src + r * K, dst + r * K, 0, K, scale, seed, r * W, threshold);
+      for (int64_t r = begin; r < end; ++r) drop.span(src + r * K, dst + r * K, r, 0, K);
     });
     return out;
   }
   for (int64_t r = 0; r < rows; ++r) {  // few long rows: split each into spans of 32k columns
     at::parallel_for(0, (K + 32767) / 32768, 1, [&](int64_t begin, int64_t end) {
-      drop_span(src + r * K, dst + r * K, begin * 32768, std::min(K, end * 32768), scale, seed, r * W, threshold);
+      drop.span(src + r * K, dst + r * K, r, begin * 32768, std::min(K, end * 32768));
     });
   }
   return out;
@@ -212,9 +219,7 @@ at::Tensor softmax_dropout_backward_f32(const at::Tensor& probs, const at::Tenso
   at::Tensor out = at::empty_like(y);
   const int64_t K = y.dim() ? y.size(-1) : 1, rows = K ? y.numel() / K : 0;
   if (rows == 0) return out;
-  const uint16_t threshold = threshold_of(p);
-  const __m256 scale = _mm256_set1_ps(static_cast<float>(1.0 / (1.0 - p)));
-  const int64_t W = words_per_row(K);
+  const Dropping drop(p, seed, K);
   const float* yp = y.data_ptr<float>();
   const float* gp = gd.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -222,7 +227,7 @@ at::Tensor softmax_dropout_backward_f32(const at::Tensor& probs, const at::Tenso
     std::vector<float> g(K);
     for (int64_t r = begin; r < end; ++r) {
       const float* yr = yp + r * K;
-      drop_span(gp + r * K, g.data(), 0, K, scale, seed, r * W, threshold);
+      drop.span(gp + r * K, g.data(), r, 0, K);
       __m256 vdot = _mm256_setzero_ps();
       for (int64_t c = 0; c < K; c += 8)  // masked loads give 0 past the row's end
         vdot = _mm256_fmadd_ps(load8(yr + c, K - c), load8(g.data() + c, K - c), vdot);
