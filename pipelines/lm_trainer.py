@@ -18,10 +18,10 @@ from tqdm import tqdm
 from txl_core import TXLLMHeadModel
 
 from .checkpoints import checkpoint_dir, write_checkpoint
-from .lm_stream import batchify, n_segments, segment, segment_nll
-from .output import write_atomic
 from .errors import Interrupted
 from .interrupt import StopRequests
+from .lm_stream import batchify, n_segments, segment, segment_nll
+from .output import write_atomic
 from .trainer import minutes_text, schedule_step
 
 
@@ -122,7 +122,7 @@ class LMTrainer:
     # ---- the loop -------------------------------------------------------------------------------------------
     def fit(self) -> LMState:
         """Train until --max-steps (or --epochs) or the time budget runs out; checkpoint every --save-every min.
-        Ctrl-C (or SIGTERM) stops after the current step with a checkpoint (`trainer.StopRequests`)."""
+        Ctrl-C (or SIGTERM) stops after the current step with a checkpoint (`interrupt.StopRequests`)."""
         with StopRequests("txl pretrain") as stop:
             return self._fit(stop)
 

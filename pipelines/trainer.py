@@ -35,8 +35,8 @@ from txl_core.recompute import backward_document
 from . import distributed as dist
 from .checkpoints import checkpoint_dir, write_checkpoint
 from .errors import Interrupted, UserError
-from .interrupt import StopRequests
 from .inference import FreeMemoryEvery, predict, prepare, resolve_precision, tune_cpu_allocator
+from .interrupt import StopRequests
 from .labels import LabelSet
 from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
 from .modeldir import ModelDir

@@ -1,8 +1,8 @@
 """The compiled bf16 attention kernel (txl_core/csrc/rel_attn.cpp): the relative attention of the pure-torch path
 (causal with memory and `rel_shift`, or bidirectional with right padding) to within bf16 rounding and at least as
 close to float64 as that path, used only where it applies (bf16 CPU inference), and the model reading segment by
-segment with it as without it.
-Skipped where the CPU lacks AVX512-BF16 or no C++ toolchain can build it."""
+segment with it as without it (skipped where the CPU lacks AVX512-BF16 or no C++ toolchain can build it); and
+which build each kind of CPU gets."""
 from __future__ import annotations
 
 import copy
