@@ -7,6 +7,7 @@ import sys
 import threading
 
 from . import distributed as dist
+from .errors import Interrupted
 
 
 class StopRequests:
@@ -33,6 +34,12 @@ class StopRequests:
             print(f"\n{self.command}: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
                   "(press Ctrl-C again to stop at once, losing the steps since the last checkpoint)",
                   file=sys.stderr, flush=True)
+
+    @staticmethod
+    def stopped(step: int, total: int, out) -> Interrupted:
+        """The error a loop raises once it has stopped on request and written its checkpoint in `out`."""
+        return Interrupted(f"stopped after step {step} of {total} with a checkpoint in {out}; rerun the same "
+                           "command with --resume to continue")
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -18,7 +18,6 @@ from tqdm import tqdm
 from txl_core import TXLLMHeadModel
 
 from .checkpoints import checkpoint_dir, write_checkpoint
-from .errors import Interrupted
 from .interrupt import StopRequests
 from .lm_stream import batchify, n_segments, segment, segment_nll
 from .output import write_atomic
@@ -151,8 +150,7 @@ class LMTrainer:
                 last_save = time.time()
                 if stop.requested and st.step < self.total:
                     bar.close()
-                    raise Interrupted(f"stopped after step {st.step} of {self.total} with a checkpoint in "
-                                      f"{self.out}; rerun the same command with --resume to continue")
+                    raise stop.stopped(st.step, self.total, self.out)
         bar.close()
         st.seconds = before + time.time() - started
         self.save_checkpoint()

@@ -34,7 +34,7 @@ from txl_core.recompute import backward_document
 
 from . import distributed as dist
 from .checkpoints import checkpoint_dir, write_checkpoint
-from .errors import Interrupted, UserError
+from .errors import UserError
 from .inference import FreeMemoryEvery, predict, prepare, resolve_precision, tune_cpu_allocator
 from .interrupt import StopRequests
 from .labels import LabelSet
@@ -323,8 +323,7 @@ class Trainer:
                 self.save_checkpoint()
                 if st.epoch < r.epochs and dist.any_rank(stop.requested):  # (when finished, it finishes)
                     bar.close()
-                    raise Interrupted(f"stopped after step {st.step} of {self.total} with a checkpoint in "
-                                      f"{self.out}; rerun the same command with --resume to continue")
+                    raise stop.stopped(st.step, self.total, self.out)
                 if rolled:
                     break
             if st.batch >= len(batches):
