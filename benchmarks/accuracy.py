@@ -44,11 +44,11 @@ RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", 
            "minilm-lr3e-5": [*MINILM, "--positions", "segment", "--lr", "3e-5"]}  # argparse: the last --lr wins
 
 
-def txl(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True)
+def txl(*args: str) -> None:
+    """Run `txl`; its progress and messages go to this script's console (or log): a run takes hours."""
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args])
     if done.returncode != 0:
-        raise SystemExit(f"txl {' '.join(args[:1])} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return done.stdout
+        raise SystemExit(f"txl {args[0]} failed with exit code {done.returncode} (its message is above)")
 
 
 def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str = "minilm",
