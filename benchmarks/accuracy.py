@@ -35,13 +35,15 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
 # fuse`, the default); `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers);
 # `minilm-relative`: the MiniLM start with its positions folded into the token embeddings (the default until
 # 2026-12-01); `minilm-causal`: that one read causally as the paper does; `minilm-lr3e-5`: the default at a
-# smaller peak learning rate.
+# smaller peak learning rate; `minilm-lr3e-5-fresh1e-4`: that one with the parameters the start does not supply
+# (the head, the relative-position projection and biases) at 1e-4 (`--fresh-lr`).
 MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "auto"]
 RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
            "minilm-1epoch": [*MINILM, "--positions", "segment", "--epochs", "1"],
            "minilm-relative": [*MINILM, "--positions", "relative"],
            "minilm-causal": [*MINILM, "--positions", "relative", "--attention", "causal"],
-           "minilm-lr3e-5": [*MINILM, "--positions", "segment", "--lr", "3e-5"]}  # argparse: the last --lr wins
+           "minilm-lr3e-5": [*MINILM, "--positions", "segment", "--lr", "3e-5"],  # argparse: the last --lr wins
+           "minilm-lr3e-5-fresh1e-4": [*MINILM, "--positions", "segment", "--lr", "3e-5", "--fresh-lr", "1e-4"]}
 
 
 def txl(*args: str) -> None:

