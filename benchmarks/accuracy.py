@@ -1,7 +1,8 @@
 """Test accuracy of `txl train` recipes next to `txl baseline` on the shared data sets.
 
     python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy [--datasets bbc_news r8] [--max-minutes 40]
-        [--recipe minilm|scratch|minilm-causal|minilm-relative]
+        [--recipe minilm|scratch|minilm-causal|minilm-relative|...]
+    python benchmarks/accuracy.py --rows DIR/*.row.json    # add rows measured on a GPU (gpu_session.py)
 
 For each data set: the TF-IDF + LinearSVC baseline, then `txl train` with the recipe (a time budget per data
 set), then `txl evaluate` on the test split. Writes the table into benchmarks/RESULTS.md between
@@ -83,7 +84,20 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
             "baseline_accuracy": baseline["accuracy"],
             "baseline_macro_f1": baseline["macro_f1"], "baseline_micro_f1": baseline["micro_f1"],
             "train_minutes": card.get("training", {}).get("minutes", round((time.time() - started) / 60, 1)),
-            "n_test": model["n_documents"]}
+            "n_test": model["n_documents"], **run_facts(card)}
+
+
+def run_facts(card: dict) -> dict:
+    """What the training's own metrics say (steps, validation figures, fusion weights), kept in accuracy.json:
+    the run folders are scratch and do not outlive a machine, the table's file does."""
+    training = card.get("training", {})
+    facts = {k: training[k] for k in ("steps", "planned_steps", "stopped") if k in training}
+    for split in ("validation", "validation_encoder", "validation_ngram"):
+        if "accuracy" in card.get(split, {}):
+            facts[f"{split}_accuracy"] = card[split]["accuracy"]
+    if "fusion" in card:
+        facts["fusion"] = {k: v for k, v in card["fusion"].items() if k in ("a", "b", "c")}
+    return facts
 
 
 def cpu_kind() -> str:
@@ -140,16 +154,22 @@ def main() -> None:
                    help="leave a training stopped by its budget unevaluated, for a later run to resume (txl "
                    "train fits its learning-rate schedule to each budget given: a larger one stretches the schedule "
                    "and the rate rises again, a warm restart, not the uninterrupted recipe)")
+    p.add_argument("--rows", nargs="+", type=Path, default=[],
+                   help="only add these rows (JSON files written by benchmarks/gpu_session.py) and rewrite the table")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     saved = HERE / "accuracy.json"
-    key = lambda r: (r["dataset"], r.get("recipe", "scratch"))  # noqa: E731
+    # one row per data set, recipe and kind of machine (a GPU's row does not replace a CPU's)
+    key = lambda r: (r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")).startswith("GPU"))  # noqa: E731
     by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
-    for name in args.datasets:  # rows of earlier runs stay; the ones run now are replaced
+    for path in args.rows:  # rows measured elsewhere (benchmarks/gpu_session.py's $OUT/*.row.json)
+        row = json.loads(path.read_text())
+        by_key[key(row)] = row
+    for name in [] if args.rows else args.datasets:  # rows of earlier runs stay; the ones run now are replaced
         row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision)
         if row is not None:
             by_key[key(row)] = row
-    rows = [by_key[k] for k in sorted(by_key, key=lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1])))]
+    rows = [by_key[k] for k in sorted(by_key, key=lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2]))]
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
                f"{os.environ.get('OMP_NUM_THREADS', 'default')} (each row's CPU in its last column)")
     saved.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")

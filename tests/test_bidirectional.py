@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from txl_core import TXLConfig, TXLLMHeadModel
-from txl_core.attention import RelMultiHeadAttn, shift_bidirectional
+from txl_core.attention import RelMultiHeadAttn, aligned_rows, shift_bidirectional
 from txl_core.classifier import TXLDocumentClassifier
 from txl_core.embedding import PositionalEmbedding
 from conftest import perturb, random_ids, tiny_config
@@ -23,6 +23,25 @@ def test_shift_bidirectional_puts_distance_m_plus_i_minus_j_in_column_j(qlen, ml
     expected = torch.tensor([[float(mlen + i - j) for j in range(klen)] for i in range(qlen)])
     assert torch.equal(shift_bidirectional(x, klen), expected.expand(2, qlen, klen))
 
+
+
+@pytest.mark.parametrize("qlen,mlen", [(256, 256), (7, 0), (5, 11)])
+def test_the_bias_handed_to_cuda_attention_has_aligned_rows_and_the_same_values_and_gradient(qlen, mlen):
+    """CUDA's fused attention failed with "misaligned address" on the shifted view (found on an H200,
+    2026-12-04); `aligned_rows` gives it rows 16 elements apart from offset 0, values and gradient unchanged."""
+    klen = mlen + qlen
+    x = torch.randn(2, 3, qlen, klen + qlen - 1, dtype=torch.bfloat16, requires_grad=True)
+    view = shift_bidirectional(x, klen)
+    assert view.storage_offset() % 16 or view.stride(-2) % 16  # the view is misaligned: what the fix is for
+    out = aligned_rows(view)
+    assert out.storage_offset() == 0 and out.stride(-1) == 1 and out.stride(-2) % 16 == 0
+    assert torch.equal(out, view)
+    weight = torch.randn(out.shape, dtype=torch.bfloat16)
+    (out.float() * weight).sum().backward()
+    grad_aligned = x.grad.clone()
+    x.grad = None
+    (view.float() * weight).sum().backward()
+    assert torch.equal(grad_aligned, x.grad)
 
 def _naive(att: RelMultiHeadAttn, x, mem, clamp_len):
     """The score (q_i + u) k_j + (q_i + v) R_{M+i-j} written out key by key."""

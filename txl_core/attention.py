@@ -50,6 +50,14 @@ def shift_bidirectional(x: torch.Tensor, klen: int) -> torch.Tensor:
     return x.as_strided((*lead, qlen, klen), (*x.stride()[:-2], width - 1, 1), x.storage_offset() + qlen - 1)
 
 
+def aligned_rows(bias: torch.Tensor) -> torch.Tensor:
+    """`bias` (..., T, K) as a slice of a copy whose rows are 16 elements apart: CUDA's fused attention reads
+    its additive bias with vector loads and fails with "misaligned address" on the strided views that
+    `shift_bidirectional` and `shift_padded` return (rows K + T - 2 elements apart from an odd offset)."""
+    klen = bias.size(-1)
+    return F.pad(bias, (0, -klen % 16))[..., :klen]
+
+
 def right_padding_lengths(mask: torch.Tensor, klen: int) -> torch.Tensor | None:
     """The key counts (B,) of a bidirectional padding mask (B, 1, 1, K) that hides only keys at the right of
     each document (its last segment's padding) and leaves each at least one; None for any other mask."""
@@ -262,6 +270,8 @@ class RelMultiHeadAttn(nn.Module):
             bd[..., first:] += _mask_bias(mask, first, bd.dtype)  # (B, H, T, K)
         p = self.dropatt.p if self.training else 0.0
         if not need_probs and (p == 0.0 or q_u.device.type != "cpu"):
+            if q_u.device.type == "cuda":
+                bd = aligned_rows(bd)
             return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
         score = torch.matmul(q_u, k.transpose(-1, -2)).mul_(self.scale).add_(bd)  # (B, H, T, K), one buffer
         if not need_probs and p < 1.0:  # also without autograd (the first pass of a two-pass step): the same ops
