@@ -1,10 +1,12 @@
 """The accuracy recipes on a lent GPU, prepared here so that a session's 15 device minutes go to training.
 
     python benchmarks/gpu_session.py pack                  # here: writes .gpu/ (git-ignored), about 62 MB
+    pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl zstandard
     # device call 1 (carry [".gpu/minilm"]): stage the start, check CUDA on a tiny run, about a minute
     python3 benchmarks/gpu_session.py stage
-    # device call 2 at once, while that machine is warm (carry [".gpu/data"]): the default recipe on imdb, then
+    # device call 2 at once, while that machine is warm (carry [".gpu/data", ".whl"]): a recipe on imdb, then
     # 20newsgroups while time is left; every log and result row lands in $OUT
+    python3 -m pip install -q --no-index --no-deps .whl/*.whl    # zstandard, which the image lacks (see below)
     python3 benchmarks/gpu_session.py run --datasets imdb 20newsgroups --max-minutes 5 --deadline-minutes 9
 
 Why two calls: a device call carries at most 64 MiB with the working tree (16 MB); the all-MiniLM-L6-v2
@@ -15,7 +17,7 @@ while the machine is warm (30 s after a call), and fakes the `minilm` extra ther
 exactly as on a CPU with the extra installed. The device image has torch, pandas, scikit-learn, tokenizers and
 safetensors; streamlit and datasets, which training does not import, are not needed.
 
-`run` trains with benchmarks/accuracy.py's `minilm` recipe (`--precision auto`: bf16 autocast on a GPU),
+`run` trains with a benchmarks/accuracy.py recipe (`--recipe`, default `minilm`) (`--precision auto`: bf16 autocast on a GPU),
 evaluates on the test split and writes each row as accuracy.py would (`$OUT/<dataset>.<recipe>.row.json`, with the
 GPU's name as the machine), plus `$OUT/<dataset>.train.log`. Here, `python benchmarks/accuracy.py --rows
 <files_at>/*.row.json` adds them to benchmarks/accuracy.json and rewrites the table. The device image lacks
@@ -83,12 +85,17 @@ def fake_extra() -> Path:
     site = STAGE / "site" / PACKAGE
     site.mkdir(parents=True, exist_ok=True)
     (site / "__init__.py").write_text(f"def get_model_path():\n    return {str(STAGE / 'minilm')!r}\n")
-    if importlib.util.find_spec("zstandard") is None:  # the device image lacks it, and its wheel (5.5 MB) does not
-        shim = site.parent / "zstandard"                 # fit beside the start in one call: the packed data is .xz
+    shim = site.parent / "zstandard"
+    if importlib.util.find_spec("zstandard") is not None:  # the real one (installed from .whl): no stand-in
+        shutil.rmtree(shim, ignore_errors=True)
+    else:  # the device image lacks it, and its wheel (5.5 MB) does not fit beside the start in one call
         shim.mkdir(exist_ok=True)
         (shim / "__init__.py").write_text(
             '"""Stand-in written by benchmarks/gpu_session.py: .zst files cannot be read on this machine."""\n'
-            "__version__ = \"0.25.0\"  # pandas asks\n\n\nclass ZstdError(Exception):\n    pass\n\n\n"
+            "import io\n\n__version__ = '0.25.0'  # pandas asks, then probes a decompressor's reader type\n\n\n"
+            "class ZstdError(Exception):\n    pass\n\n\n"
+            "class ZstdDecompressor:\n    def stream_reader(self, source, *args, **kwargs):\n"
+            "        return io.BytesIO(b'')\n\n\n"
             "def open(*args, **kwargs):\n    raise ZstdError('zstandard is not installed on this machine')\n")
     return site.parent
 
