@@ -161,14 +161,14 @@ def main() -> None:
     saved = HERE / "accuracy.json"
     # one row per data set, recipe and kind of machine (a GPU's row does not replace a CPU's)
     key = lambda r: (r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")).startswith("GPU"))  # noqa: E731
-    by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
-    for path in args.rows:  # rows measured elsewhere (benchmarks/gpu_session.py's $OUT/*.row.json)
-        row = json.loads(path.read_text())
-        by_key[key(row)] = row
-    for name in [] if args.rows else args.datasets:  # rows of earlier runs stay; the ones run now are replaced
+    new = [json.loads(path.read_text()) for path in args.rows]  # measured elsewhere (gpu_session.py's row.json)
+    for name in [] if args.rows else args.datasets:
         row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision)
         if row is not None:
-            by_key[key(row)] = row
+            new.append(row)
+    # read only now: rows written while this ran (hours) stay; the ones measured now replace their own
+    by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
+    by_key.update((key(r), r) for r in new)
     rows = [by_key[k] for k in sorted(by_key, key=lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2]))]
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
                f"{os.environ.get('OMP_NUM_THREADS', 'default')} (each row's CPU in its last column)")

@@ -269,14 +269,15 @@ def test_minilm_fine_tunes_and_classifies_end_to_end(tmp_path):
 
 def test_the_recipe_follows_the_start(tmp_path, monkeypatch, capsys):
     """--init auto: MiniLM when its extra is installed, the data single-label and no shape flag given, else
-    random weights; the learning rate (2e-3 / 1e-4) and epochs (8 / 2) follow the start unless given."""
+    random weights; the learning rates (2e-3 / 3e-5, and 1e-4 for what the start did not supply) and epochs
+    (8 / 2) follow the start unless given; --lr alone sets one rate for everything."""
     from pipelines import train
     from pipelines.errors import UserError
     from pipelines.init_from import minilm_available
     seen = []
 
     def stop_here(args, label_set, texts):  # the first step after the flags are settled
-        seen.append((args.init, args.lr, args.epochs))
+        seen.append((args.init, args.lr, args.fresh_lr, args.epochs))
         raise UserError("stop")
 
     monkeypatch.setattr(train, "_start", stop_here)
@@ -284,10 +285,12 @@ def test_the_recipe_follows_the_start(tmp_path, monkeypatch, capsys):
     make_corpus(40, seed=1).to_csv(single, index=False)
     pd.DataFrame({"text": ["a b c", "d e f"] * 10, "label": ["x|y", "y"] * 10}).to_csv(multi, index=False)
     for data, argv in ((single, []), (multi, []), (single, ["--d-model", "64"]), (single, ["--init", "none"]),
-                       (single, ["--init", "minilm"]), (single, ["--init", "minilm", "--lr", "3e-4", "--epochs", "5"])):
+                       (single, ["--init", "minilm"]), (single, ["--init", "minilm", "--lr", "3e-4", "--epochs", "5"]),
+                       (single, ["--init", "minilm", "--fresh-lr", "1e-3"])):
         assert main(["train", "--train", str(data), "--out", str(tmp_path / "o"), *argv]) == 2
-    auto = ("minilm", 1e-4, 2) if minilm_available() else (None, 2e-3, 8)
-    assert seen == [auto, auto, (None, 2e-3, 8), (None, 2e-3, 8), ("minilm", 1e-4, 2), ("minilm", 3e-4, 5)]
+    auto = ("minilm", 3e-5, 1e-4, 2) if minilm_available() else (None, 2e-3, None, 8)
+    assert seen == [auto, auto, (None, 2e-3, None, 8), (None, 2e-3, None, 8), ("minilm", 3e-5, 1e-4, 2),
+                    ("minilm", 3e-4, None, 5), ("minilm", 3e-5, 1e-3, 2)]
     err = capsys.readouterr().err
     assert "model-shape flags given" in err
     assert ("all-MiniLM-L6-v2" in err) == minilm_available()
