@@ -1,7 +1,7 @@
 """Test accuracy of `txl train` recipes next to `txl baseline` on the shared data sets.
 
     python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy [--datasets bbc_news r8] [--max-minutes 40]
-        [--recipe minilm|scratch|minilm-causal|minilm-relative|...]
+        [--recipe minilm-lr3e-5-fresh1e-4 (txl train's default)|minilm|scratch|...]
     python benchmarks/accuracy.py --rows DIR/*.row.json    # add rows measured on a GPU (gpu_session.py)
 
 For each data set: the TF-IDF + LinearSVC baseline, then `txl train` with the recipe (a time budget per data
@@ -28,16 +28,16 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
     "imdb": ("imdb/train.csv.xz", "imdb/test.csv.xz"),
     "modapte90": ("reuters21578/modapte90_multilabel.csv.xz", "reuters21578/modapte90_multilabel.csv.xz"),
 }
-# Recipes: `txl train` flags. `minilm`: fine-tuning the all-MiniLM-L6-v2 start (the `minilm` extra) in bf16
-# autocast on a CPU with bf16 units (float32 on others, where bf16 is a slow fallback), lr 1e-4, 2 epochs,
-# bidirectional within a segment as BERT was trained, BERT's positions kept within each segment: all of it
-# `txl train`'s default (`--init auto`), spelled out; `minilm-1epoch`: the same for one epoch (a budget-bound
-# run of a large data set); every `txl train` since 2026-12-02 also fuses the n-gram component (`--ngrams
-# fuse`, the default); `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers);
-# `minilm-relative`: the MiniLM start with its positions folded into the token embeddings (the default until
-# 2026-12-01); `minilm-causal`: that one read causally as the paper does; `minilm-lr3e-5`: the default at a
-# smaller peak learning rate; `minilm-lr3e-5-fresh1e-4`: that one with the parameters the start does not supply
-# (the head, the relative-position projection and biases) at 1e-4 (`--fresh-lr`).
+# Recipes: `txl train` flags. `minilm-lr3e-5-fresh1e-4` is `txl train`'s default since 2026-12-04 (`--init auto`
+# with the `minilm` extra), spelled out: fine-tuning the all-MiniLM-L6-v2 start in bf16 autocast on a CPU with
+# bf16 units (float32 on others, where bf16 is a slow fallback), 2 epochs, bidirectional within a segment as
+# BERT was trained, BERT's positions kept within each segment, peak rate 3e-5 for MiniLM's weights and 1e-4 for
+# what it does not supply (the head, the relative-position projection and biases: `--fresh-lr`). `minilm`: the
+# default until then, every parameter at 1e-4; `minilm-1epoch`: that one for one epoch (a budget-bound run of
+# a large data set); `minilm-lr3e-5`: every parameter at 3e-5. Every `txl train` since 2026-12-02 also fuses
+# the n-gram component (`--ngrams fuse`, the default). `scratch`: random weights (`--init none`, the default
+# model of d_model 128, 2 layers); `minilm-relative`: the MiniLM start with its positions folded into the token
+# embeddings (the default until 2026-12-01); `minilm-causal`: that one read causally as the paper does.
 MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "auto"]
 RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
            "minilm-1epoch": [*MINILM, "--positions", "segment", "--epochs", "1"],
@@ -45,6 +45,7 @@ RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", 
            "minilm-causal": [*MINILM, "--positions", "relative", "--attention", "causal"],
            "minilm-lr3e-5": [*MINILM, "--positions", "segment", "--lr", "3e-5"],  # argparse: the last --lr wins
            "minilm-lr3e-5-fresh1e-4": [*MINILM, "--positions", "segment", "--lr", "3e-5", "--fresh-lr", "1e-4"]}
+DEFAULT = "minilm-lr3e-5-fresh1e-4"  # what `txl train --init auto` does with the minilm extra installed
 
 
 def txl(*args: str) -> None:
@@ -146,7 +147,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     p.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "accuracy")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--recipe", default="minilm", choices=list(RECIPES), help="the `txl train` flags (RECIPES)")
+    p.add_argument("--recipe", default=DEFAULT, choices=list(RECIPES), help=f"the `txl train` flags (RECIPES; default {DEFAULT}, txl train's own)")
     p.add_argument("--max-minutes", type=float, default=40.0, help="training budget per data set")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16"],
                    help="of `txl evaluate` (auto: bf16 on a CPU with bf16 units; the rows before 2026-12-02 used float32)")

@@ -17,8 +17,8 @@ while the machine is warm (30 s after a call), and fakes the `minilm` extra ther
 exactly as on a CPU with the extra installed. The device image has torch, pandas, scikit-learn, tokenizers and
 safetensors; streamlit and datasets, which training does not import, are not needed.
 
-`run` trains with a benchmarks/accuracy.py recipe (`--recipe`, default `minilm`) (`--precision auto`: bf16 autocast on a GPU),
-evaluates on the test split and writes each row as accuracy.py would (`$OUT/<dataset>.<recipe>.row.json`, with the
+`run` trains with a benchmarks/accuracy.py recipe (`--recipe`, default `minilm-lr3e-5-fresh1e-4`, `txl train`'s
+own; `--precision auto`: bf16 autocast on a GPU), evaluates on the test split and writes each row as accuracy.py would (`$OUT/<dataset>.<recipe>.row.json`, with the
 GPU's name as the machine), plus `$OUT/<dataset>.train.log`. Here, `python benchmarks/accuracy.py --rows
 <files_at>/*.row.json` adds them to benchmarks/accuracy.json and rewrites the table. The device image lacks
 `zstandard` and its wheel does not fit beside the start: `stage` writes a stand-in for the smoke run, and `run`'s
@@ -131,8 +131,9 @@ def stage() -> int:
     return 0
 
 
-def run(datasets: list[str], max_minutes: float, deadline_minutes: float, recipe: str = "minilm") -> int:
-    """Device call 2: an accuracy.py recipe (`minilm`, the default one) on each data set while the deadline
+def run(datasets: list[str], max_minutes: float, deadline_minutes: float,
+        recipe: str = "minilm-lr3e-5-fresh1e-4") -> int:
+    """Device call 2: an accuracy.py recipe (`txl train`'s default unless named) on each data set while the deadline
     allows."""
     import torch
     out = Path(os.environ.get("OUT", STAGE / "out"))
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
     r.add_argument("--datasets", nargs="+", default=list(DATA), choices=list(DATA))
     r.add_argument("--max-minutes", type=float, default=5.0, help="training budget per data set")
     r.add_argument("--deadline-minutes", type=float, default=9.0, help="no data set starts that would end after it")
-    r.add_argument("--recipe", default="minilm", help="a benchmarks/accuracy.py recipe (RECIPES)")
+    r.add_argument("--recipe", default="minilm-lr3e-5-fresh1e-4", help="a benchmarks/accuracy.py recipe (RECIPES)")
     args = p.parse_args(argv)
     PACK = args.pack or PACK
     if args.verb == "pack":
