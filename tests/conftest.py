@@ -51,3 +51,18 @@ def random_ids(*shape: int, vocab: int = 53, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def die_in_step(monkeypatch, cls, n: int):
+    """`cls.step` raises KeyboardInterrupt (a killed run) in its n-th call from now; returns the real `step`,
+    to set back for the resumed run."""
+    real, calls = cls.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "step", step)
+    return real

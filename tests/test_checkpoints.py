@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import pipelines.trainer as trainer_module
 from pipelines.checkpoints import checkpoint_dir, write_checkpoint
 from pipelines.cli import main
+from conftest import die_in_step
 from tests.synth import make_corpus
 
 TINY = ["--d-model", "32", "--n-head", "2", "--d-inner", "64", "--n-layer", "1", "--segment-len", "32",
@@ -73,15 +74,7 @@ def test_a_killed_run_resumes_from_its_last_timed_checkpoint_to_the_same_weights
     the first validation): the resumed run must end bit for bit where the uninterrupted one did, which needs
     the optimiser, the schedule, the random state and the position in the epoch restored."""
     assert _train(data, tmp_path / "whole") == 0
-    real_step, calls = trainer_module.Trainer.step, []
-
-    def dies_in_step_20(self, batch, elapsed=0.0):
-        calls.append(1)
-        if len(calls) == 20:
-            raise KeyboardInterrupt
-        return real_step(self, batch, elapsed)
-
-    monkeypatch.setattr(trainer_module.Trainer, "step", dies_in_step_20)
+    real_step = die_in_step(monkeypatch, trainer_module.Trainer, 20)
     assert _train(data, tmp_path / "killed", "--save-every", "0") == 130
     state = json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())
     assert (state["step"], state["epoch"], state["batch"], state["validated_at"]) == (19, 1, 2, 17)

@@ -20,6 +20,7 @@ from pipelines.cli import main
 from pipelines.init_from import bert_to_txl, load_start
 from pipelines.modeldir import load_model_dir
 from pipelines.word_tokenizer import WordLevelTokenizer, load_tokenizer
+from conftest import die_in_step
 from tests.synth import FILLER, TOPICS, make_corpus
 from txl_core import TXLConfig, TXLModel
 from txl_core.lm_head import TXLLMHeadModel
@@ -324,15 +325,7 @@ def test_fresh_lr_moves_what_the_start_did_not_supply_and_survives_a_resume(tmp_
         elif k not in start.fresh:
             assert moved < 1e-6, k
 
-    real_step, calls = trainer_module.Trainer.step, []
-
-    def dies_in_step_7(self, batch, elapsed=0.0):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return real_step(self, batch, elapsed)
-
-    monkeypatch.setattr(trainer_module.Trainer, "step", dies_in_step_7)
+    real_step = die_in_step(monkeypatch, trainer_module.Trainer, 7)
     assert _fresh_run(tmp_path, "killed") == 130
     monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
     assert _fresh_run(tmp_path, "killed", "--resume") == 0
