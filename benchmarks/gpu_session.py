@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_session.py pack                  # here: writes .gpu/ (git-ignored), about 62 MB
     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl zstandard
-    # device call 1 (carry [".gpu/minilm"]): stage the start, check CUDA on a tiny run, about a minute
+    # device call 1 (carry [".gpu/minilm"]): stage the start, check CUDA on a tiny run and tests/test_gpu.py, about a minute
     python3 benchmarks/gpu_session.py stage
     # device call 2 at once, while that machine is warm (carry [".gpu/data", ".whl"]): a recipe on imdb, then
     # 20newsgroups while time is left; every log and result row lands in $OUT
@@ -127,8 +127,14 @@ def stage() -> int:
         if done.returncode:
             return done.returncode
     card = json.loads((smoke / "model" / "metrics.json").read_text())["training"]
-    print(f"stage: trained on {card.get('device')} in {card.get('precision')}; ready for `run`", flush=True)
-    return 0
+    print(f"stage: trained on {card.get('device')} in {card.get('precision')}", flush=True)
+    # the GPU checks (bf16 against float32 on the CPU, both attention directions), which skip everywhere else
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+    print("stage: tests/test_gpu.py: " + (tests.stdout.strip().splitlines() or ["no output"])[-1]
+          + ("" if tests.returncode == 0 else "\n" + tests.stdout[-3000:]), flush=True)
+    print("stage: ready for `run`" if tests.returncode == 0 else "stage: the GPU checks failed (above)", flush=True)
+    return tests.returncode
 
 
 def run(datasets: list[str], max_minutes: float, deadline_minutes: float,
