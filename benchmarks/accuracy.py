@@ -147,7 +147,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     p.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "accuracy")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--recipe", default=DEFAULT, choices=list(RECIPES), help=f"the `txl train` flags (RECIPES; default {DEFAULT}, txl train's own)")
+    p.add_argument("--recipe", default=DEFAULT, choices=list(RECIPES),
+                   help=f"the `txl train` flags (RECIPES; default {DEFAULT}, txl train's own)")
     p.add_argument("--max-minutes", type=float, default=40.0, help="training budget per data set")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16"],
                    help="of `txl evaluate` (auto: bf16 on a CPU with bf16 units; the rows before 2026-12-02 used float32)")
@@ -170,7 +171,8 @@ def main() -> None:
     # read only now: rows written while this ran (hours) stay; the ones measured now replace their own
     by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
     by_key.update((key(r), r) for r in new)
-    rows = [by_key[k] for k in sorted(by_key, key=lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2]))]
+    order = lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2])  # noqa: E731
+    rows = [by_key[k] for k in sorted(by_key, key=order)]
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
                f"{os.environ.get('OMP_NUM_THREADS', 'default')} (each row's CPU in its last column)")
     saved.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")

@@ -2,7 +2,8 @@
 
     python benchmarks/gpu_session.py pack                  # here: writes .gpu/ (git-ignored), about 62 MB
     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl zstandard
-    # device call 1 (carry [".gpu/minilm"]): stage the start, check CUDA on a tiny run and tests/test_gpu.py, about a minute
+    # device call 1 (carry [".gpu/minilm"]): stage the start, check CUDA on a tiny run and tests/test_gpu.py,
+    # about a minute
     python3 benchmarks/gpu_session.py stage
     # device call 2 at once, while that machine is warm (carry [".gpu/data", ".whl"]): a recipe on imdb, then
     # 20newsgroups while time is left; every log and result row lands in $OUT
@@ -18,11 +19,12 @@ exactly as on a CPU with the extra installed. The device image has torch, pandas
 safetensors; streamlit and datasets, which training does not import, are not needed.
 
 `run` trains with a benchmarks/accuracy.py recipe (`--recipe`, default `minilm-lr3e-5-fresh1e-4`, `txl train`'s
-own; `--precision auto`: bf16 autocast on a GPU), evaluates on the test split and writes each row as accuracy.py would (`$OUT/<dataset>.<recipe>.row.json`, with the
-GPU's name as the machine), plus `$OUT/<dataset>.train.log`. Here, `python benchmarks/accuracy.py --rows
-<files_at>/*.row.json` adds them to benchmarks/accuracy.json and rewrites the table. The device image lacks
-`zstandard` and its wheel does not fit beside the start: `stage` writes a stand-in for the smoke run, and `run`'s
-call carries the wheel (`.whl`, installed first) beside the data.
+own; `--precision auto`: bf16 autocast on a GPU), evaluates on the test split and writes each row as
+accuracy.py would (`$OUT/<dataset>.<recipe>.row.json`, with the GPU's name as the machine), plus
+`$OUT/<dataset>.train.log`. Here, `python benchmarks/accuracy.py --rows <files_at>/*.row.json` adds them to
+benchmarks/accuracy.json and rewrites the table. The device image lacks `zstandard` and its wheel does not fit
+beside the start: `stage` writes a stand-in for the smoke run, and `run`'s call carries the wheel (`.whl`,
+installed first) beside the data.
 """
 from __future__ import annotations
 

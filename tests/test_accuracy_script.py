@@ -154,7 +154,8 @@ def test_gpu_session_stands_in_for_a_missing_zstandard_so_that_pandas_still_read
     done = subprocess.run([sys.executable, "-c", "import zstandard, pandas\nfrom pipelines.io import table_columns\n"
                            f"print(zstandard.__file__, table_columns({str(tmp_path / 't.csv')!r}), "
                            f"len(pandas.read_csv({str(tmp_path / 't.csv')!r})))"],
-                          capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(site / "zstandard" / "__init__.py"), "['text',", "'label']", "1"]
     monkeypatch.setattr(session.importlib.util, "find_spec", real)
