@@ -1,13 +1,11 @@
 """The accuracy recipes on a lent GPU, prepared here so that a session's 15 device minutes go to training.
 
     python benchmarks/gpu_session.py pack                  # here: writes .gpu/ (git-ignored), about 62 MB
-    pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl zstandard
     # device call 1 (carry [".gpu/minilm"]): stage the start, check CUDA on a tiny run and tests/test_gpu.py,
     # about a minute
     python3 benchmarks/gpu_session.py stage
-    # device call 2 at once, while that machine is warm (carry [".gpu/data", ".whl"]): a recipe on imdb, then
+    # device call 2 at once, while that machine is warm (carry [".gpu/data"]): a recipe on imdb, then
     # 20newsgroups while time is left; every log and result row lands in $OUT
-    python3 -m pip install -q --no-index --no-deps .whl/*.whl    # zstandard, which the image lacks (see below)
     python3 benchmarks/gpu_session.py run --datasets imdb 20newsgroups --max-minutes 5 --deadline-minutes 9
 
 Why two calls: a device call carries at most 64 MiB with the working tree (16 MB); the all-MiniLM-L6-v2
@@ -22,14 +20,12 @@ safetensors; streamlit and datasets, which training does not import, are not nee
 own; `--precision auto`: bf16 autocast on a GPU), evaluates on the test split and writes each row as
 accuracy.py would (`$OUT/<dataset>.<recipe>.row.json`, with the GPU's name as the machine), plus
 `$OUT/<dataset>.train.log`. Here, `python benchmarks/accuracy.py --rows <files_at>/*.row.json` adds them to
-benchmarks/accuracy.json and rewrites the table. The device image lacks `zstandard` and its wheel does not fit
-beside the start: `stage` writes a stand-in for the smoke run, and `run`'s call carries the wheel (`.whl`,
-installed first) beside the data.
+benchmarks/accuracy.json and rewrites the table. The device image lacks `zstandard`, which `txl` needs only for
+.zst files (2026-12-04: before that, its import stopped every command there).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -87,18 +83,6 @@ def fake_extra() -> Path:
     site = STAGE / "site" / PACKAGE
     site.mkdir(parents=True, exist_ok=True)
     (site / "__init__.py").write_text(f"def get_model_path():\n    return {str(STAGE / 'minilm')!r}\n")
-    shim = site.parent / "zstandard"
-    if importlib.util.find_spec("zstandard") is not None:  # the real one (installed from .whl): no stand-in
-        shutil.rmtree(shim, ignore_errors=True)
-    else:  # the device image lacks it, and its wheel (5.5 MB) does not fit beside the start in one call
-        shim.mkdir(exist_ok=True)
-        (shim / "__init__.py").write_text(
-            '"""Stand-in written by benchmarks/gpu_session.py: .zst files cannot be read on this machine."""\n'
-            "import io\n\n__version__ = '0.25.0'  # pandas asks, then probes a decompressor's reader type\n\n\n"
-            "class ZstdError(Exception):\n    pass\n\n\n"
-            "class ZstdDecompressor:\n    def stream_reader(self, source, *args, **kwargs):\n"
-            "        return io.BytesIO(b'')\n\n\n"
-            "def open(*args, **kwargs):\n    raise ZstdError('zstandard is not installed on this machine')\n")
     return site.parent
 
 

@@ -23,14 +23,24 @@ from typing import Iterator
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zstandard
 
 from .errors import DataWarning, UserError
 
+try:
+    import zstandard
+except ImportError:  # a minimal image (a lent GPU's had none): every other format still reads
+    zstandard = None
+
+
+def _no_zstandard(*args, **kwargs):
+    raise UserError("reading .zst files needs the package 'zstandard'; install it (pip install zstandard)")
+
+
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": zstandard.open}
+OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": zstandard.open if zstandard else _no_zstandard}
 SUPPORTED = ".csv, .tsv, .jsonl, .ndjson or .parquet (csv/tsv/jsonl may end in .gz, .xz, .zst or .bz2)"
-DAMAGED = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError)  # gzip's BadGzipFile is an OSError
+DAMAGED = (OSError, EOFError, lzma.LZMAError, zlib.error,  # gzip's BadGzipFile is an OSError
+           *((zstandard.ZstdError,) if zstandard else ()))
 DELIMITERS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "vertical bars"}
 PEEK_BYTES = 1 << 16
 CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v") + b"\x7f"

@@ -266,3 +266,24 @@ def test_label_lists_become_multi_label_strings(tmp_path, suffix):
     path = tmp_path / f"data.{suffix}"
     write(pd.DataFrame({"text": ["a", "b"], "label": [["x", "y"], ["y"]]}), path)
     assert load_labeled(path)[1] == ["x|y", "y"]
+
+
+def test_without_zstandard_every_other_format_reads_and_zst_says_what_to_install(tmp_path):
+    """A minimal image without zstandard (a lent GPU's had none): the package still imports and reads the rest;
+    `txl` on a .zst file is a one-line error naming the package, not a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pd.DataFrame({"text": ["a b", "c d"], "label": ["x", "y"]}).to_csv(tmp_path / "t.csv.xz", index=False)
+    (tmp_path / "t.csv.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    script = ("import sys; sys.modules['zstandard'] = None\n"  # what `import zstandard` meets where it is missing
+              "from pipelines.io import read_table\n"
+              f"print(len(read_table({str(tmp_path / 't.csv.xz')!r})))\n"
+              "from pipelines.cli import main\n"
+              f"sys.exit(main(['train', '--train', {str(tmp_path / 't.csv.zst')!r}, '--out', {str(tmp_path / 'm')!r}]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
+    assert done.stdout.split() == ["2"] and done.returncode == 2, done.stderr
+    assert "needs the package 'zstandard'" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
