@@ -3,7 +3,9 @@
 `fuse_ngrams` is the stage `txl train` ends with (`--ngrams fuse`, the default); `txl fuse` runs it alone,
 for a model trained with `--ngrams off` or before n-grams existed. It carves the validation split `txl train`
 carved (the same stratified 10% for the same --seed) unless --valid is given, fits TF-IDF + a linear SVM on
-the rest, and fits the fusion weights on the validation split (`pipelines/ngram.py`). Test figures measured before are kept as the encoder's alone.
+the rest, fits the fusion weights on the validation split (`pipelines/ngram.py`), then refits the n-grams on
+both splits: the weights are fit on held-out scores, and the model kept reads every labelled document. Test
+figures measured before are kept as the encoder's alone.
 """
 from __future__ import annotations
 
@@ -46,13 +48,18 @@ def measure_test(best: ModelDir, texts: list[str], labels: list[str]) -> dict:
             for k, part in enumerate(parts)}
 
 
-def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str]) -> dict:
-    """Fit the n-gram component on the training split and its fusion weights on the validation split
-    (`pipelines/ngram.py`); returns the validation metrics of the fused model and of each part."""
+def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str],
+                refit: bool = True) -> dict:
+    """Fit the n-gram component on the training split and its fusion weights (and multi-label thresholds) on
+    the validation split (`pipelines/ngram.py`), then, with `refit`, fit the n-grams again on both splits under
+    those weights (the validation split is 10% more data for the SVM; its scale barely moves with it:
+    benchmarks/ngram_refit.py measures the two). Returns the validation metrics of the fused model and of each
+    part, measured before the refit (held out)."""
     best.ngram = None  # the encoder's own probabilities below, also when refitting a fused model
     label_set = LabelSet(best.labels, best.multi_label)
-    ngram = fit_ngram(texts, np.asarray(label_set.encode(labels)), multi_label=best.multi_label,
-                      n_labels=len(best.labels))
+    fit = lambda t, y: fit_ngram(t, np.asarray(label_set.encode(y)), multi_label=best.multi_label,  # noqa: E731
+                                 n_labels=len(best.labels))
+    ngram = fit(texts, labels)
     if ngram is None:
         if dist.is_main():
             tqdm.write("txl: no n-grams fused: the training texts hold no word of two or more letters")
@@ -67,7 +74,6 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
     fused = torch.sigmoid(ngram.fuse(encoder, scores)) if best.multi_label else ngram.fuse(encoder, scores)
     if best.multi_label:
         ngram.thresholds = tune_thresholds(fused.numpy(), truth.numpy())
-    best.ngram = ngram
     decide_all = lambda p, th: ["|".join(n for n, c in zip(best.labels, row) if c) for row in decide(p, th)] \
         if best.multi_label else [best.labels[i] for i in p.argmax(1)]  # noqa: E731
     parts = {"validation": decide_all(fused.numpy(), ngram.thresholds),
@@ -76,11 +82,18 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
              "validation_ngram": decide_all(torch.sigmoid(torch.as_tensor(scores)).numpy() if best.multi_label
                                             else scores, None)}
     out = {k: compute_metrics(vlabels, v, best.labels, multi_label=best.multi_label) for k, v in parts.items()}
-    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms), fit_documents=ngram.fit_documents)
-    if dist.is_main() and ngram.fit_documents < len(texts):
-        tqdm.write(f"txl: the n-grams were fit on a random {ngram.fit_documents:,} of the {len(texts):,} training "
-                   f"documents, about {ngram_module.MAX_FIT_CHARS / 1e6:g}M characters (the fit's memory grows with the text "
-                   "it reads)")
+    n_fit = len(texts)
+    if refit:
+        final = fit(texts + vtexts, labels + vlabels)
+        final.fusion, final.thresholds, n_fit = ngram.fusion, ngram.thresholds, n_fit + len(vtexts)
+        ngram = final
+    best.ngram = ngram
+    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms), fit_documents=ngram.fit_documents,
+                         fit_on=SPLITS[refit])
+    if dist.is_main() and ngram.fit_documents < n_fit:
+        tqdm.write(f"txl: the n-grams were fit on a random {ngram.fit_documents:,} of the {n_fit:,} documents of the "
+                   f"{SPLITS[refit]}, about {ngram_module.MAX_FIT_CHARS / 1e6:g}M characters (the fit's memory grows "
+                   "with the text it reads)")
     if dist.is_main():
         tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
                    + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
@@ -88,22 +101,33 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
     return out
 
 
-def fit_phrase(fusion: dict, n_train: int | None = None) -> str:
-    """What the card says the n-grams were fit on."""
-    n = fusion.get("fit_documents")
-    return "the training split" if n is None or n == n_train else f"a random {n:,} documents of the training split"
+SPLITS = {False: "training split", True: "training and validation splits"}  # what the n-grams kept were fit on
 
 
-def _card_section(metrics: dict, n_train: int) -> str:
+def fit_phrase(fusion: dict, n_fit: int | None = None) -> str:
+    """What the card says the n-grams were fit on (`n_fit`: the documents of those splits)."""
+    n, splits = fusion.get("fit_documents"), fusion.get("fit_on", SPLITS[False])  # models before 2026-12-04: train
+    return f"the {splits}" if n is None or n == n_fit else f"a random {n:,} documents of the {splits}"
+
+
+WEIGHTS_NOTE = {False: "", True: " (scored by n-grams fit on the training split alone)"}
+
+
+def fit_count(fusion: dict, n_train: int, n_valid: int) -> int:
+    """The documents of the splits the n-grams were fit on."""
+    return n_train + n_valid if fusion.get("fit_on") == SPLITS[True] else n_train
+
+
+def _card_section(metrics: dict, n_fit: int) -> str:
     f = metrics["fusion"]
     rows = [f"| {k.replace('_', ', ').replace('encoder', 'encoder alone').replace('ngram', 'n-grams alone')} | "
             f"{m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |"
             for k, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
     return "\n".join(["", "## N-gram component (`txl fuse`)", "",
                       f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on "
-                      f"{fit_phrase(f, n_train)}: "
+                      f"{fit_phrase(f, n_fit)}: "
                       f"logits = {f['a']:.3g} x encoder log-probabilities + {f['b']:.3g} x n-gram scores, weights fit "
-                      "on the validation split.", "", "| split | documents | accuracy | macro-F1 | micro-F1 |",
+                      f"on the validation split{WEIGHTS_NOTE[f.get('fit_on') == SPLITS[True]]}.", "", "| split | documents | accuracy | macro-F1 | micro-F1 |",
                       "|---|---:|---:|---:|---:|", *rows, ""])
 
 
@@ -126,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     if args.test:
         tested = measure_test(md, *_load_split(args.test, args, "test"))
     md.metrics = {**old, **fused, **tested}
-    md.card = md.card.split("\n## N-gram component")[0].rstrip("\n") + "\n" + _card_section(md.metrics, len(texts))
+    md.card = md.card.split("\n## N-gram component")[0].rstrip("\n") + "\n" + _card_section(md.metrics, fit_count(md.metrics["fusion"], len(texts), len(vtexts)))
     save_model_dir(md.path, md)
     for split in ("validation", "test"):
         if split in md.metrics:

@@ -46,6 +46,7 @@ def test_train_writes_a_complete_model_directory(model):
     assert metrics["test_encoder"]["accuracy"] > 0.9 and metrics["test_ngram"]["accuracy"] > 0.9
     assert metrics["fusion"]["a"] >= 0 and metrics["fusion"]["b"] >= 0
     card = (model / "README.md").read_text()
+    assert "fit on the training and validation splits:" in card and "training split alone" in card
     assert "| test |" in card and "| test, encoder alone |" in card and "n-gram scores" in card
     assert json.loads((model / "labels.json").read_text()) == ["politics", "sport", "tech"]
 
@@ -66,15 +67,20 @@ def test_ngrams_off_trains_the_encoder_alone(data, tmp_path, monkeypatch, capsys
     assert after["validation_encoder"]["accuracy"] == before["validation"]["accuracy"]
     assert after["validation_encoder"]["n_documents"] == before["validation"]["n_documents"]
     assert {"test", "test_encoder", "test_ngram", "training"} <= set(after)
-    assert "## N-gram component" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "## N-gram component" in card and "fit on the training and validation splits:" in card
+    # the kept n-grams read every labelled document (the weights were fit on held-out scores before that)
+    n_train = json.loads((out / "ngram.json").read_text())["fit_documents"]
+    assert n_train == len(pd.read_csv(data / "train.csv")) == 150
+    assert after["fusion"]["fit_on"] == "training and validation splits"
     # a training text over the fit's bound is sampled, and the console and the card say so
-    n_train = json.loads((out / "ngram.json").read_text())["fit_documents"]  # all of the training split
     monkeypatch.setattr("pipelines.ngram.MAX_FIT_CHARS", sum(map(len, pd.read_csv(data / "train.csv").text)) // 3)
     assert main(["fuse", "--model", str(out), "--train", str(data / "train.csv")]) == 0
     sampled = json.loads((out / "ngram.json").read_text())["fit_documents"]
     said = "".join(capsys.readouterr())
     assert 0 < sampled < n_train and f"fit on a random {sampled:,} of the {n_train:,}" in said
-    assert f"fit on a random {sampled:,} documents of the training split" in (out / "README.md").read_text()
+    assert f"fit on a random {sampled:,} documents of the training and validation splits" in \
+        (out / "README.md").read_text()
     monkeypatch.undo()
     assert main(["fuse", "--model", str(out), "--train", str(data / "test.csv")]) == 0  # same labels: allowed
     frame = pd.read_csv(data / "train.csv")
@@ -300,3 +306,29 @@ def test_bad_input_is_one_line_exit_2(data, tmp_path, case, phrase):
     lines = result.stderr.strip().splitlines()
     assert len([line for line in lines if "error" in line]) == 1 and "Traceback" not in result.stderr
     assert phrase in result.stderr.lower()
+
+
+def test_refit_ngrams_keep_the_weights_fit_on_held_out_scores(model, data):
+    from argparse import Namespace
+
+    from pipelines.fuse import fuse_ngrams
+    from pipelines.inference import prepare
+    from pipelines.modeldir import load_model_dir
+    from pipelines.train import _data
+
+    md = prepare(load_model_dir(model), precision="float32")
+    split = _data(Namespace(train=str(data / "train.csv"), valid=None, text_column="text", label_column="label",
+                            split_column="split", seed=0))
+    texts, _, vtexts, vlabels = split
+    held = fuse_ngrams(md, *split, refit=False)
+    first = md.ngram
+    kept = fuse_ngrams(md, *split, refit=True)
+    second = md.ngram
+    # the validation figures and the weights come from n-grams that never saw the validation split, either way
+    assert {k: v for k, v in held.items() if k != "fusion"} == {k: v for k, v in kept.items() if k != "fusion"}
+    assert first.fusion == second.fusion and held["fusion"]["a"] == kept["fusion"]["a"]
+    assert first.fit_documents == len(texts) and second.fit_documents == len(texts) + len(vtexts)
+    assert held["fusion"]["fit_on"] == "training split" and kept["fusion"]["fit_on"] == "training and validation splits"
+    # ... and the n-grams kept have read the validation documents: they fit them at least as well as before
+    right = lambda ngram: (ngram.scores(vtexts).argmax(1) == [md.labels.index(y) for y in vlabels]).mean()  # noqa: E731
+    assert right(second) >= right(first) and right(second) == 1.0

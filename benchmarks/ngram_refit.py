@@ -1,0 +1,87 @@
+"""Test figures of a trained model's fusion with the n-grams fit on the training split alone vs refit on the
+training and validation splits (`fuse_ngrams(refit=...)`, pipelines/fuse.py), the encoder unchanged.
+
+    python benchmarks/ngram_refit.py --data ../shared/data --runs runs/accuracy --datasets bbc_news r8 \\
+        [--recipe minilm-lr3e-5-fresh1e-4]
+
+Reads the model directories benchmarks/accuracy.py wrote (`RUNS/NAME.RECIPE`) without changing them; the
+validation split is the one `txl train` carved (seed 0). The encoder's test probabilities are computed once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy import DATASETS, DEFAULT  # noqa: E402
+from pipelines.fuse import fuse_ngrams  # noqa: E402
+from pipelines.inference import predict, prepare  # noqa: E402
+from pipelines.metrics import compute_metrics, decide  # noqa: E402
+from pipelines.modeldir import load_model_dir  # noqa: E402
+from pipelines.train import _data, _load_split  # noqa: E402
+
+
+def encoder_logits(md, texts: list[str]) -> torch.Tensor:
+    """What `fuse_ngrams` fuses: log-probabilities (single-label) or logits (multi-label) of the encoder alone."""
+    md.ngram = None
+    probs = torch.tensor([[p.probs[n] for n in md.labels] for p in predict(md, texts)]).clamp(1e-7, 1 - 1e-7)
+    probs = probs.double()
+    return (torch.log(probs) - torch.log1p(-probs) if md.multi_label else torch.log(probs)).float()
+
+
+def labels_of(md, fused: torch.Tensor, thresholds) -> list[str]:
+    if md.multi_label:
+        return ["|".join(n for n, c in zip(md.labels, row) if c) for row in decide(torch.sigmoid(fused).numpy(),
+                                                                                   thresholds)]
+    return [md.labels[i] for i in fused.argmax(1).tolist()]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--runs", required=True, type=Path)
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    ap.add_argument("--recipe", default=DEFAULT)
+    args = ap.parse_args()
+    rows = []
+    for name in args.datasets:
+        model = args.runs / f"{name}.{args.recipe}"
+        if not (model / "config.json").is_file():
+            print(f"{name}: no model at {model}; skipped")
+            continue
+        train, test = (str(args.data / f) for f in DATASETS[name])
+        split = argparse.Namespace(train=train, valid=None, text_column="text", label_column="label",
+                                   split_column="split", seed=0)
+        data = _data(split)
+        ttexts, tlabels = _load_split(test, split, "test")
+        md = prepare(load_model_dir(model), precision="auto", device="cpu")
+        started = time.time()
+        enc = encoder_logits(md, ttexts)
+        print(f"{name}: encoder on {len(ttexts):,} test documents in {time.time() - started:.0f} s")
+        for refit in (False, True):
+            fuse_ngrams(md, *data, refit=refit)
+            scores = md.ngram.scores(ttexts)
+            fused = md.ngram.fuse(enc, scores)
+            alone = torch.as_tensor(scores)
+            m = compute_metrics(tlabels, labels_of(md, fused, md.ngram.thresholds), md.labels,
+                                multi_label=md.multi_label)
+            n = compute_metrics(tlabels, labels_of(md, alone, None), md.labels, multi_label=md.multi_label)
+            rows.append((name, "train + valid" if refit else "train", md.ngram.fit_documents, md.ngram.fusion, m, n))
+    print("\n| data set | n-grams fit on | documents | a | b | fused accuracy | fused macro-F1 | fused micro-F1 | "
+          "n-grams alone (acc / micro-F1) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, on, docs, f, m, n in rows:
+        print(f"| {name} | {on} | {docs:,} | {f['a']:.3g} | {f['b']:.3g} | {100 * m['accuracy']:.2f} | "
+              f"{100 * m['macro_f1']:.2f} | {100 * m['micro_f1']:.2f} | {100 * n['accuracy']:.2f} / "
+              f"{100 * n['micro_f1']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
