@@ -100,7 +100,13 @@ def run_facts(card: dict) -> dict:
             facts[f"{split}_accuracy"] = card[split]["accuracy"]
     if "fusion" in card:
         facts["fusion"] = {k: v for k, v in card["fusion"].items() if k in ("a", "b", "c")}
+        facts["ngrams_fit_on"] = card["fusion"].get("fit_on", "training split")  # both splits since 2026-12-04
     return facts
+
+
+def refit(row: dict) -> bool:
+    """Whether the row's n-grams were refit on the training and validation splits (`fuse_ngrams(refit=True)`)."""
+    return row.get("ngrams_fit_on", "training split") != "training split"
 
 
 def cpu_kind() -> str:
@@ -121,12 +127,16 @@ def table(rows: list[dict], machine: str) -> str:
         fused = r.get("ngrams", False)
         alone = {part: f"{pct(r, part + '_accuracy')} / {pct(r, part + '_micro_f1')}" if fused else "-"
                  for part in ("encoder", "ngram")}
-        lines.append(f"| {r['dataset']} | {r.get('recipe', 'scratch')} | {'yes' if fused else 'no'} | {r['n_test']} | "
+        said = ("yes, refit" if refit(r) else "yes") if fused else "no"
+        lines.append(f"| {r['dataset']} | {r.get('recipe', 'scratch')} | {said} | {r['n_test']} | "
                      + " | ".join(pct(r, k) for k in ("accuracy", "macro_f1", "micro_f1")) + f" | {alone['encoder']} | "
                      + f"{alone['ngram']} | "
                      + " | ".join(pct(r, k) for k in ("baseline_accuracy", "baseline_macro_f1", "baseline_micro_f1"))
                      + f" | {r['train_minutes']} | {r.get('cpu', '?')}, {r.get('train_precision') or '?'} |")
-    lines += ["", "Multi-label (modapte90): accuracy is subset accuracy (every label of a document right); micro-F1 "
+    lines += ["", "n-grams fused \"yes, refit\": the n-gram part refit on the training and validation splits after "
+              "its fusion weights were fit (`txl train`'s default since 2026-12-04; `benchmarks/ngram_refit.py` "
+              "compares the two on one model); \"yes\": fit on the training split alone.", "",
+              "Multi-label (modapte90): accuracy is subset accuracy (every label of a document right); micro-F1 "
               "is the usual figure. Single-label: micro-F1 equals accuracy. Every machine: 2 cores; \"AVX512-BF16\" "
               "is an AMD EPYC with bf16 matrix units, \"no bf16 units\" an AVX2-only EPYC (float32 about 135 GFLOP/s, "
               "bf16 a slow fallback)."]
@@ -163,8 +173,9 @@ def main() -> None:
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     saved = HERE / "accuracy.json"
-    # one row per data set, recipe and kind of machine (a GPU's row does not replace a CPU's)
-    key = lambda r: (r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")).startswith("GPU"))  # noqa: E731
+    # one row per data set, recipe, kind of machine (a GPU's row does not replace a CPU's, nor a bf16 CPU's an
+    # AVX2-only one's) and n-gram fit
+    key = lambda r: (r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")), refit(r))  # noqa: E731
     new = [json.loads(path.read_text()) for path in args.rows]  # measured elsewhere (gpu_session.py's row.json)
     for name in [] if args.rows else args.datasets:
         row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision)
@@ -173,7 +184,7 @@ def main() -> None:
     # read only now: rows written while this ran (hours) stay; the ones measured now replace their own
     by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
     by_key.update((key(r), r) for r in new)
-    order = lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2])  # noqa: E731
+    order = lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2].startswith("GPU"), k[3], k[2])  # noqa: E731
     rows = [by_key[k] for k in sorted(by_key, key=order)]
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
                f"{os.environ.get('OMP_NUM_THREADS', 'default')} (each row's CPU in its last column)")

@@ -1,7 +1,8 @@
 """The n-gram component a model directory can carry beside the encoder, and its fusion with it.
 
 TF-IDF over word 1-2-grams (sublinear tf, min_df 2) and a linear SVM: `txl baseline`'s model, fit on the same
-training split as the encoder. The two read a document differently (the encoder its words in context, the
+training split as the encoder, then (pipelines/fuse.py) refit on the training and validation splits once the
+fusion weights are fit. The two read a document differently (the encoder its words in context, the
 n-grams every rare name and phrase) and err on different documents, so `txl train` fuses them:
 
     fused logits = a * log_softmax(encoder logits) + b * svm scores            (single-label)
