@@ -104,31 +104,26 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
 SPLITS = {False: "training split", True: "training and validation splits"}  # what the n-grams kept were fit on
 
 
-def fit_phrase(fusion: dict, n_fit: int | None = None) -> str:
-    """What the card says the n-grams were fit on (`n_fit`: the documents of those splits)."""
-    n, splits = fusion.get("fit_documents"), fusion.get("fit_on", SPLITS[False])  # models before 2026-12-04: train
-    return f"the {splits}" if n is None or n == n_fit else f"a random {n:,} documents of the {splits}"
+def fit_phrase(fusion: dict, n_train: int, n_valid: int) -> tuple[str, str]:
+    """What the card says the n-grams were fit on, and their fusion weights."""
+    splits = fusion.get("fit_on", SPLITS[False])  # models fused before 2026-12-04: the training split
+    refit = splits == SPLITS[True]
+    n, n_fit = fusion.get("fit_documents"), n_train + n_valid if refit else n_train
+    read = f"the {splits}" if n is None or n == n_fit else f"a random {n:,} documents of the {splits}"
+    return read, "weights fit on the validation split" + (" (scored by n-grams fit on the training split alone)"
+                                                           if refit else "")
 
 
-WEIGHTS_NOTE = {False: "", True: " (scored by n-grams fit on the training split alone)"}
-
-
-def fit_count(fusion: dict, n_train: int, n_valid: int) -> int:
-    """The documents of the splits the n-grams were fit on."""
-    return n_train + n_valid if fusion.get("fit_on") == SPLITS[True] else n_train
-
-
-def _card_section(metrics: dict, n_fit: int) -> str:
+def _card_section(metrics: dict, n_train: int, n_valid: int) -> str:
     f = metrics["fusion"]
+    read, weights = fit_phrase(f, n_train, n_valid)
     rows = [f"| {k.replace('_', ', ').replace('encoder', 'encoder alone').replace('ngram', 'n-grams alone')} | "
             f"{m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |"
             for k, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
     return "\n".join(["", "## N-gram component (`txl fuse`)", "",
-                      f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on "
-                      f"{fit_phrase(f, n_fit)}: "
-                      f"logits = {f['a']:.3g} x encoder log-probabilities + {f['b']:.3g} x n-gram scores, weights fit "
-                      f"on the validation split{WEIGHTS_NOTE[f.get('fit_on') == SPLITS[True]]}.", "", "| split | documents | accuracy | macro-F1 | micro-F1 |",
-                      "|---|---:|---:|---:|---:|", *rows, ""])
+                      f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on {read}: logits = "
+                      f"{f['a']:.3g} x encoder log-probabilities + {f['b']:.3g} x n-gram scores, {weights}.", "",
+                      "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|", *rows, ""])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     if args.test:
         tested = measure_test(md, *_load_split(args.test, args, "test"))
     md.metrics = {**old, **fused, **tested}
-    md.card = md.card.split("\n## N-gram component")[0].rstrip("\n") + "\n" + _card_section(md.metrics, fit_count(md.metrics["fusion"], len(texts), len(vtexts)))
+    md.card = (md.card.split("\n## N-gram component")[0].rstrip("\n") + "\n"
+               + _card_section(md.metrics, len(texts), len(vtexts)))
     save_model_dir(md.path, md)
     for split in ("validation", "test"):
         if split in md.metrics:

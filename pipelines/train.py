@@ -29,7 +29,7 @@ from .errors import UserError, bounded
 from .inference import cpu_has_native_bf16, prepare
 from .labeled import load_labeled
 from .labels import LabelSet, stratified_split
-from .fuse import WEIGHTS_NOTE, SPLITS, fit_count, fit_phrase, fuse_ngrams, measure_test
+from .fuse import fit_phrase, fuse_ngrams, measure_test
 from .modeldir import ModelDir, load_model_dir, save_model_dir
 from .output import write_atomic
 from .init_from import load_start, minilm_available
@@ -254,10 +254,10 @@ def model_card(summary: dict, metrics: dict) -> str:
                          f"| {m['micro_f1']:.4f} |")
     if "fusion" in metrics:
         f = metrics["fusion"]
+        read, weights = fit_phrase(f, summary["n_train"], summary["n_valid"])
         lines += ["", f"The encoder's log-probabilities are fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} "
-                  f"terms) fit on {fit_phrase(f, fit_count(f, summary['n_train'], summary['n_valid']))}: logits = "
-                  f"{f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, weights fit on the validation split"
-                  f"{WEIGHTS_NOTE[f.get('fit_on') == SPLITS[True]]} (`txl train --ngrams`, pipelines/ngram.py)."]
+                  f"terms) fit on {read}: logits = {f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
+                  "(`txl train --ngrams`, pipelines/ngram.py)."]
     return "\n".join(lines) + "\n"
 
 

@@ -181,3 +181,14 @@ def test_large_training_text_is_sampled(corpus, monkeypatch):
     assert half.coef.shape == (3, len(half.terms))
     # the sampled fit still separates the classes of the whole corpus
     assert (half.scores(texts).argmax(1) == y).mean() > 0.8
+
+
+def test_the_card_says_what_the_ngrams_read():
+    from pipelines.fuse import SPLITS, fit_phrase
+
+    # a model fused before the refit (its metrics say nothing of it): the training split
+    assert fit_phrase({"fit_documents": 90}, 90, 10) == ("the training split", "weights fit on the validation split")
+    read, weights = fit_phrase({"fit_documents": 100, "fit_on": SPLITS[True]}, 90, 10)
+    assert read == "the training and validation splits" and weights.endswith("fit on the training split alone)")
+    assert fit_phrase({"fit_documents": 40, "fit_on": SPLITS[True]}, 90, 10)[0] == \
+        "a random 40 documents of the training and validation splits"
