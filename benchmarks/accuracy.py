@@ -184,7 +184,8 @@ def main() -> None:
     # read only now: rows written while this ran (hours) stay; the ones measured now replace their own
     by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
     by_key.update((key(r), r) for r in new)
-    order = lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2].startswith("GPU"), k[3], k[2])  # noqa: E731
+    order = lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2].startswith("GPU"),  # noqa: E731
+                       k[3], k[2])
     rows = [by_key[k] for k in sorted(by_key, key=order)]
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
                f"{os.environ.get('OMP_NUM_THREADS', 'default')} (each row's CPU in its last column)")
