@@ -52,8 +52,8 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
                 refit: bool = True) -> dict:
     """Fit the n-gram component on the training split and its fusion weights (and multi-label thresholds) on
     the validation split (`pipelines/ngram.py`), then, with `refit`, fit the n-grams again on both splits under
-    those weights (the validation split is 10% more data for the SVM; its scale barely moves with it:
-    benchmarks/ngram_refit.py measures the two). Returns the validation metrics of the fused model and of each
+    those weights (the validation split is 10% more data for the SVM; benchmarks/ngram_refit.py measures the
+    two fits on one model). Returns the validation metrics of the fused model and of each
     part, measured before the refit (held out)."""
     best.ngram = None  # the encoder's own probabilities below, also when refitting a fused model
     label_set = LabelSet(best.labels, best.multi_label)
