@@ -147,7 +147,6 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, text, monkeypatch):
 def test_ctrl_c_stops_with_a_checkpoint_and_resume_loses_nothing(tmp_path, text, monkeypatch, capsys):
     """SIGINT in step 7 of 10 with the default `--save-every` (no checkpoint yet): step 7 finishes, a
     checkpoint is written there, exit 130 with how to continue; the resumed run equals the uninterrupted one."""
-    import os
     import signal
     flags = ["--max-steps", "10", "--dropout", "0.1"]
     assert _run(tmp_path / "whole", text, *flags) == 0
@@ -156,7 +155,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_loses_nothing(tmp_path, text,
     def signalled_in_step_7(self, elapsed):
         calls.append(1)
         if len(calls) == 7:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # handled before it returns (os.kill: whenever Python looks)
         return real_step(self, elapsed)
 
     monkeypatch.setattr(lm_trainer.LMTrainer, "step", signalled_in_step_7)
