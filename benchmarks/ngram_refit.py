@@ -14,26 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import DATASETS, DEFAULT  # noqa: E402
-from pipelines.fuse import fuse_ngrams  # noqa: E402
-from pipelines.inference import predict, prepare  # noqa: E402
+from pipelines.fuse import encoder_scores, fuse_ngrams  # noqa: E402
+from pipelines.inference import prepare  # noqa: E402
 from pipelines.metrics import compute_metrics, decide  # noqa: E402
 from pipelines.modeldir import load_model_dir  # noqa: E402
 from pipelines.train import _data, _load_split  # noqa: E402
-
-
-def encoder_logits(md, texts: list[str]) -> torch.Tensor:
-    """What `fuse_ngrams` fuses: log-probabilities (single-label) or logits (multi-label) of the encoder alone."""
-    md.ngram = None
-    probs = torch.tensor([[p.probs[n] for n in md.labels] for p in predict(md, texts)]).clamp(1e-7, 1 - 1e-7)
-    probs = probs.double()
-    return (torch.log(probs) - torch.log1p(-probs) if md.multi_label else torch.log(probs)).float()
 
 
 def labels_of(md, fused: torch.Tensor, thresholds) -> list[str]:
@@ -63,7 +54,8 @@ def main() -> int:
         ttexts, tlabels = _load_split(test, split, "test")
         md = prepare(load_model_dir(model), precision="auto", device="cpu")
         started = time.time()
-        enc = encoder_logits(md, ttexts)
+        md.ngram = None  # the encoder alone
+        enc = encoder_scores(md, ttexts)
         print(f"{name}: encoder on {len(ttexts):,} test documents in {time.time() - started:.0f} s")
         for refit in (False, True):
             fuse_ngrams(md, *data, refit=refit)

@@ -48,6 +48,15 @@ def measure_test(best: ModelDir, texts: list[str], labels: list[str]) -> dict:
             for k, part in enumerate(parts)}
 
 
+def encoder_scores(md: ModelDir, texts: list[str]) -> torch.Tensor:
+    """What the fusion reads of the encoder alone (`md.ngram` None): log-probabilities (N, L), or logits when
+    multi-label; each rank a shard."""
+    probs = torch.tensor(dist.map_sharded(lambda part: [[p.probs[n] for n in md.labels]
+                                                        for p in predict(md, part)], texts))  # (N, L)
+    probs = probs.clamp(1e-7, 1 - 1e-7).double()
+    return (torch.log(probs) - torch.log1p(-probs) if md.multi_label else torch.log(probs)).float()
+
+
 def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str],
                 refit: bool = True) -> dict:
     """Fit the n-gram component on the training split and its fusion weights (and multi-label thresholds) on
@@ -64,10 +73,7 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
         if dist.is_main():
             tqdm.write("txl: no n-grams fused: the training texts hold no word of two or more letters")
         return {"validation": best.metrics.get("validation", {})}
-    probs = torch.tensor(dist.map_sharded(lambda part: [[p.probs[n] for n in best.labels]
-                                                        for p in predict(best, part)], vtexts))  # (N, L)
-    probs = probs.clamp(1e-7, 1 - 1e-7).double()
-    encoder = (torch.log(probs) - torch.log1p(-probs) if best.multi_label else torch.log(probs)).float()
+    encoder = encoder_scores(best, vtexts)
     scores = ngram.scores(vtexts)
     truth = torch.as_tensor(label_set.encode(vlabels))
     ngram.fusion = fit_fusion(encoder, scores, truth, multi_label=best.multi_label)
