@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy [--datasets bbc_news r8] [--max-minutes 40]
         [--recipe minilm-lr3e-5-fresh1e-4 (txl train's default)|minilm|scratch|...]
     python benchmarks/accuracy.py --rows DIR/*.row.json    # add rows measured on a GPU (gpu_session.py)
+    python benchmarks/accuracy.py ... --seed 1             # the same recipe from another seed (split, init, batches)
 
 For each data set: the TF-IDF + LinearSVC baseline, then `txl train` with the recipe (a time budget per data
 set), then `txl evaluate` on the test split. Writes the table into benchmarks/RESULTS.md between
@@ -58,9 +59,9 @@ def txl(*args: str) -> None:
 
 
 def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str = "minilm",
-            continue_later: bool = False, precision: str = "auto") -> dict | None:
+            continue_later: bool = False, precision: str = "auto", seed: int = 0) -> dict | None:
     train, test = (str(data / f) for f in DATASETS[name])
-    tag = name if recipe == "scratch" else f"{name}.{recipe}"
+    tag = (name if recipe == "scratch" else f"{name}.{recipe}") + (f".seed{seed}" if seed else "")
     out, ev = runs / tag, runs / f"{tag}.eval"
     base = runs / f"{name}.baseline.json"
     if not base.is_file():
@@ -68,7 +69,7 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
     started = time.time()
     if not (ev / "metrics.json").is_file():
         txl("train", "--train", train, "--out", str(out), "--max-minutes", str(max_minutes), *RECIPES[recipe],
-            *(["--resume"] if (out / "checkpoint").is_dir() else []))
+            "--seed", str(seed), *(["--resume"] if (out / "checkpoint").is_dir() else []))
         state = json.loads((out / "checkpoint" / "state.json").read_text())
         if continue_later and state["stopped"].startswith("time"):
             print(f"{tag}: stopped by the time budget in epoch {state['epoch'] + 1}, after {state['step']} steps "
@@ -79,7 +80,7 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
     model = json.loads((ev / "metrics.json").read_text())
     baseline = json.loads(base.read_text())
     parts = model.get("components", {})
-    return {"dataset": name, "recipe": recipe, "cpu": cpu_kind(),
+    return {"dataset": name, "recipe": recipe, "seed": seed, "cpu": cpu_kind(),
             "train_precision": card.get("training", {}).get("precision", ""),
             "accuracy": model["accuracy"], "macro_f1": model["macro_f1"],
             "micro_f1": model["micro_f1"], "ngrams": bool(parts), "precision": model.get("precision", "float32"),
@@ -128,7 +129,8 @@ def table(rows: list[dict], machine: str) -> str:
         alone = {part: f"{pct(r, part + '_accuracy')} / {pct(r, part + '_micro_f1')}" if fused else "-"
                  for part in ("encoder", "ngram")}
         said = ("yes, refit" if refit(r) else "yes") if fused else "no"
-        lines.append(f"| {r['dataset']} | {r.get('recipe', 'scratch')} | {said} | {r['n_test']} | "
+        seed = f" (seed {r['seed']})" if r.get("seed") else ""
+        lines.append(f"| {r['dataset']} | {r.get('recipe', 'scratch')}{seed} | {said} | {r['n_test']} | "
                      + " | ".join(pct(r, k) for k in ("accuracy", "macro_f1", "micro_f1")) + f" | {alone['encoder']} | "
                      + f"{alone['ngram']} | "
                      + " | ".join(pct(r, k) for k in ("baseline_accuracy", "baseline_macro_f1", "baseline_micro_f1"))
@@ -168,24 +170,28 @@ def main() -> None:
                    help="leave a training stopped by its budget unevaluated, for a later run to resume (txl "
                    "train fits its learning-rate schedule to each budget given: a larger one stretches the schedule "
                    "and the rate rises again, a warm restart, not the uninterrupted recipe)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="txl train's --seed (validation split, initialisation, batch order, dropout); a row per seed")
     p.add_argument("--rows", nargs="+", type=Path, default=[],
                    help="only add these rows (JSON files written by benchmarks/gpu_session.py) and rewrite the table")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     saved = HERE / "accuracy.json"
     # one row per data set, recipe, kind of machine (a GPU's row does not replace a CPU's, nor a bf16 CPU's an
-    # AVX2-only one's) and n-gram fit
-    key = lambda r: (r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")), refit(r))  # noqa: E731
+    # AVX2-only one's), n-gram fit and seed
+    key = lambda r: (r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")), refit(r),  # noqa: E731
+                     r.get("seed", 0))
     new = [json.loads(path.read_text()) for path in args.rows]  # measured elsewhere (gpu_session.py's row.json)
     for name in [] if args.rows else args.datasets:
-        row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision)
+        row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision,
+                      args.seed)
         if row is not None:
             new.append(row)
     # read only now: rows written while this ran (hours) stay; the ones measured now replace their own
     by_key = {key(r): r for r in json.loads(saved.read_text())["rows"]} if saved.is_file() else {}
     by_key.update((key(r), r) for r in new)
     order = lambda k: (list(DATASETS).index(k[0]), list(RECIPES).index(k[1]), k[2].startswith("GPU"),  # noqa: E731
-                       k[3], k[2])
+                       k[3], k[2], k[4])
     rows = [by_key[k] for k in sorted(by_key, key=order)]
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
                f"{os.environ.get('OMP_NUM_THREADS', 'default')} (each row's CPU in its last column)")

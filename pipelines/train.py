@@ -99,9 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "512 positions); relative: fold their mean into the token embeddings, as the paper's model has "
                    "relative positions only")
     p.add_argument("--ngrams", choices=("fuse", "off"), default="fuse",
-                   help="fuse (default): fit TF-IDF 1-2-grams + a linear SVM on the training split beside the encoder "
-                   "and fuse the two with weights fit on the validation split (pipelines/ngram.py); off: the encoder "
-                   "alone")
+                   help="fuse (default): fit TF-IDF 1-2-grams + a linear SVM on the training split beside the encoder, "
+                   "fuse the two with weights fit on the validation split, then refit the n-grams on both splits "
+                   "(pipelines/ngram.py, pipelines/fuse.py); off: the encoder alone")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")

@@ -61,6 +61,20 @@ def test_without_continue_later_a_budget_stop_is_evaluated(accuracy, tmp_path):
     assert [c[0] for c in calls] == ["baseline", "train", "evaluate"] and row["accuracy"] == 0.9
 
 
+def test_a_seed_trains_its_own_model_and_row(accuracy, tmp_path):
+    """`--seed N` trains into a folder of its own with `txl train --seed N`, beside seed 0's, and its row says so."""
+    module, calls = accuracy
+    first = module.run_one("r8", tmp_path / "data", tmp_path, 1, "minilm")
+    second = module.run_one("r8", tmp_path / "data", tmp_path, 1, "minilm", seed=2)
+    trains = [c for c in calls if c[0] == "train"]
+    assert len(trains) == 2 and [c[c.index("--seed") + 1] for c in trains] == ["0", "2"]
+    assert (tmp_path / "r8.minilm" / "metrics.json").is_file()
+    assert (tmp_path / "r8.minilm.seed2" / "metrics.json").is_file()
+    assert (first["seed"], second["seed"]) == (0, 2)
+    text = module.table([first, second], "test machine")
+    assert "| r8 | minilm (seed 2) |" in text and "| r8 | minilm |" in text
+
+
 def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):
     """The scripts' flag lists parse as `txl train` arguments, and start_ab's subsets are disjoint and seeded."""
     import argparse
