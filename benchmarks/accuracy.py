@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 DATASETS = {  # name: (train file, test file), relative to the data folder; one file = a `split` column
     "bbc_news": ("bbc_news/bbc_news.csv.xz", "bbc_news/bbc_news.csv.xz"),
@@ -141,8 +143,30 @@ def table(rows: list[dict], machine: str) -> str:
               "Multi-label (modapte90): accuracy is subset accuracy (every label of a document right); micro-F1 "
               "is the usual figure. Single-label: micro-F1 equals accuracy. Every machine: 2 cores; \"AVX512-BF16\" "
               "is an AMD EPYC with bf16 matrix units, \"no bf16 units\" an AVX2-only EPYC (float32 about 135 GFLOP/s, "
-              "bf16 a slow fallback)."]
+              "bf16 a slow fallback).", *seed_summary(rows)]
     return "\n".join(lines)
+
+
+def seed_summary(rows: list[dict]) -> list[str]:
+    """One line per recipe measured from several seeds on one kind of machine: the mean, spread and range of
+    its test figure (micro-F1: accuracy for single-label data), fused and encoder alone."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")), refit(r)), []).append(r)
+    lines = [f"- {name}, {recipe}, {cpu}{', n-grams refit' if refitted else ''}: {len(runs)} seeds "
+             f"({', '.join(str(r.get('seed', 0)) for r in runs)}); test micro-F1 {spread(runs, 'micro_f1')}, "
+             f"encoder alone {spread(runs, 'encoder_micro_f1')}"
+             for (name, recipe, cpu, refitted), runs in groups.items() if len({r.get("seed", 0) for r in runs}) > 1]
+    return ["", "Seeds (`--seed`; the same recipe, machine and n-gram fit):", *lines] if lines else []
+
+
+def spread(runs: list[dict], key: str) -> str:
+    """'mean M, sd S (min A, max B)' of a figure over runs, in percent; '-' where no run has it."""
+    v = np.array([100 * r[key] for r in runs if key in r])
+    if not len(v):
+        return "-"
+    return f"mean {v.mean():.2f}" + (f", sd {v.std(ddof=1):.2f}" if len(v) > 1 else "") + \
+        f" (min {v.min():.2f}, max {v.max():.2f})"
 
 
 def write_section(text: str, start="<!-- accuracy:start -->", end="<!-- accuracy:end -->") -> None:

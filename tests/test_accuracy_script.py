@@ -73,6 +73,12 @@ def test_a_seed_trains_its_own_model_and_row(accuracy, tmp_path):
     assert (first["seed"], second["seed"]) == (0, 2)
     text = module.table([first, second], "test machine")
     assert "| r8 | minilm (seed 2) |" in text and "| r8 | minilm |" in text
+    third = {**second, "seed": 3, "micro_f1": 0.96, "encoder_micro_f1": 0.9}
+    assert f"- r8, minilm, {first['cpu']}: 2 seeds (0, 2); test micro-F1 mean 90.00, sd 0.00" in text
+    assert not module.seed_summary([first])  # one seed: no summary
+    summary = module.seed_summary([first, {**second, "micro_f1": 0.93}, third])
+    assert summary[-1] == ("- r8, minilm, %s: 3 seeds (0, 2, 3); test micro-F1 mean 93.00, sd 3.00 (min 90.00, "
+                           "max 96.00), encoder alone mean 90.00 (min 90.00, max 90.00)" % first["cpu"])
 
 
 def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):
