@@ -107,6 +107,12 @@ def run_facts(card: dict) -> dict:
     return facts
 
 
+def key(row: dict) -> tuple:
+    """A row's identity: data set, recipe, kind of machine (a GPU's row does not replace a CPU's, nor a bf16
+    CPU's an AVX2-only one's), n-gram fit, then seed (`key(row)[:4]` groups a recipe's seeds)."""
+    return row["dataset"], row.get("recipe", "scratch"), str(row.get("cpu", "")), refit(row), row.get("seed", 0)
+
+
 def refit(row: dict) -> bool:
     """Whether the row's n-grams were refit on the training and validation splits (`fuse_ngrams(refit=True)`)."""
     return row.get("ngrams_fit_on", "training split") != "training split"
@@ -152,7 +158,7 @@ def seed_summary(rows: list[dict]) -> list[str]:
     its test figure (micro-F1: accuracy for single-label data), fused and encoder alone."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")), refit(r)), []).append(r)
+        groups.setdefault(key(r)[:4], []).append(r)
     lines = [f"- {name}, {recipe}, {cpu}{', n-grams refit' if refitted else ''}: {len(runs)} seeds "
              f"({', '.join(str(r.get('seed', 0)) for r in runs)}); test micro-F1 {spread(runs, 'micro_f1')}, "
              f"encoder alone {spread(runs, 'encoder_micro_f1')}"
@@ -160,9 +166,9 @@ def seed_summary(rows: list[dict]) -> list[str]:
     return ["", "Seeds (`--seed`; the same recipe, machine and n-gram fit):", *lines] if lines else []
 
 
-def spread(runs: list[dict], key: str) -> str:
+def spread(runs: list[dict], field: str) -> str:
     """'mean M, sd S (min A, max B)' of a figure over runs, in percent; '-' where no run has it."""
-    v = np.array([100 * r[key] for r in runs if key in r])
+    v = np.array([100 * r[field] for r in runs if field in r])
     if not len(v):
         return "-"
     return f"mean {v.mean():.2f}" + (f", sd {v.std(ddof=1):.2f}" if len(v) > 1 else "") + \
@@ -201,10 +207,6 @@ def main() -> None:
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     saved = HERE / "accuracy.json"
-    # one row per data set, recipe, kind of machine (a GPU's row does not replace a CPU's, nor a bf16 CPU's an
-    # AVX2-only one's), n-gram fit and seed
-    key = lambda r: (r["dataset"], r.get("recipe", "scratch"), str(r.get("cpu", "")), refit(r),  # noqa: E731
-                     r.get("seed", 0))
     new = [json.loads(path.read_text()) for path in args.rows]  # measured elsewhere (gpu_session.py's row.json)
     for name in [] if args.rows else args.datasets:
         row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision,
