@@ -41,7 +41,8 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
 # the n-gram component (`--ngrams fuse`, the default). `scratch`: random weights (`--init none`, the default
 # model of d_model 128, 2 layers); `minilm-relative`: the MiniLM start with its positions folded into the token
 # embeddings (the default until 2026-12-01); `minilm-causal`: that one read causally as the paper does;
-# `minilm-lr3e-5-fresh3e-4`: the default with a 3x larger rate for the head and relative-position terms.
+# `minilm-lr3e-5-fresh3e-4`: the default with a 3x larger rate for the head and relative-position terms;
+# `minilm-lr3e-5-fresh1e-4-4epochs`: the default for 4 epochs (twice the steps, for small data sets).
 MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "auto"]
 RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
            "minilm-1epoch": [*MINILM, "--positions", "segment", "--epochs", "1"],
@@ -49,7 +50,9 @@ RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", 
            "minilm-causal": [*MINILM, "--positions", "relative", "--attention", "causal"],
            "minilm-lr3e-5": [*MINILM, "--positions", "segment", "--lr", "3e-5"],  # argparse: the last --lr wins
            "minilm-lr3e-5-fresh1e-4": [*MINILM, "--positions", "segment", "--lr", "3e-5", "--fresh-lr", "1e-4"],
-           "minilm-lr3e-5-fresh3e-4": [*MINILM, "--positions", "segment", "--lr", "3e-5", "--fresh-lr", "3e-4"]}
+           "minilm-lr3e-5-fresh3e-4": [*MINILM, "--positions", "segment", "--lr", "3e-5", "--fresh-lr", "3e-4"],
+           "minilm-lr3e-5-fresh1e-4-4epochs": [*MINILM, "--positions", "segment", "--lr", "3e-5", "--fresh-lr", "1e-4",
+                                               "--epochs", "4"]}
 DEFAULT = "minilm-lr3e-5-fresh1e-4"  # what `txl train --init auto` does with the minilm extra installed
 
 
