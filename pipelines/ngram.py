@@ -9,7 +9,9 @@ n-grams every rare name and phrase) and err on different documents, so `txl trai
     fused logits = a * encoder logits + b * svm scores + c                     (multi-label, per label)
 
 with a, b (and c) fit on the validation split by log-loss, a 2-3 parameter stacking that cannot overfit a
-validation split of a few hundred documents; a weight near 0 switches a component off where it does not help.
+validation split of a few hundred documents, under a weak prior that keeps each part at its own calibrated
+weight where the split has too few errors to tell the parts apart (`fit_fusion`); a weight near 0 switches a
+component off where it does not help.
 Multi-label decision thresholds are then tuned on the fused validation probabilities.
 
 Stored without pickle: `ngram.json` (the terms in column order, the settings, the fusion weights and
@@ -82,7 +84,8 @@ class NgramModel:
 
     def fuse(self, encoder_logits: torch.Tensor, scores: np.ndarray) -> torch.Tensor:
         """Fused logits (N, L) from the encoder's logits (N, L) and `scores` (N, L)."""
-        return fused_logits(encoder_logits.float(), torch.as_tensor(scores), **self.fusion,
+        w = self.fusion
+        return fused_logits(encoder_logits.float(), torch.as_tensor(scores), a=w["a"], b=w["b"], c=w.get("c", 0.0),
                             multi_label=self.multi_label)
 
     def term_contributions(self, text: str, label: int, top: int = 10) -> list[tuple[str, float]]:
@@ -202,24 +205,61 @@ def fused_logits(encoder: torch.Tensor, scores: torch.Tensor, *, a, b, c=0.0, mu
     return a * torch.log_softmax(encoder, dim=-1) + b * scores
 
 
-def fit_fusion(encoder: torch.Tensor, scores: np.ndarray, targets: torch.Tensor, *, multi_label: bool,
-               steps: int = 200) -> dict:
-    """The weights a, b >= 0 (and c) that minimise the validation log-loss of the fused logits."""
-    encoder, s = encoder.float(), torch.as_tensor(scores).float()
-    raw = torch.tensor([math.log(math.e - 1), math.log(math.e - 1), 0.0], requires_grad=True)  # softplus -> 1, 1
+PRIOR_SD = 1.0  # of log(b / a) around the ratio of the parts' own temperatures: a factor e either way
+LOG_TEMPERATURE = (-8.0, 8.0)  # a part that says nothing (or everything) on the validation split stays finite
+
+
+def calibrate(scores: torch.Tensor, targets: torch.Tensor, *, multi_label: bool, steps: int = 100) -> tuple[float, float]:
+    """One part alone: the log temperature t (and, multi-label, the shift c) minimising the log-loss of
+    exp(t) * scores (+ c)."""
+    raw = torch.zeros(2, requires_grad=True)
     opt = torch.optim.LBFGS([raw], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
     def loss_fn():
         opt.zero_grad()
-        a, b = torch.nn.functional.softplus(raw[:2])
-        z = fused_logits(encoder, s, a=a, b=b, c=raw[2], multi_label=multi_label)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, targets.float()) if multi_label else \
-            torch.nn.functional.cross_entropy(z, targets)
+        loss = _log_loss(torch.exp(raw[0].clamp(*LOG_TEMPERATURE)) * scores + raw[1], targets, multi_label)
         loss.backward()
         return loss
 
     opt.step(loss_fn)
-    a, b = (float(v) for v in torch.nn.functional.softplus(raw[:2].detach()))
-    if not all(map(math.isfinite, (a, b))):
+    t, c = (float(v) for v in raw.detach())
+    t = min(max(t, LOG_TEMPERATURE[0]), LOG_TEMPERATURE[1]) if math.isfinite(t) else 0.0
+    return t, c if multi_label and math.isfinite(c) else 0.0
+
+
+def _log_loss(z: torch.Tensor, targets: torch.Tensor, multi_label: bool, reduction: str = "mean") -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(z, targets.float(), reduction=reduction) \
+        if multi_label else torch.nn.functional.cross_entropy(z, targets, reduction=reduction)
+
+
+def fit_fusion(encoder: torch.Tensor, scores: np.ndarray, targets: torch.Tensor, *, multi_label: bool,
+               steps: int = 200) -> dict:
+    """The weights a, b > 0 (and c) of the fused logits, the maximum a posteriori on the validation split:
+    its summed log-loss plus a Gaussian prior on log(b / a), sd PRIOR_SD, centred on the ratio of each part's
+    own temperature (`calibrate`, each part alone on the same split). Where the split tells the parts apart
+    (dozens of errors, imdb, 20newsgroups) the data decide the ratio; where it barely can (a bbc_news split of
+    178 documents with one error, made by both parts) a plain log-loss fit leans on whichever part is more
+    confident when right, and the prior keeps each part at its own calibrated weight instead (RESULTS.md,
+    "Fusion weights under a prior")."""
+    encoder, s = encoder.float(), torch.as_tensor(scores).float()
+    alone = encoder if multi_label else torch.log_softmax(encoder, dim=-1)
+    (ta, ca), (tb, cb) = (calibrate(x, targets, multi_label=multi_label) for x in (alone, s))
+    center = tb - ta
+    raw = torch.tensor([ta, tb, ca + cb], requires_grad=True)  # log a, log b, c: from the parts' own fits
+    opt = torch.optim.LBFGS([raw], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss_fn():
+        opt.zero_grad()
+        a, b = torch.exp(raw[:2].clamp(*LOG_TEMPERATURE))
+        z = fused_logits(encoder, s, a=a, b=b, c=raw[2], multi_label=multi_label)
+        loss = _log_loss(z, targets, multi_label, "sum") + 0.5 * ((raw[1] - raw[0] - center) / PRIOR_SD) ** 2
+        loss.backward()
+        return loss
+
+    opt.step(loss_fn)
+    la, lb, c = (float(v) for v in raw.detach())
+    if not all(map(math.isfinite, (la, lb, c))):
         return {"a": 1.0, "b": 0.0, "c": 0.0}
-    return {"a": round(a, 6), "b": round(b, 6), "c": round(float(raw[2].detach()) if multi_label else 0.0, 6)}
+    a, b = (math.exp(min(max(v, LOG_TEMPERATURE[0]), LOG_TEMPERATURE[1])) for v in (la, lb))
+    return {"a": round(a, 6), "b": round(b, 6), "c": round(c if multi_label else 0.0, 6),
+            "prior_ratio": round(math.exp(center), 6)}

@@ -1,9 +1,11 @@
 """The n-gram component (pipelines/ngram.py): it scores as scikit-learn's TF-IDF + LinearSVC does, survives a
-save/load without pickle, its fusion weights follow whichever part carries the signal, and a model directory
+save/load without pickle, its fusion weights follow whichever part carries the signal (and a prior keeps
+both parts where a validation split cannot tell them apart), and a model directory
 trained with it predicts, explains and reports each part."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
+from pipelines import ngram as ngram_module
 from pipelines.errors import UserError
 from pipelines.ngram import NgramModel, fit_fusion, fit_ngram, fit_sample, fused_logits
 from tests.synth import make_corpus
@@ -97,7 +100,7 @@ def test_fusion_weights_follow_the_signal(informative):
     w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
     strong, weak = (w["a"], w["b"]) if informative == "encoder" else (w["b"], w["a"])
     assert strong > 0.5 and weak < 0.2 * strong, w
-    fused = fused_logits(encoder, scores, **w, multi_label=False)
+    fused = fused_logits(encoder, scores, a=w["a"], b=w["b"], multi_label=False)
     assert (fused.argmax(1) == y).float().mean() > 0.9
 
 
@@ -110,7 +113,46 @@ def test_fusion_of_two_half_informative_parts_beats_each():
     scores = 1.2 * onehot + torch.randn(2000, 3, generator=g)
     w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
     acc = lambda z: float((z.argmax(1) == y).float().mean())  # noqa: E731
-    assert acc(fused_logits(encoder, scores, **w, multi_label=False)) > max(acc(encoder), acc(scores)) + 0.03
+    assert acc(fused_logits(encoder, scores, a=w["a"], b=w["b"], multi_label=False)) > max(acc(encoder), acc(scores)) + 0.03
+
+
+def nearly_solved_split(seed: int, n: int = 178) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A small validation split both parts get right but for one document, where both prefer the same wrong
+    class: an encoder with steady, large margins (as a fine-tuned one), n-gram scores with small, varied ones."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 5, (n,), generator=g)
+    onehot = torch.nn.functional.one_hot(y, 5).float()
+    encoder = 5.3 * onehot + 0.3 * torch.randn(n, 5, generator=g)
+    scores = (0.9 + 0.5 * torch.rand(n, 1, generator=g)) * onehot + 0.25 * torch.randn(n, 5, generator=g) - 0.5
+    wrong = int((y[0] + 1) % 5)
+    encoder[0, wrong], scores[0, wrong] = encoder[0, y[0]] + 1.2, scores[0, y[0]] + 0.35
+    return encoder, scores, y
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fusion_prior_keeps_both_parts_on_a_nearly_solved_split(seed, monkeypatch):
+    """With one error on the split, shared by both parts, a plain log-loss fit drops the n-grams (it leans on
+    the part that is more confident when right); under the prior each part keeps its own calibrated weight."""
+    encoder, scores, y = nearly_solved_split(seed)
+    w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
+    assert abs(math.log(w["b"] / w["a"]) - math.log(w["prior_ratio"])) < ngram_module.PRIOR_SD, w
+    assert w["b"] > w["a"] > 0.1, w  # both parts in: the n-grams' scores are on a smaller scale
+    monkeypatch.setattr(ngram_module, "PRIOR_SD", 1e6)  # no prior: the failure it is there for
+    plain = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
+    assert plain["b"] < 0.01 * plain["a"], plain
+
+
+def test_fusion_prior_yields_to_evidence(monkeypatch):
+    """On a split with hundreds of errors the data decide the weights: the prior moves them by little."""
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 3, (2000,), generator=g)
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    encoder = 2.0 * onehot + torch.randn(2000, 3, generator=g)
+    scores = 0.6 * onehot + 0.4 * torch.randn(2000, 3, generator=g)
+    w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
+    monkeypatch.setattr(ngram_module, "PRIOR_SD", 1e6)
+    plain = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
+    assert abs(math.log(w["b"] / w["a"]) - math.log(plain["b"] / plain["a"])) < 0.05, (w, plain)
 
 
 def test_multi_label_fusion_and_per_label_scores():

@@ -1,0 +1,112 @@
+"""Fusion methods compared on the cache benchmarks/fusion_cache.py wrote: test accuracy (micro-F1 when
+multi-label) of each way of weighing the encoder against the n-grams, every model in the cache.
+
+    python benchmarks/fusion_variants.py --cache runs/fusion_cache [--variants joint separate ...]
+
+Variants (a: the encoder's weight, b: the n-grams'; the n-grams scored on test by their training +
+validation fit, as `txl train` keeps them). Each cell: test figure (validation figure; a, b).
+- `plain`: a, b fit together by log-loss on the validation split (`pipelines.ngram.fit_fusion` with no prior:
+  the method until 2026-12-05).
+- `prior`: the same under the prior on log(b / a) (`fit_fusion`, `txl train`'s method since 2026-12-05);
+  `prior-0.5`, `prior-2`: with that prior's sd 0.5 or 2 instead of PRIOR_SD (1).
+- `separate`: each part temperature-calibrated alone on the validation split (`pipelines.ngram.calibrate`):
+  the prior's centre.
+- `encoder`, `ngram`: one part alone.
+
+    python benchmarks/fusion_variants.py --curve runs/fusion_cache   # test / validation errors against b / a
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipelines.metrics import decide, tune_thresholds  # noqa: E402
+from pipelines import ngram  # noqa: E402
+from pipelines.ngram import fused_logits  # noqa: E402
+
+
+def weights(variant: str, c: dict) -> dict:
+    ml = c["multi_label"]
+    enc_v, sv = c["enc_v"].float(), torch.as_tensor(c["sv"]).float()
+    yv = torch.as_tensor(np.asarray(c["yv"]))
+    if variant == "encoder":
+        return {"a": 1.0, "b": 0.0, "c": 0.0}
+    if variant == "ngram":
+        return {"a": 0.0, "b": 1.0, "c": 0.0}
+    if variant == "separate":
+        (ta, ca), (tb, cb) = (ngram.calibrate(x, yv, multi_label=ml)
+                              for x in (enc_v if ml else torch.log_softmax(enc_v, -1), sv))
+        return {"a": math.exp(ta), "b": math.exp(tb), "c": ca + cb}
+    sd = {"plain": 1e6, "prior": ngram.PRIOR_SD}.get(variant) or float(variant.split("-")[1])
+    saved, ngram.PRIOR_SD = ngram.PRIOR_SD, sd
+    try:
+        w = ngram.fit_fusion(enc_v, c["sv"], yv, multi_label=ml)
+    finally:
+        ngram.PRIOR_SD = saved
+    return {k: w[k] for k in ("a", "b", "c")}
+
+
+def score(c: dict, w: dict) -> tuple[float, float]:
+    """Test figure of the fused model, and validation figure (n-grams of the training fit)."""
+    ml = c["multi_label"]
+    out = []
+    for enc, s, y in ((c["enc_t"], c["st_all"], c["yt"]), (c["enc_v"], c["sv"], c["yv"])):
+        z = fused_logits(enc.float(), torch.as_tensor(s).float(), multi_label=ml, **w)
+        out.append((z, np.asarray(y)))
+    if not ml:
+        return tuple(float((z.argmax(1).numpy() == y).mean()) for z, y in out)
+    (zt, yt), (zv, yv) = out
+    th = tune_thresholds(torch.sigmoid(zv).numpy(), yv)
+    res = []
+    for z, y in ((zt, yt), (zv, yv)):
+        chosen, truth = decide(torch.sigmoid(z).numpy(), th), y.astype(bool)
+        res.append(2 * float((chosen & truth).sum()) / float(chosen.sum() + truth.sum()))
+    return tuple(res)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", required=True, type=Path)
+    ap.add_argument("--variants", nargs="+", default=["encoder", "ngram", "plain", "separate", "prior", "prior-0.5", "prior-2"])
+    args = ap.parse_args()
+    print("| model | " + " | ".join(args.variants) + " |\n|---|" + "---:|" * len(args.variants))
+    for path in sorted(args.cache.glob("*.pt")):
+        c = torch.load(path, weights_only=False)
+        cells = []
+        for v in args.variants:
+            w = weights(v, c)
+            test, valid = score(c, w)
+            cells.append(f"{100 * test:.2f} ({100 * valid:.1f}; {w['a']:.2g}, {w['b']:.2g})")
+        print(f"| {path.stem} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+
+def curve(cache: Path) -> None:
+    """Test and validation accuracy against the ratio b / a (single-label: the decision depends on it alone)."""
+    ratios = [0, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
+    print("| model | " + " | ".join(f"{r:g}" for r in ratios) + " |\n|---|" + "---:|" * len(ratios))
+    for path in sorted(cache.glob("*.pt")):
+        c = torch.load(path, weights_only=False)
+        if c["multi_label"]:
+            continue
+        cells = []
+        for r in ratios:
+            w = {"a": 1.0, "b": float(r), "c": 0.0}
+            z_t = fused_logits(c["enc_t"].float(), torch.as_tensor(c["st_all"]).float(), multi_label=False, **w)
+            z_v = fused_logits(c["enc_v"].float(), torch.as_tensor(c["sv"]).float(), multi_label=False, **w)
+            err_t = int((z_t.argmax(1).numpy() != np.asarray(c["yt"])).sum())
+            err_v = int((z_v.argmax(1).numpy() != np.asarray(c["yv"])).sum())
+            cells.append(f"{err_t} / {err_v}")
+        print(f"| {path.stem} (test / valid errors) | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(curve(Path(sys.argv[2])) if sys.argv[1:2] == ["--curve"] else main())
