@@ -4,11 +4,14 @@
         [--recipe minilm-lr3e-5-fresh1e-4 (txl train's default)|minilm|scratch|...]
     python benchmarks/accuracy.py --rows DIR/*.row.json    # add rows measured on a GPU (gpu_session.py)
     python benchmarks/accuracy.py ... --seed 1             # the same recipe from another seed (split, init, batches)
+    python benchmarks/accuracy.py ... --refuse             # trained models fused again by today's `txl fuse`
 
 For each data set: the TF-IDF + LinearSVC baseline, then `txl train` with the recipe (a time budget per data
 set), then `txl evaluate` on the test split. Writes the table into benchmarks/RESULTS.md between
 the `accuracy` markers and the raw figures into benchmarks/accuracy.json. Rerunnable; a data set whose model
-directory already has test metrics is not retrained (delete it to retrain).
+directory already has test metrics is not retrained (delete it to retrain). With --refuse, a trained model is
+fused again by `txl fuse` (the fusion method as it is now; the encoder unchanged) and evaluated again: a row of its
+own where the fusion differs (the rows' key), so the earlier one stays in the table.
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ def txl(*args: str) -> None:
 
 
 def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str = "minilm",
-            continue_later: bool = False, precision: str = "auto", seed: int = 0) -> dict | None:
+            continue_later: bool = False, precision: str = "auto", seed: int = 0, refuse: bool = False) -> dict | None:
     train, test = (str(data / f) for f in DATASETS[name])
     tag = (name if recipe == "scratch" else f"{name}.{recipe}") + (f".seed{seed}" if seed else "")
     out, ev = runs / tag, runs / f"{tag}.eval"
@@ -72,6 +75,12 @@ def run_one(name: str, data: Path, runs: Path, max_minutes: float, recipe: str =
     if not base.is_file():
         txl("baseline", "--train", train, "--test", test, "--out", str(base))
     started = time.time()
+    if refuse:
+        if not (out / "metrics.json").is_file():
+            print(f"{tag}: no trained model at {out} to fuse again; skipped")
+            return None
+        txl("fuse", "--model", str(out), "--train", train, "--seed", str(seed))
+        txl("evaluate", "--model", str(out), "--data", test, "--out", str(ev), "--precision", precision)
     if not (ev / "metrics.json").is_file():
         txl("train", "--train", train, "--out", str(out), "--max-minutes", str(max_minutes), *RECIPES[recipe],
             "--seed", str(seed), *(["--resume"] if (out / "checkpoint").is_dir() else []))
@@ -107,18 +116,25 @@ def run_facts(card: dict) -> dict:
     if "fusion" in card:
         facts["fusion"] = {k: v for k, v in card["fusion"].items() if k in ("a", "b", "c")}
         facts["ngrams_fit_on"] = card["fusion"].get("fit_on", "training split")  # both splits since 2026-12-04
+        if "prior_ratio" in card["fusion"]:  # fit under the prior (pipelines/ngram.py, since 2026-12-05)
+            facts["fusion"]["prior_ratio"] = card["fusion"]["prior_ratio"]
     return facts
 
 
 def key(row: dict) -> tuple:
     """A row's identity: data set, recipe, kind of machine (a GPU's row does not replace a CPU's, nor a bf16
-    CPU's an AVX2-only one's), n-gram fit, then seed (`key(row)[:4]` groups a recipe's seeds)."""
-    return row["dataset"], row.get("recipe", "scratch"), str(row.get("cpu", "")), refit(row), row.get("seed", 0)
+    CPU's an AVX2-only one's), n-gram fusion, then seed (`key(row)[:4]` groups a recipe's seeds)."""
+    return row["dataset"], row.get("recipe", "scratch"), str(row.get("cpu", "")), fused(row), row.get("seed", 0)
 
 
-def refit(row: dict) -> bool:
-    """Whether the row's n-grams were refit on the training and validation splits (`fuse_ngrams(refit=True)`)."""
-    return row.get("ngrams_fit_on", "training split") != "training split"
+def fused(row: dict) -> str:
+    """The table's "n-grams fused": no; yes (fit on the training split); yes, refit (on the training and
+    validation splits: `fuse_ngrams(refit=True)`); yes, refit, prior (weights under the prior of
+    `pipelines.ngram.fit_fusion`)."""
+    if not row.get("ngrams", False):
+        return "no"
+    said = "yes" if row.get("ngrams_fit_on", "training split") == "training split" else "yes, refit"
+    return said + (", prior" if "prior_ratio" in row.get("fusion", {}) else "")
 
 
 def cpu_kind() -> str:
@@ -136,10 +152,9 @@ def table(rows: list[dict], machine: str) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     pct = lambda r, k: f"{100 * r[k]:.2f}" if k in r else ""  # noqa: E731
     for r in rows:
-        fused = r.get("ngrams", False)
-        alone = {part: f"{pct(r, part + '_accuracy')} / {pct(r, part + '_micro_f1')}" if fused else "-"
+        said = fused(r)
+        alone = {part: f"{pct(r, part + '_accuracy')} / {pct(r, part + '_micro_f1')}" if said != "no" else "-"
                  for part in ("encoder", "ngram")}
-        said = ("yes, refit" if refit(r) else "yes") if fused else "no"
         seed = f" (seed {r['seed']})" if r.get("seed") else ""
         lines.append(f"| {r['dataset']} | {r.get('recipe', 'scratch')}{seed} | {said} | {r['n_test']} | "
                      + " | ".join(pct(r, k) for k in ("accuracy", "macro_f1", "micro_f1")) + f" | {alone['encoder']} | "
@@ -148,7 +163,9 @@ def table(rows: list[dict], machine: str) -> str:
                      + f" | {r['train_minutes']} | {r.get('cpu', '?')}, {r.get('train_precision') or '?'} |")
     lines += ["", "n-grams fused \"yes, refit\": the n-gram part refit on the training and validation splits after "
               "its fusion weights were fit (`txl train`'s default since 2026-12-04; `benchmarks/ngram_refit.py` "
-              "compares the two on one model); \"yes\": fit on the training split alone.", "",
+              "compares the two on one model); \"yes\": fit on the training split alone; \", prior\": the fusion "
+              "weights fit under the prior of `pipelines.ngram.fit_fusion` (`txl train`'s default since 2026-12-05; "
+              "these rows: the model above them fused again by `txl fuse`, `--refuse`, the encoder unchanged).", "",
               "Multi-label (modapte90): accuracy is subset accuracy (every label of a document right); micro-F1 "
               "is the usual figure. Single-label: micro-F1 equals accuracy. Every machine: 2 cores; \"AVX512-BF16\" "
               "is an AMD EPYC with bf16 matrix units, \"no bf16 units\" an AVX2-only EPYC (float32 about 135 GFLOP/s, "
@@ -162,10 +179,10 @@ def seed_summary(rows: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(key(r)[:4], []).append(r)
-    lines = [f"- {name}, {recipe}, {cpu}{', n-grams refit' if refitted else ''}: {len(runs)} seeds "
+    lines = [f"- {name}, {recipe}, {cpu}{said.replace('no', '').replace('yes', ', n-grams fused')}: {len(runs)} seeds "
              f"({', '.join(str(r.get('seed', 0)) for r in runs)}); test micro-F1 {spread(runs, 'micro_f1')}, "
              f"encoder alone {spread(runs, 'encoder_micro_f1')}"
-             for (name, recipe, cpu, refitted), runs in groups.items() if len({r.get("seed", 0) for r in runs}) > 1]
+             for (name, recipe, cpu, said), runs in groups.items() if len({r.get("seed", 0) for r in runs}) > 1]
     return ["", "Seeds (`--seed`; the same recipe, machine and n-gram fit):", *lines] if lines else []
 
 
@@ -205,6 +222,8 @@ def main() -> None:
                    "and the rate rises again, a warm restart, not the uninterrupted recipe)")
     p.add_argument("--seed", type=int, default=0,
                    help="txl train's --seed (validation split, initialisation, batch order, dropout); a row per seed")
+    p.add_argument("--refuse", action="store_true",
+                   help="fuse each trained model again with `txl fuse` (the encoder unchanged) and evaluate it again")
     p.add_argument("--rows", nargs="+", type=Path, default=[],
                    help="only add these rows (JSON files written by benchmarks/gpu_session.py) and rewrite the table")
     args = p.parse_args()
@@ -213,7 +232,7 @@ def main() -> None:
     new = [json.loads(path.read_text()) for path in args.rows]  # measured elsewhere (gpu_session.py's row.json)
     for name in [] if args.rows else args.datasets:
         row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision,
-                      args.seed)
+                      args.seed, args.refuse)
         if row is not None:
             new.append(row)
     # read only now: rows written while this ran (hours) stay; the ones measured now replace their own

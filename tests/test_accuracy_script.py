@@ -32,9 +32,16 @@ def accuracy(monkeypatch):
             (out / "checkpoint" / "state.json").write_text(json.dumps(
                 {"stopped": next(budget_runs), "epoch": 0, "step": 5, "seconds": 60.0}))
             (out / "metrics.json").write_text(json.dumps({"training": {"minutes": 1.0, "precision": "float32"}}))
+        elif args[0] == "fuse":  # as `txl fuse` leaves the card: n-grams refit, weights under the prior
+            card = json.loads((flag("--model") / "metrics.json").read_text())
+            card["fusion"] = {"a": 0.5, "b": 4.0, "c": 0.0, "prior_ratio": 7.0,
+                              "fit_on": "training and validation splits"}
+            (flag("--model") / "metrics.json").write_text(json.dumps(card))
         elif args[0] == "evaluate":
             flag("--out").mkdir(parents=True, exist_ok=True)
-            (flag("--out") / "metrics.json").write_text(json.dumps(metrics))
+            fused = "fusion" in json.loads((flag("--model") / "metrics.json").read_text())
+            parts = {"components": {"encoder": {**metrics, "accuracy": 0.85}, "ngram": metrics}} if fused else {}
+            (flag("--out") / "metrics.json").write_text(json.dumps({**metrics, **parts}))
         return ""
 
     monkeypatch.setattr(module, "txl", fake_txl)
@@ -79,6 +86,26 @@ def test_a_seed_trains_its_own_model_and_row(accuracy, tmp_path):
     summary = module.seed_summary([first, {**second, "micro_f1": 0.93}, third])
     assert summary[-1] == ("- r8, minilm, %s: 3 seeds (0, 2, 3); test micro-F1 mean 93.00, sd 3.00 (min 90.00, "
                            "max 96.00), encoder alone mean 90.00 (min 90.00, max 90.00)" % first["cpu"])
+
+
+def test_refuse_fuses_a_trained_model_again_into_a_row_of_its_own(accuracy, tmp_path, capsys):
+    """`--refuse`: `txl fuse` on the trained model, then `txl evaluate`; the row keeps the earlier one beside it
+    (another key: the fusion differs) and the table and seed summary say how it was fused."""
+    module, calls = accuracy
+    assert module.run_one("r8", tmp_path / "data", tmp_path, 1, "minilm", refuse=True) is None  # nothing trained
+    assert "no trained model" in capsys.readouterr().out and [c[0] for c in calls] == ["baseline"]
+    before = module.run_one("r8", tmp_path / "data", tmp_path, 1, "minilm")
+    after = module.run_one("r8", tmp_path / "data", tmp_path, 1, "minilm", refuse=True)
+    assert [c[0] for c in calls] == ["baseline", "train", "evaluate", "fuse", "evaluate"]
+    fuse = calls[3]
+    assert fuse[fuse.index("--model") + 1] == str(tmp_path / "r8.minilm") and fuse[fuse.index("--seed") + 1] == "0"
+    assert module.fused(before) == "no" and module.fused(after) == "yes, refit, prior"
+    assert after["fusion"]["prior_ratio"] == 7.0 and after["encoder_accuracy"] == 0.85
+    assert module.key(before) != module.key(after) and module.key(before)[:3] == module.key(after)[:3]
+    assert "| r8 | minilm | yes, refit, prior | 10 |" in module.table([before, after], "test machine")
+    other = {**after, "seed": 1, "micro_f1": 0.92}
+    assert module.seed_summary([after, other])[-1].startswith(
+        f"- r8, minilm, {after['cpu']}, n-grams fused, refit, prior: 2 seeds (0, 1); test micro-F1 mean 91.00")
 
 
 def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):

@@ -234,3 +234,5 @@ def test_the_card_says_what_the_ngrams_read():
     assert read == "the training and validation splits" and weights.endswith("fit on the training split alone)")
     assert fit_phrase({"fit_documents": 40, "fit_on": SPLITS[True]}, 90, 10)[0] == \
         "a random 40 documents of the training and validation splits"
+    _, weights = fit_phrase({"fit_documents": 100, "fit_on": SPLITS[True], "prior_ratio": 7.25}, 90, 10)
+    assert weights.endswith("under a prior toward each part's own calibration (b / a 7.25)")
