@@ -1,13 +1,13 @@
 """Cache what a fusion fit reads, per trained model, so that fusion methods can be compared in seconds.
 
     python benchmarks/fusion_cache.py --data ../shared/data --runs runs/accuracy --out runs/fusion_cache \\
-        [--models bbc_news bbc_news.seed1 r8 ...] [--folds 5]
+        [--models bbc_news bbc_news.seed1 r8 ...]
 
 For each model directory benchmarks/accuracy.py wrote (`RUNS/NAME.RECIPE[.seedN]`) it stores in `OUT/MODEL.pt`:
 the encoder's scores (what `pipelines.fuse.encoder_scores` gives: log-probabilities, logits when multi-label) on
-the validation split `txl train` carved for that seed and on the test split; the n-gram scores of the training
-split's fit on validation and test, of the training + validation fit on test, and out of fold on the
-training split (`--folds` fits on the rest of it, the product's `fit_ngram`); and the labels. The encoder's
+the validation split `txl train` carved for that seed and on the test split; the n-gram scores (the product's
+`fit_ngram`) of the training split's fit on validation and test and of the training + validation fit on test;
+the labels. The encoder's
 test pass is the slow part (imdb: about 11 minutes on 2 cores). benchmarks/fusion_variants.py reads the cache.
 """
 from __future__ import annotations
@@ -32,20 +32,6 @@ from pipelines.ngram import fit_ngram  # noqa: E402
 from pipelines.train import _data, _load_split  # noqa: E402
 
 
-def out_of_fold(texts: list[str], y: np.ndarray, *, multi_label: bool, n_labels: int, folds: int,
-                seed: int = 0) -> np.ndarray:
-    """N-gram scores of every training document from a fit on the other folds (stratified when single-label)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    split = KFold(folds, shuffle=True, random_state=seed) if multi_label else \
-        StratifiedKFold(folds, shuffle=True, random_state=seed)
-    out = np.zeros((len(texts), n_labels), np.float32)
-    for fit_idx, held in split.split(np.zeros(len(texts)), y if not multi_label else None):
-        model = fit_ngram([texts[i] for i in fit_idx], y[fit_idx], multi_label=multi_label, n_labels=n_labels)
-        out[held] = model.scores([texts[i] for i in held])
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, type=Path)
@@ -53,7 +39,6 @@ def main() -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--models", nargs="+", help="NAME or NAME.seedN (default: every model of --recipe in --runs)")
     ap.add_argument("--recipe", default=DEFAULT)
-    ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     models = args.models or sorted(p.name.replace(f".{args.recipe}", "") for p in args.runs.glob(f"*.{args.recipe}*")
@@ -84,7 +69,7 @@ def main() -> int:
         on_all = fit_ngram(texts + vtexts, np.concatenate([y, yv]), **kw)
         cache = {"labels": md.labels, "multi_label": md.multi_label, "y": y, "yv": yv, "yt": yt,
                  "enc_v": enc_v, "enc_t": enc_t, "sv": on_train.scores(vtexts), "st": on_train.scores(ttexts),
-                 "st_all": on_all.scores(ttexts), "oof": out_of_fold(texts, y, folds=args.folds, **kw),
+                 "st_all": on_all.scores(ttexts),
                  "saved_fusion": load_model_dir(directory).ngram.fusion}
         torch.save(cache, target)
         print(f"{model}: cached in {time.time() - started:.0f} s", flush=True)

@@ -6,14 +6,15 @@ multi-label) of each way of weighing the encoder against the n-grams, every mode
 Variants (a: the encoder's weight, b: the n-grams'; the n-grams scored on test by their training +
 validation fit, as `txl train` keeps them). Each cell: test figure (validation figure; a, b).
 - `plain`: a, b fit together by log-loss on the validation split (`pipelines.ngram.fit_fusion` with no prior:
-  the method until 2026-12-05).
-- `prior`: the same under the prior on log(b / a) (`fit_fusion`, `txl train`'s method since 2026-12-05);
+  the method until the evening of 2026-12-04).
+- `prior`: the same under the prior on log(b / a) (`fit_fusion`, `txl train`'s method since the evening of
+  2026-12-04);
   `prior-0.5`, `prior-2`: with that prior's sd 0.5 or 2 instead of PRIOR_SD (1).
 - `separate`: each part temperature-calibrated alone on the validation split (`pipelines.ngram.calibrate`):
   the prior's centre.
 - `encoder`, `ngram`: one part alone.
 
-    python benchmarks/fusion_variants.py --curve runs/fusion_cache   # test / validation errors against b / a
+    python benchmarks/fusion_variants.py --cache runs/fusion_cache --curve   # test / validation errors against b / a
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from pipelines.ngram import fused_logits  # noqa: E402
 
 
 def weights(variant: str, c: dict) -> dict:
+    """The fusion weights a, b, c of `variant` from a model's cached validation scores."""
     ml = c["multi_label"]
     enc_v, sv = c["enc_v"].float(), torch.as_tensor(c["sv"]).float()
     yv = torch.as_tensor(np.asarray(c["yv"]))
@@ -74,8 +76,12 @@ def score(c: dict, w: dict) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", required=True, type=Path)
-    ap.add_argument("--variants", nargs="+", default=["encoder", "ngram", "plain", "separate", "prior", "prior-0.5", "prior-2"])
+    ap.add_argument("--curve", action="store_true", help="errors against b / a instead (single-label models)")
+    ap.add_argument("--variants", nargs="+",
+                    default=["encoder", "ngram", "plain", "separate", "prior", "prior-0.5", "prior-2"])
     args = ap.parse_args()
+    if args.curve:
+        return curve(args.cache)
     print("| model | " + " | ".join(args.variants) + " |\n|---|" + "---:|" * len(args.variants))
     for path in sorted(args.cache.glob("*.pt")):
         c = torch.load(path, weights_only=False)
@@ -88,8 +94,7 @@ def main() -> int:
     return 0
 
 
-
-def curve(cache: Path) -> None:
+def curve(cache: Path) -> int:
     """Test and validation accuracy against the ratio b / a (single-label: the decision depends on it alone)."""
     ratios = [0, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
     print("| model | " + " | ".join(f"{r:g}" for r in ratios) + " |\n|---|" + "---:|" * len(ratios))
@@ -106,7 +111,8 @@ def curve(cache: Path) -> None:
             err_v = int((z_v.argmax(1).numpy() != np.asarray(c["yv"])).sum())
             cells.append(f"{err_t} / {err_v}")
         print(f"| {path.stem} (test / valid errors) | " + " | ".join(cells) + " |", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(curve(Path(sys.argv[2])) if sys.argv[1:2] == ["--curve"] else main())
+    raise SystemExit(main())

@@ -117,7 +117,7 @@ def fit_phrase(fusion: dict, n_train: int, n_valid: int) -> tuple[str, str]:
     n, n_fit = fusion.get("fit_documents"), n_train + n_valid if refit else n_train
     read = f"the {splits}" if n is None or n == n_fit else f"a random {n:,} documents of the {splits}"
     prior = (f", under a prior toward each part's own calibration (b / a {fusion['prior_ratio']:.3g})"
-             if "prior_ratio" in fusion else "")  # models fused before 2026-12-05: a plain log-loss fit
+             if "prior_ratio" in fusion else "")  # models fused before the evening of 2026-12-04: a plain log-loss fit
     return read, "weights fit on the validation split" + (" (scored by n-grams fit on the training split alone)"
                                                            if refit else "") + prior
 

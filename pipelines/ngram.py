@@ -209,7 +209,8 @@ PRIOR_SD = 1.0  # of log(b / a) around the ratio of the parts' own temperatures:
 LOG_TEMPERATURE = (-8.0, 8.0)  # a part that says nothing (or everything) on the validation split stays finite
 
 
-def calibrate(scores: torch.Tensor, targets: torch.Tensor, *, multi_label: bool, steps: int = 100) -> tuple[float, float]:
+def calibrate(scores: torch.Tensor, targets: torch.Tensor, *, multi_label: bool,
+              steps: int = 100) -> tuple[float, float]:
     """One part alone: the log temperature t (and, multi-label, the shift c) minimising the log-loss of
     exp(t) * scores (+ c)."""
     raw = torch.zeros(2, requires_grad=True)

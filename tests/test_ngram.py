@@ -113,7 +113,8 @@ def test_fusion_of_two_half_informative_parts_beats_each():
     scores = 1.2 * onehot + torch.randn(2000, 3, generator=g)
     w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
     acc = lambda z: float((z.argmax(1) == y).float().mean())  # noqa: E731
-    assert acc(fused_logits(encoder, scores, a=w["a"], b=w["b"], multi_label=False)) > max(acc(encoder), acc(scores)) + 0.03
+    fused = fused_logits(encoder, scores, a=w["a"], b=w["b"], multi_label=False)
+    assert acc(fused) > max(acc(encoder), acc(scores)) + 0.03
 
 
 def nearly_solved_split(seed: int, n: int = 178) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
