@@ -119,6 +119,9 @@ def run_facts(card: dict) -> dict:
         facts["ngrams_fit_on"] = card["fusion"].get("fit_on", "training split")  # both splits since 2026-12-04
         if "prior_ratio" in card["fusion"]:  # fit under the prior (pipelines/ngram.py, since the evening of 2026-12-04)
             facts["fusion"]["prior_ratio"] = card["fusion"]["prior_ratio"]
+        n, words = card["fusion"].get("n_terms"), card["fusion"].get("n_word_terms")
+        if words is not None and words < n:  # character n-grams beside the words (since late 2026-12-04)
+            facts["ngram_terms"] = {"words": words, "chars": n - words}
     return facts
 
 
@@ -130,12 +133,13 @@ def key(row: dict) -> tuple:
 
 def fused(row: dict) -> str:
     """The table's "n-grams fused": no; yes (fit on the training split); yes, refit (on the training and
-    validation splits: `fuse_ngrams(refit=True)`); yes, refit, prior (weights under the prior of
-    `pipelines.ngram.fit_fusion`)."""
+    validation splits: `fuse_ngrams(refit=True)`); ..., prior (weights under the prior of
+    `pipelines.ngram.fit_fusion`); ..., chars (character 2-5-grams beside the word n-grams)."""
     if not row.get("ngrams", False):
         return "no"
     said = "yes" if row.get("ngrams_fit_on", "training split") == "training split" else "yes, refit"
-    return said + (", prior" if "prior_ratio" in row.get("fusion", {}) else "")
+    return said + (", prior" if "prior_ratio" in row.get("fusion", {}) else "") + \
+        (", chars" if "ngram_terms" in row else "")
 
 
 def cpu_kind() -> str:
@@ -165,9 +169,10 @@ def table(rows: list[dict], machine: str) -> str:
     lines += ["", "n-grams fused \"yes, refit\": the n-gram part refit on the training and validation splits after "
               "its fusion weights were fit (`txl train`'s default since 2026-12-04; `benchmarks/ngram_refit.py` "
               "compares the two on one model); \"yes\": fit on the training split alone; \", prior\": the fusion "
-              "weights fit under the prior of `pipelines.ngram.fit_fusion` (`txl train`'s default since the evening of "
-              "2026-12-04; "
-              "these rows: the model above them fused again by `txl fuse`, `--refuse`, the encoder unchanged).", "",
+              "weights fit under the prior of `pipelines.ngram.fit_fusion` (since the evening of 2026-12-04); "
+              "\", chars\": character 2-5-grams beside the word 1-2-grams (`--ngrams fuse`, `txl train`'s default "
+              "since late 2026-12-04); the rows with either: the model of the row above them fused again by `txl "
+              "fuse` (`--refuse`), the encoder unchanged.", "",
               "Multi-label (modapte90): accuracy is subset accuracy (every label of a document right); micro-F1 "
               "is the usual figure. Single-label: micro-F1 equals accuracy. Every machine: 2 cores; \"AVX512-BF16\" "
               "is an AMD EPYC with bf16 matrix units, \"no bf16 units\" an AVX2-only EPYC (float32 about 135 GFLOP/s, "

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label")
     p.add_argument("--split-column", default="split", help="column naming each row's split, when the file has one")
     p.add_argument("--seed", type=int, default=0, help="the --seed of the `txl train` run (it chose the split)")
+    p.add_argument("--ngrams", choices=("fuse", "words"), default="fuse",
+                   help="fuse (default): word 1-2-grams and character 2-5-grams; words: word n-grams only")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="of the encoder's validation pass")
     p.add_argument("--device", default="auto")
 
@@ -58,7 +60,7 @@ def encoder_scores(md: ModelDir, texts: list[str]) -> torch.Tensor:
 
 
 def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str],
-                refit: bool = True) -> dict:
+                refit: bool = True, chars: bool = True) -> dict:
     """Fit the n-gram component on the training split and its fusion weights (and multi-label thresholds) on
     the validation split (`pipelines/ngram.py`), then, with `refit`, fit the n-grams again on both splits under
     those weights (the validation split is 10% more data for the SVM; benchmarks/ngram_refit.py measures the
@@ -67,7 +69,7 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
     best.ngram = None  # the encoder's own probabilities below, also when refitting a fused model
     label_set = LabelSet(best.labels, best.multi_label)
     fit = lambda t, y: fit_ngram(t, np.asarray(label_set.encode(y)), multi_label=best.multi_label,  # noqa: E731
-                                 n_labels=len(best.labels))
+                                 n_labels=len(best.labels), chars=chars)
     ngram = fit(texts, labels)
     if ngram is None:
         if dist.is_main():
@@ -94,11 +96,11 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
         final.fusion, final.thresholds, n_fit = ngram.fusion, ngram.thresholds, n_fit + len(vtexts)
         ngram = final
     best.ngram = ngram
-    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms), fit_documents=ngram.fit_documents,
-                         fit_on=SPLITS[refit])
+    out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms), n_word_terms=ngram.n_word_terms,
+                         fit_documents=ngram.fit_documents, fit_on=SPLITS[refit])
     if dist.is_main() and ngram.fit_documents < n_fit:
         tqdm.write(f"txl: the n-grams were fit on a random {ngram.fit_documents:,} of the {n_fit:,} documents of the "
-                   f"{SPLITS[refit]}, about {ngram_module.MAX_FIT_CHARS / 1e6:g}M characters (the fit's memory grows "
+                   f"{SPLITS[refit]}, about {ngram_module.fit_limit(chars) / 1e6:g}M characters (the fit's memory grows "
                    "with the text it reads)")
     if dist.is_main():
         tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
@@ -108,6 +110,14 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
 
 
 SPLITS = {False: "training split", True: "training and validation splits"}  # what the n-grams kept were fit on
+
+
+def features(fusion: dict) -> str:
+    """What the card calls the n-gram part, from its metrics (models fused before 2026-12-04, late: words only)."""
+    n, words = fusion["n_terms"], fusion.get("n_word_terms", fusion["n_terms"])
+    if words == n:
+        return f"a TF-IDF 1-2-gram linear SVM ({n:,} terms)"
+    return f"a linear SVM over TF-IDF word 1-2-grams ({words:,}) and character 2-5-grams ({n - words:,})"
 
 
 def fit_phrase(fusion: dict, n_train: int, n_valid: int) -> tuple[str, str]:
@@ -129,7 +139,7 @@ def _card_section(metrics: dict, n_train: int, n_valid: int) -> str:
             f"{m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['micro_f1']:.4f} |"
             for k, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
     return "\n".join(["", "## N-gram component (`txl fuse`)", "",
-                      f"Fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} terms) fit on {read}: logits = "
+                      f"Fused with {features(f)} fit on {read}: logits = "
                       f"{f['a']:.3g} x encoder log-probabilities + {f['b']:.3g} x n-gram scores, {weights}.", "",
                       "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|", *rows, ""])
 
@@ -144,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.train} has the labels {data_labels.names[:5]}, the model {md.labels[:5]}; pass the "
                         "file the model was trained on")
     prepare(md, precision=args.precision, device=args.device, keep_weights=True)  # the weights are saved again
-    fused = fuse_ngrams(md, texts, labels, vtexts, vlabels)
+    fused = fuse_ngrams(md, texts, labels, vtexts, vlabels, chars=args.ngrams == "fuse")
     if md.ngram is None:
         raise UserError(f"{args.train}: the texts hold no word of two or more letters, so there are no n-grams to "
                         "fuse; the model is left as it was")

@@ -1,8 +1,9 @@
 """The n-gram component a model directory can carry beside the encoder, and its fusion with it.
 
-TF-IDF over word 1-2-grams (sublinear tf, min_df 2) and a linear SVM: `txl baseline`'s model, fit on the same
-training split as the encoder, then (pipelines/fuse.py) refit on the training and validation splits once the
-fusion weights are fit. The two read a document differently (the encoder its words in context, the
+TF-IDF over word 1-2-grams (sublinear tf, min_df 2), `txl baseline`'s features, and over character 2-5-grams
+within words (`--ngrams fuse`, the default; `--ngrams words` leaves them out), and one linear SVM over both,
+fit on the same training split as the encoder, then (pipelines/fuse.py) refit on the training and validation
+splits once the fusion weights are fit. The two read a document differently (the encoder its words in context, the
 n-grams every rare name and phrase) and err on different documents, so `txl train` fuses them:
 
     fused logits = a * log_softmax(encoder logits) + b * svm scores            (single-label)
@@ -14,8 +15,8 @@ weight where the split has too few errors to tell the parts apart (`fit_fusion`)
 component off where it does not help.
 Multi-label decision thresholds are then tuned on the fused validation probabilities.
 
-Stored without pickle: `ngram.json` (the terms in column order, the settings, the fusion weights and
-thresholds) and `ngram.safetensors` (idf, SVM weights in float16, intercepts).
+Stored without pickle: `ngram.json` (the terms in column order, words then characters, the settings, the
+fusion weights and thresholds) and `ngram.safetensors` (idf, SVM weights in float16, intercepts).
 """
 from __future__ import annotations
 
@@ -32,16 +33,34 @@ from .errors import UserError
 
 FILES = ("ngram.json", "ngram.safetensors")
 SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}
+# character 2-5-grams within words: spelling variants, names and word parts the word n-grams split apart
+CHAR_SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 5], "sublinear_tf": True, "min_df": 2, "lowercase": True}
 FIT_ONLY = {"min_df"}  # a setting of the fit; a loaded vectorizer has its vocabulary
 MAX_TERMS = 1_000_000  # the most frequent n-grams kept: bounds the component's size (imdb has 439k, 20newsgroups 386k)
+MAX_CHAR_TERMS = 300_000  # the most frequent character n-grams kept (the weights are (labels, terms) float16)
 # the training text the fit reads at most: its memory grows with it (sklearn counts every n-gram before pruning)
 MAX_FIT_CHARS = 300_000_000
+MAX_FIT_CHARS_WITH_CHARS = 100_000_000  # character n-grams count several times as many per character
 
 
-def _settings(*, fit: bool) -> dict:
+def _settings(*, fit: bool, chars: bool = False) -> dict:
     """TfidfVectorizer's keyword arguments (JSON keeps tuples as lists)."""
-    return {"dtype": np.float32, **{k: tuple(v) if isinstance(v, list) else v for k, v in SETTINGS.items()
+    return {"dtype": np.float32, **{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in (CHAR_SETTINGS if chars else SETTINGS).items()
                                     if fit or k not in FIT_ONLY}}
+
+
+class _Features:
+    """The word vectorizer, and the character one after it when the model has one: one sparse row per text."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def transform(self, texts: list[str]):
+        import scipy.sparse as sp
+
+        rows = [v.transform(texts) for v in self.parts]
+        return rows[0] if len(rows) == 1 else sp.hstack(rows, format="csr")
 
 
 @dataclass
@@ -56,6 +75,7 @@ class NgramModel:
     fusion: dict = field(default_factory=lambda: {"a": 1.0, "b": 0.0, "c": 0.0})
     thresholds: list[float] | None = None  # multi-label: on the fused probabilities
     fit_documents: int | None = None  # the training documents the fit read (fewer than all: `fit_sample`)
+    n_words: int | None = None  # the first n_words terms are word n-grams, the rest character ones; None: all words
 
     def __post_init__(self):
         # rounded as the file stores them (the figures measured after fitting are those of the saved model) and
@@ -64,14 +84,25 @@ class NgramModel:
         self._vectorizer = None
 
     @property
-    def vectorizer(self):
-        """The sklearn TfidfVectorizer (imported here: loading a model without n-grams does not pay for it)."""
+    def n_word_terms(self) -> int:
+        return len(self.terms) if self.n_words is None else self.n_words
+
+    @property
+    def vectorizer(self) -> _Features:
+        """sklearn TfidfVectorizers, words then characters (imported here: loading a model without n-grams does
+        not pay for sklearn)."""
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         if self._vectorizer is None:  # rebuilt from plain data: the terms' order is the column order
-            vec = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(self.terms)}, **_settings(fit=False))
-            vec.idf_ = self.idf
-            self._vectorizer = vec
+            parts, n = [], self.n_word_terms
+            for chars, cols in ((False, slice(0, n)), (True, slice(n, len(self.terms)))):
+                if chars and n == len(self.terms):  # a words-only model (all before 2026-12-04, late)
+                    continue
+                vec = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(self.terms[cols])},
+                                      **_settings(fit=False, chars=chars))
+                vec.idf_ = self.idf[cols]
+                parts.append(vec)
+            self._vectorizer = _Features(parts)
         return self._vectorizer
 
     def scores(self, texts: list[str]) -> np.ndarray:
@@ -90,17 +121,50 @@ class NgramModel:
 
     def term_contributions(self, text: str, label: int, top: int = 10) -> list[tuple[str, float]]:
         """The n-grams of `text` that raise the fused logit of class `label` most, with their part of it."""
+        ranked = sorted(self.contributions(text, label).items(), key=lambda kv: -kv[1])[:top]
+        return [(term, value) for term, value in ranked if value > 0]
+
+    def contributions(self, text: str, label: int) -> dict[str, float]:
+        """Each word n-gram's part of the fused logit of class `label` (b x tf-idf x weight); a character
+        n-gram's part is shared among the words of `text` that hold it, so the parts are readable words and
+        still add up to b x (score - intercept)."""
         x = self.vectorizer.transform([text]).tocsr()
         binary = not self.multi_label and self.coef.shape[0] == 1
         row, sign = (0, 0.5 if label == 1 else -0.5) if binary else (label, 1.0)
         values = x.data * self.coef[row, x.indices] * (sign * self.fusion["b"])
-        order = np.argsort(-values)[:top]
-        return [(self.terms[x.indices[i]], float(values[i])) for i in order if values[i] > 0]
+        out: dict[str, float] = {}
+        owners = self._char_owners(text) if x.indices.size and x.indices.max() >= self.n_word_terms else {}
+        for j, v in zip(x.indices.tolist(), values.tolist()):
+            if j < self.n_word_terms:
+                out[self.terms[j]] = out.get(self.terms[j], 0.0) + v
+                continue
+            holders = owners[self.terms[j]]
+            total = sum(holders.values())
+            for word, count in holders.items():
+                out[word] = out.get(word, 0.0) + v * count / total
+        return out
+
+    def _char_owners(self, text: str) -> dict[str, dict[str, int]]:
+        """Each character n-gram of `text` -> the words holding it, counted, as sklearn's char_wb analyzer
+        cuts them (each whitespace-separated word padded with a space either side); words keyed without the
+        punctuation at their ends."""
+        from string import punctuation
+
+        low, high = CHAR_SETTINGS["ngram_range"]
+        owners: dict[str, dict[str, int]] = {}
+        for word in self.vectorizer.parts[1].build_preprocessor()(text).split():
+            padded, name = f" {word} ", word.strip(punctuation) or word
+            for n in range(low, min(high, len(padded)) + 1):
+                for i in range(len(padded) - n + 1):
+                    held = owners.setdefault(padded[i:i + n], {})
+                    held[name] = held.get(name, 0) + 1
+        return owners
 
     # ---- files ----------------------------------------------------------------------------------------------
     def files(self) -> dict[str, str | bytes]:
         meta = {"format": "txl-ngram", "settings": SETTINGS, "multi_label": self.multi_label,
                 "fusion": self.fusion, "thresholds": self.thresholds, "fit_documents": self.fit_documents,
+                **({"char_settings": CHAR_SETTINGS, "n_words": self.n_words} if self.n_words is not None else {}),
                 "terms": self.terms}
         arrays = {"idf": self.idf.astype(np.float32), "coef": self.coef.astype(np.float16),
                   "intercept": self.intercept.astype(np.float32)}
@@ -116,41 +180,60 @@ class NgramModel:
             arrays = load_arrays((directory / "ngram.safetensors").read_bytes())
             model = cls(list(meta["terms"]), arrays["idf"], arrays["coef"], arrays["intercept"],
                         bool(meta["multi_label"]), dict(meta["fusion"]), meta.get("thresholds"),
-                        meta.get("fit_documents"))
+                        meta.get("fit_documents"), meta.get("n_words"))
         except Exception as e:  # json, safetensors and missing keys raise many types for a damaged file
             raise UserError(f"{directory}: the n-gram component (ngram.json, ngram.safetensors) is damaged "
                             f"({type(e).__name__}); copy the model directory again") from None
-        if not (len(model.terms) == model.idf.shape[0] == model.coef.shape[1]) or not np.isfinite(model.coef).all():
+        if not (len(model.terms) == model.idf.shape[0] == model.coef.shape[1]) or not np.isfinite(model.coef).all() \
+                or not 0 < model.n_word_terms <= len(model.terms):
             raise UserError(f"{directory}: ngram.json and ngram.safetensors do not fit together; copy the model again")
         return model
 
 
-def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_labels: int,
-              C: float = 1.0) -> NgramModel | None:
-    """Fit on training texts; `targets` are class indices (N,) or multi-hot rows (N, L). None when the texts
-    hold no word of two or more letters (nothing for n-grams to count)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_labels: int, C: float = 1.0,
+              chars: bool = True) -> NgramModel | None:
+    """Fit on training texts; `targets` are class indices (N,) or multi-hot rows (N, L); `chars`: character
+    n-grams beside the word ones. None when the texts hold no word of two or more letters (nothing for the word
+    n-grams to count)."""
+    import scipy.sparse as sp
     from sklearn.svm import LinearSVC
 
-    keep = fit_sample([len(t) for t in texts], targets)
+    keep = fit_sample([len(t) for t in texts], targets, fit_limit(chars))
     if keep is not None:
         texts, targets = [texts[i] for i in keep], targets[keep]
-    vec = TfidfVectorizer(max_features=MAX_TERMS, **_settings(fit=True))
-    try:
-        x = vec.fit_transform(texts)
-    except ValueError:  # every word rarer than min_df: keep them all
-        vec.set_params(min_df=1)
-        try:
-            x = vec.fit_transform(texts)
-        except ValueError:  # no word at all
-            return None
-    terms = [t for t, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])]
+    words = _fit_vectorizer(texts, chars=False)
+    if words is None:
+        return None
+    parts = [words] + ([v for v in [_fit_vectorizer(texts, chars=True)] if v is not None] if chars else [])
+    x = sp.hstack([m for _, m in parts], format="csr") if len(parts) > 1 else parts[0][1]
+    terms = [t for vec, _ in parts for t, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])]
+    idf = np.concatenate([vec.idf_ for vec, _ in parts]).astype(np.float32)
     if multi_label:
         coef, intercept = _per_label(x, targets, C)
     else:
         svm = LinearSVC(C=C, random_state=0).fit(x, targets)
         coef, intercept = _full_classes(svm, n_labels, x.shape[1])
-    return NgramModel(terms, vec.idf_.astype(np.float32), coef, intercept, multi_label, fit_documents=len(texts))
+    return NgramModel(terms, idf, coef, intercept, multi_label, fit_documents=len(texts),
+                      n_words=len(words[0].vocabulary_) if chars else None)
+
+
+def fit_limit(chars: bool) -> int:
+    """The most training text (characters) the fit reads."""
+    return min(MAX_FIT_CHARS, MAX_FIT_CHARS_WITH_CHARS) if chars else MAX_FIT_CHARS
+
+
+def _fit_vectorizer(texts: list[str], *, chars: bool):
+    """(fitted TfidfVectorizer, its matrix), min_df relaxed to 1 when no term reaches it; None when there is no
+    term at all."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(max_features=MAX_CHAR_TERMS if chars else MAX_TERMS, **_settings(fit=True, chars=chars))
+    for min_df in (vec.min_df, 1):
+        try:
+            return vec.set_params(min_df=min_df), vec.fit_transform(texts)
+        except ValueError:  # every term rarer than min_df, then none at all
+            continue
+    return None
 
 
 def fit_sample(lengths: list[int], targets: np.ndarray, limit: int | None = None, seed: int = 0,

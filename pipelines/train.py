@@ -29,7 +29,7 @@ from .errors import UserError, bounded
 from .inference import cpu_has_native_bf16, prepare
 from .labeled import load_labeled
 from .labels import LabelSet, stratified_split
-from .fuse import fit_phrase, fuse_ngrams, measure_test
+from .fuse import features, fit_phrase, fuse_ngrams, measure_test
 from .modeldir import ModelDir, load_model_dir, save_model_dir
 from .output import write_atomic
 from .init_from import load_start, minilm_available
@@ -98,10 +98,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "counted from each segment's start, beside the relative encoding (--segment-len at most its "
                    "512 positions); relative: fold their mean into the token embeddings, as the paper's model has "
                    "relative positions only")
-    p.add_argument("--ngrams", choices=("fuse", "off"), default="fuse",
-                   help="fuse (default): fit TF-IDF 1-2-grams + a linear SVM on the training split beside the encoder, "
-                   "fuse the two with weights fit on the validation split, then refit the n-grams on both splits "
-                   "(pipelines/ngram.py, pipelines/fuse.py); off: the encoder alone")
+    p.add_argument("--ngrams", choices=("fuse", "words", "off"), default="fuse",
+                   help="fuse (default): fit TF-IDF word 1-2-grams and character 2-5-grams + a linear SVM on the "
+                   "training split beside the encoder, fuse the two with weights fit on the validation split, then "
+                   "refit the n-grams on both splits (pipelines/ngram.py, pipelines/fuse.py); words: the same with "
+                   "word n-grams only (the baseline's features; a smaller, faster part); off: the encoder alone")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
@@ -255,8 +256,7 @@ def model_card(summary: dict, metrics: dict) -> str:
     if "fusion" in metrics:
         f = metrics["fusion"]
         read, weights = fit_phrase(f, summary["n_train"], summary["n_valid"])
-        lines += ["", f"The encoder's log-probabilities are fused with a TF-IDF 1-2-gram linear SVM ({f['n_terms']:,} "
-                  f"terms) fit on {read}: logits = {f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
+        lines += ["", f"The encoder's log-probabilities are fused with {features(f)} fit on {read}: logits = {f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
                   "(`txl train --ngrams`, pipelines/ngram.py)."]
     return "\n".join(lines) + "\n"
 
@@ -288,8 +288,8 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
     final = {"validation": state.best_metrics}
     best = load_model_dir(out)
     prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
-    if args.ngrams == "fuse":
-        final = fuse_ngrams(best, *data)
+    if args.ngrams != "off":
+        final = fuse_ngrams(best, *data, chars=args.ngrams == "fuse")
     if args.test:
         final.update(measure_test(best, *_load_split(args.test, args, "test")))
     stopped = state.stopped

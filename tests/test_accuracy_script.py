@@ -34,7 +34,7 @@ def accuracy(monkeypatch):
             (out / "metrics.json").write_text(json.dumps({"training": {"minutes": 1.0, "precision": "float32"}}))
         elif args[0] == "fuse":  # as `txl fuse` leaves the card: n-grams refit, weights under the prior
             card = json.loads((flag("--model") / "metrics.json").read_text())
-            card["fusion"] = {"a": 0.5, "b": 4.0, "c": 0.0, "prior_ratio": 7.0,
+            card["fusion"] = {"a": 0.5, "b": 4.0, "c": 0.0, "prior_ratio": 7.0, "n_terms": 100, "n_word_terms": 60,
                               "fit_on": "training and validation splits"}
             (flag("--model") / "metrics.json").write_text(json.dumps(card))
         elif args[0] == "evaluate":
@@ -99,13 +99,14 @@ def test_refuse_fuses_a_trained_model_again_into_a_row_of_its_own(accuracy, tmp_
     assert [c[0] for c in calls] == ["baseline", "train", "evaluate", "fuse", "evaluate"]
     fuse = calls[3]
     assert fuse[fuse.index("--model") + 1] == str(tmp_path / "r8.minilm") and fuse[fuse.index("--seed") + 1] == "0"
-    assert module.fused(before) == "no" and module.fused(after) == "yes, refit, prior"
+    assert module.fused(before) == "no" and module.fused(after) == "yes, refit, prior, chars"
+    assert after["ngram_terms"] == {"words": 60, "chars": 40}
     assert after["fusion"]["prior_ratio"] == 7.0 and after["encoder_accuracy"] == 0.85
     assert module.key(before) != module.key(after) and module.key(before)[:3] == module.key(after)[:3]
-    assert "| r8 | minilm | yes, refit, prior | 10 |" in module.table([before, after], "test machine")
+    assert "| r8 | minilm | yes, refit, prior, chars | 10 |" in module.table([before, after], "test machine")
     other = {**after, "seed": 1, "micro_f1": 0.92}
     assert module.seed_summary([after, other])[-1].startswith(
-        f"- r8, minilm, {after['cpu']}, n-grams fused, refit, prior: 2 seeds (0, 1); test micro-F1 mean 91.00")
+        f"- r8, minilm, {after['cpu']}, n-grams fused, refit, prior, chars: 2 seeds (0, 1); test micro-F1 mean 91.00")
 
 
 def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):

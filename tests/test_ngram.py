@@ -31,12 +31,21 @@ def _save(model: NgramModel, directory):
         (directory / name).write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
-def test_scores_equal_sklearn(corpus):
+@pytest.mark.parametrize("chars", [False, True])
+def test_scores_equal_sklearn(corpus, chars):
+    """Words: `txl baseline`'s features; with chars, sklearn's char_wb 2-5-grams stacked after them."""
+    import scipy.sparse as sp
+
     texts, y, names = corpus
-    model = fit_ngram(texts[:90], y[:90], multi_label=False, n_labels=len(names))
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-    ref = LinearSVC(C=1.0, random_state=0).fit(vec.fit_transform(texts[:90]), y[:90])
-    x = vec.transform(texts[90:])
+    model = fit_ngram(texts[:90], y[:90], multi_label=False, n_labels=len(names), chars=chars)
+    vecs = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)]
+    if chars:
+        vecs.append(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
+                                    max_features=ngram_module.MAX_CHAR_TERMS))
+    train = sp.hstack([v.fit_transform(texts[:90]) for v in vecs], format="csr")
+    ref = LinearSVC(C=1.0, random_state=0).fit(train, y[:90])
+    x = sp.hstack([v.transform(texts[90:]) for v in vecs], format="csr")
+    assert model.n_word_terms == len(vecs[0].vocabulary_) and len(model.terms) == x.shape[1]
     np.testing.assert_allclose(ref.decision_function(x), model.scores(texts[90:]), atol=2e-3)
     # exactly sklearn's scores with the weights rounded to float16, as the file stores them
     expected = x @ ref.coef_.astype(np.float16).astype(np.float32).T + ref.intercept_
@@ -44,15 +53,19 @@ def test_scores_equal_sklearn(corpus):
     np.testing.assert_allclose(model.scores(texts[90:]), expected, atol=1e-5)
 
 
-def test_round_trip_is_plain_data(corpus, tmp_path):
+@pytest.mark.parametrize("chars", [False, True])
+def test_round_trip_is_plain_data(corpus, tmp_path, chars):
+    """A words-only model writes the format of the models before character n-grams, so those load as ever."""
     texts, y, names = corpus
-    model = fit_ngram(texts, y, multi_label=False, n_labels=3)
+    model = fit_ngram(texts, y, multi_label=False, n_labels=3, chars=chars)
     model.fusion = {"a": 0.7, "b": 2.5, "c": 0.0}
     _save(model, tmp_path)
     meta = json.loads((tmp_path / "ngram.json").read_text())
     assert meta["format"] == "txl-ngram" and meta["terms"] == model.terms
+    assert ("n_words" in meta) == chars and (model.n_word_terms < len(model.terms)) == chars
     back = NgramModel.load(tmp_path)
     assert back.fusion == model.fusion and back.fit_documents == model.fit_documents == len(texts)
+    assert back.n_word_terms == model.n_word_terms
     # the weights travel as float16, and the fitted model already holds them so rounded: identical scores
     np.testing.assert_array_equal(back.scores(texts[:20]), model.scores(texts[:20]))
     assert NgramModel.load(tmp_path / "elsewhere") is None
@@ -170,7 +183,7 @@ def test_multi_label_fusion_and_per_label_scores():
 
 def test_term_contributions_add_up_to_the_score(corpus):
     texts, y, _ = corpus
-    model = fit_ngram(texts, y, multi_label=False, n_labels=3)
+    model = fit_ngram(texts, y, multi_label=False, n_labels=3, chars=False)
     model.fusion = {"a": 1.0, "b": 2.0, "c": 0.0}
     text = texts[5]
     label = int(model.scores([text])[0].argmax())
@@ -183,6 +196,28 @@ def test_term_contributions_add_up_to_the_score(corpus):
     assert sum(v for _, v in terms) == pytest.approx(float(parts[parts > 0].sum()), rel=1e-5)
     assert float(parts.sum()) == pytest.approx(2.0 * float(model.scores([text])[0, label] - model.intercept[label]),
                                                rel=1e-4, abs=1e-4)
+
+
+def test_character_parts_go_to_the_words_that_hold_them(corpus):
+    """With character n-grams every part is a word n-gram or a word of the text (punctuation at its ends cut),
+    and all the parts still add up to b x (score - intercept)."""
+    import re
+
+    texts, y, _ = corpus
+    model = fit_ngram(texts, y, multi_label=False, n_labels=3)
+    model.fusion = {"a": 1.0, "b": 2.0, "c": 0.0}
+    text = texts[7] + " Zebra-crossing, ZEBRA!"
+    label = int(model.scores([text])[0].argmax())
+    parts = model.contributions(text, label)
+    total = 2.0 * float(model.scores([text])[0, label] - model.intercept[label])
+    assert sum(parts.values()) == pytest.approx(total, rel=1e-4, abs=1e-4)
+    words = {w.strip(".,!?;:'\"()") for w in text.lower().split()}
+    word_terms = set(model.terms[:model.n_word_terms])
+    assert all(t in word_terms or t in words for t in parts), [t for t in parts if t not in words | word_terms]
+    assert "zebra-crossing" in parts and "zebra" in parts  # only character n-grams know them
+    top = model.term_contributions(text, label, top=5)
+    assert 0 < len(top) <= 5 and all(v > 0 for _, v in top)
+    assert not any(re.fullmatch(r" ?\w{1,4} ?", t) and t not in words | word_terms for t, _ in top)
 
 
 def test_texts_without_words_give_no_component():
