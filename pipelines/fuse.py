@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import numpy as np
 import torch
@@ -67,6 +68,7 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
     two fits on one model). Returns the validation metrics of the fused model and of each
     part, measured before the refit (held out)."""
     best.ngram = None  # the encoder's own probabilities below, also when refitting a fused model
+    started = time.perf_counter()
     label_set = LabelSet(best.labels, best.multi_label)
     fit = lambda t, y: fit_ngram(t, np.asarray(label_set.encode(y)), multi_label=best.multi_label,  # noqa: E731
                                  n_labels=len(best.labels), chars=chars)
@@ -103,7 +105,8 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
                    f"{SPLITS[refit]}, about {ngram_module.fit_limit(chars) / 1e6:g}M characters (the fit's memory grows "
                    "with the text it reads)")
     if dist.is_main():
-        tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
+        tqdm.write(f"n-grams fused in {time.perf_counter() - started:.0f} s (a {ngram.fusion['a']:.3g}, "
+                   f"b {ngram.fusion['b']:.3g}): validation "
                    + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
                                for k, v in out.items() if "accuracy" in v))
     return out
