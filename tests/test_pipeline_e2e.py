@@ -69,6 +69,7 @@ def test_ngrams_off_trains_the_encoder_alone(data, tmp_path, monkeypatch, capsys
     assert {"test", "test_encoder", "test_ngram", "training"} <= set(after)
     card = (out / "README.md").read_text()
     assert "## N-gram component" in card and "fit on the training and validation splits:" in card
+    assert "character 2-5-grams" in card and 0 < after["fusion"]["n_word_terms"] < after["fusion"]["n_terms"]
     # the kept n-grams read every labelled document (the weights were fit on held-out scores before that)
     n_train = json.loads((out / "ngram.json").read_text())["fit_documents"]
     assert n_train == len(pd.read_csv(data / "train.csv")) == 150
@@ -82,6 +83,11 @@ def test_ngrams_off_trains_the_encoder_alone(data, tmp_path, monkeypatch, capsys
     assert f"fit on a random {sampled:,} documents of the training and validation splits" in \
         (out / "README.md").read_text()
     monkeypatch.undo()
+    # --ngrams words: the baseline's word n-grams alone, in the format of the models before character n-grams
+    assert main(["fuse", "--model", str(out), "--train", str(data / "train.csv"), "--ngrams", "words"]) == 0
+    words = json.loads((out / "metrics.json").read_text())["fusion"]
+    assert words["n_word_terms"] == words["n_terms"] and "n_words" not in json.loads((out / "ngram.json").read_text())
+    assert "character" not in (out / "README.md").read_text().split("## N-gram component")[1]
     assert main(["fuse", "--model", str(out), "--train", str(data / "test.csv")]) == 0  # same labels: allowed
     frame = pd.read_csv(data / "train.csv")
     frame.loc[frame.label == "tech", "label"] = "science"
