@@ -40,7 +40,9 @@ MAX_TERMS = 1_000_000  # the most frequent n-grams kept: bounds the component's 
 MAX_CHAR_TERMS = 300_000  # the most frequent character n-grams kept (the weights are (labels, terms) float16)
 # the training text the fit reads at most: its memory grows with it (sklearn counts every n-gram before pruning)
 MAX_FIT_CHARS = 300_000_000
-MAX_FIT_CHARS_WITH_CHARS = 100_000_000  # character n-grams count several times as many per character
+# with character n-grams: 4.9 GB above the texts for 64M characters of imdb (benchmarks/ngram_memory.py), about
+# what the words alone take at their 300M
+MAX_FIT_CHARS_WITH_CHARS = 64_000_000
 
 
 def _settings(*, fit: bool, chars: bool = False) -> dict:
