@@ -134,7 +134,7 @@ def key(row: dict) -> tuple:
 def fused(row: dict) -> str:
     """The table's "n-grams fused": no; yes (fit on the training split); yes, refit (on the training and
     validation splits: `fuse_ngrams(refit=True)`); ..., prior (weights under the prior of
-    `pipelines.ngram.fit_fusion`); ..., chars (character 2-5-grams beside the word n-grams)."""
+    `pipelines.fusion.fit_fusion`); ..., chars (character 2-5-grams beside the word n-grams)."""
     if not row.get("ngrams", False):
         return "no"
     said = "yes" if row.get("ngrams_fit_on", "training split") == "training split" else "yes, refit"
@@ -169,7 +169,7 @@ def table(rows: list[dict], machine: str) -> str:
     lines += ["", "n-grams fused \"yes, refit\": the n-gram part refit on the training and validation splits after "
               "its fusion weights were fit (`txl train`'s default since 2026-12-04; `benchmarks/ngram_refit.py` "
               "compares the two on one model); \"yes\": fit on the training split alone; \", prior\": the fusion "
-              "weights fit under the prior of `pipelines.ngram.fit_fusion` (since the evening of 2026-12-04); "
+              "weights fit under the prior of `pipelines.fusion.fit_fusion` (since the evening of 2026-12-04); "
               "\", chars\": character 2-5-grams beside the word 1-2-grams (`--ngrams fuse`, `txl train`'s default "
               "since late 2026-12-04); the rows with either: the model of the row above them fused again by `txl "
               "fuse` (`--refuse`), the encoder unchanged.", "",

@@ -5,12 +5,12 @@ multi-label) of each way of weighing the encoder against the n-grams, every mode
 
 Variants (a: the encoder's weight, b: the n-grams'; the n-grams scored on test by their training +
 validation fit, as `txl train` keeps them). Each cell: test figure (validation figure; a, b).
-- `plain`: a, b fit together by log-loss on the validation split (`pipelines.ngram.fit_fusion` with no prior:
+- `plain`: a, b fit together by log-loss on the validation split (`pipelines.fusion.fit_fusion` with no prior:
   the method until the evening of 2026-12-04).
 - `prior`: the same under the prior on log(b / a) (`fit_fusion`, `txl train`'s method since the evening of
   2026-12-04);
   `prior-0.5`, `prior-2`: with that prior's sd 0.5 or 2 instead of PRIOR_SD (1).
-- `separate`: each part temperature-calibrated alone on the validation split (`pipelines.ngram.calibrate`):
+- `separate`: each part temperature-calibrated alone on the validation split (`pipelines.fusion.calibrate`):
   the prior's centre.
 - `encoder`, `ngram`: one part alone.
 
@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.metrics import decide, tune_thresholds  # noqa: E402
-from pipelines import ngram  # noqa: E402
-from pipelines.ngram import fused_logits  # noqa: E402
+from pipelines import fusion  # noqa: E402
+from pipelines.fusion import fused_logits  # noqa: E402
 
 
 def weights(variant: str, c: dict, rows: np.ndarray | None = None) -> dict:
@@ -44,15 +44,15 @@ def weights(variant: str, c: dict, rows: np.ndarray | None = None) -> dict:
     if variant == "ngram":
         return {"a": 0.0, "b": 1.0, "c": 0.0}
     if variant == "separate":
-        (ta, ca), (tb, cb) = (ngram.calibrate(x, yv, multi_label=ml)
+        (ta, ca), (tb, cb) = (fusion.calibrate(x, yv, multi_label=ml)
                               for x in (enc_v if ml else torch.log_softmax(enc_v, -1), sv))
         return {"a": math.exp(ta), "b": math.exp(tb), "c": ca + cb}
-    sd = {"plain": 1e6, "prior": ngram.PRIOR_SD}.get(variant) or float(variant.split("-")[1])
-    saved, ngram.PRIOR_SD = ngram.PRIOR_SD, sd
+    sd = {"plain": 1e6, "prior": fusion.PRIOR_SD}.get(variant) or float(variant.split("-")[1])
+    saved, fusion.PRIOR_SD = fusion.PRIOR_SD, sd
     try:
-        w = ngram.fit_fusion(enc_v, sv.numpy(), yv, multi_label=ml)
+        w = fusion.fit_fusion(enc_v, sv.numpy(), yv, multi_label=ml)
     finally:
-        ngram.PRIOR_SD = saved
+        fusion.PRIOR_SD = saved
     return {k: w[k] for k in ("a", "b", "c")}
 
 
@@ -105,7 +105,8 @@ def resample(cache: Path, draws: int, size: int, variants: list[str]) -> int:
     with replacement; 0: as many as the split has), as if `txl train` had carved another split; the test
     figures' mean, sd and minimum, and how often b < a."""
     print(f"{draws} bootstrap resamples of each validation split ({size or 'its own size'} documents); test figure "
-          "mean / sd / min, share of fits with b < a\n\n| model | " + " | ".join(variants) + " |\n|---|" + "---:|" * len(variants))
+          "mean / sd / min, share of fits with b < a\n\n| model | " + " | ".join(variants) + " |\n|---|"
+          + "---:|" * len(variants))
     for path in sorted(cache.glob("*.pt")):
         c = torch.load(path, weights_only=False)
         rng = np.random.default_rng(0)

@@ -2,13 +2,13 @@
 
     python benchmarks/ngram_memory.py [--millions 8 16 32 64] [--ngrams fuse|words]
 
-Fits the n-gram part (TF-IDF word 1-2-grams and character 2-5-grams, + LinearSVC) on N million characters of imdb's reviews (its train and test files in
-../shared/data/imdb, shuffled with seed 0, labels as given), each size in a fresh process, and prints the
-process's peak resident memory above what it held just before the fit (its texts loaded), the seconds and the
-terms kept. The fit's memory grows
-with the text it reads (scikit-learn counts every n-gram before pruning to min_df 2 and the 1M most
+Fits the n-gram part (TF-IDF word 1-2-grams and character 2-5-grams, + LinearSVC; `--ngrams words`: the words
+alone) on N million characters of imdb's reviews (its train and test files in ../shared/data/imdb, shuffled
+with seed 0, labels as given), each size in a fresh process, and prints the process's peak resident memory
+above what it held just before the fit (its texts loaded), the seconds and the terms kept. The fit's memory
+grows with the text it reads (scikit-learn counts every n-gram before pruning to min_df 2 and the most
 frequent), which is why `txl train` fits it on at most `MAX_FIT_CHARS` characters (`MAX_FIT_CHARS_WITH_CHARS`
-with the character n-grams, `--ngrams fuse`, which count several times as many n-grams per character).
+with the character n-grams, which count several times as many n-grams per character).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 
 Carves the validation split `txl train` carved (seed 0), reads the encoder's log-probabilities on it (and on the
 test split), then for each variant fits the n-grams on the training split, the fusion weights on the validation
-split (`pipelines.ngram.fit_fusion`, as `txl train` does) and prints validation and test accuracy of the
+split (`pipelines.fusion.fit_fusion`, as `txl train` does) and prints validation and test accuracy of the
 n-grams alone and fused. With --predictions (a single-label `txl evaluate` output of the fused model) the
 test log-probabilities of the encoder are recovered from the fused probabilities, the saved fusion weights and
 the saved n-gram scores, instead of running the encoder over the test split again.
@@ -28,7 +28,8 @@ import torch
 
 from pipelines.inference import predict, prepare
 from pipelines.modeldir import load_model_dir
-from pipelines.ngram import NgramModel, fit_fusion, fused_logits
+from pipelines.fusion import fit_fusion, fused_logits
+from pipelines.ngram import NgramModel
 from pipelines.train import _data, _load_split
 
 

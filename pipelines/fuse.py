@@ -24,7 +24,8 @@ from .labels import LabelSet
 from .metrics import compute_metrics, decide, tune_thresholds
 from .modeldir import ModelDir, load_model_dir, save_model_dir
 from . import ngram as ngram_module
-from .ngram import fit_fusion, fit_ngram
+from .fusion import fit_fusion
+from .ngram import fit_ngram
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,8 +103,8 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
                          fit_documents=ngram.fit_documents, fit_on=SPLITS[refit])
     if dist.is_main() and ngram.fit_documents < n_fit:
         tqdm.write(f"txl: the n-grams were fit on a random {ngram.fit_documents:,} of the {n_fit:,} documents of the "
-                   f"{SPLITS[refit]}, about {ngram_module.fit_limit(chars) / 1e6:g}M characters (the fit's memory grows "
-                   "with the text it reads)")
+                   f"{SPLITS[refit]}, about {ngram_module.fit_limit(chars) / 1e6:g}M characters (the fit's memory "
+                   "grows with the text it reads)")
     if dist.is_main():
         tqdm.write(f"n-grams fused in {time.perf_counter() - started:.0f} s (a {ngram.fusion['a']:.3g}, "
                    f"b {ngram.fusion['b']:.3g}): validation "

@@ -3,16 +3,16 @@
 TF-IDF over word 1-2-grams (sublinear tf, min_df 2), `txl baseline`'s features, and over character 2-5-grams
 within words (`--ngrams fuse`, the default; `--ngrams words` leaves them out), and one linear SVM over both,
 fit on the same training split as the encoder, then (pipelines/fuse.py) refit on the training and validation
-splits once the fusion weights are fit. The two read a document differently (the encoder its words in context, the
-n-grams every rare name and phrase) and err on different documents, so `txl train` fuses them:
+splits once the fusion weights are fit. The two read a document differently (the encoder its words in
+context, the n-grams every rare name and phrase) and err on different documents, so `txl train` fuses them:
 
     fused logits = a * log_softmax(encoder logits) + b * svm scores            (single-label)
     fused logits = a * encoder logits + b * svm scores + c                     (multi-label, per label)
 
 with a, b (and c) fit on the validation split by log-loss, a 2-3 parameter stacking that cannot overfit a
 validation split of a few hundred documents, under a weak prior that keeps each part at its own calibrated
-weight where the split has too few errors to tell the parts apart (`fit_fusion`); a weight near 0 switches a
-component off where it does not help.
+weight where the split has too few errors to tell the parts apart (pipelines/fusion.py); a weight near 0
+switches a component off where it does not help.
 Multi-label decision thresholds are then tuned on the fused validation probabilities.
 
 Stored without pickle: `ngram.json` (the terms in column order, words then characters, the settings, the
@@ -21,7 +21,6 @@ fusion weights and thresholds) and `ngram.safetensors` (idf, SVM weights in floa
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from safetensors.numpy import load as load_arrays, save as save_arrays
 
 from .errors import UserError
+from .fusion import fused_logits
 
 FILES = ("ngram.json", "ngram.safetensors")
 SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}
@@ -67,7 +67,8 @@ class _Features:
 
 @dataclass
 class NgramModel:
-    """A fitted TF-IDF vectorizer and one linear scorer per class (per label when multi-label)."""
+    """Fitted TF-IDF vectorizers (words, then characters) and one linear scorer per class (per label when
+    multi-label)."""
 
     terms: list[str]
     idf: np.ndarray  # (F,)
@@ -281,71 +282,3 @@ def _per_label(x, targets: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray
             svm = LinearSVC(C=C, random_state=0).fit(x, targets[:, j])
             coef[j], intercept[j] = svm.coef_[0], svm.intercept_[0]
     return coef, intercept
-
-
-def fused_logits(encoder: torch.Tensor, scores: torch.Tensor, *, a, b, c=0.0, multi_label: bool) -> torch.Tensor:
-    """The fusion of the module docstring; `encoder` (N, L) raw logits, `scores` (N, L) SVM decision values."""
-    if multi_label:
-        return a * encoder + b * scores + c
-    return a * torch.log_softmax(encoder, dim=-1) + b * scores
-
-
-PRIOR_SD = 1.0  # of log(b / a) around the ratio of the parts' own temperatures: a factor e either way
-LOG_TEMPERATURE = (-8.0, 8.0)  # a part that says nothing (or everything) on the validation split stays finite
-
-
-def calibrate(scores: torch.Tensor, targets: torch.Tensor, *, multi_label: bool,
-              steps: int = 100) -> tuple[float, float]:
-    """One part alone: the log temperature t (and, multi-label, the shift c) minimising the log-loss of
-    exp(t) * scores (+ c)."""
-    raw = torch.zeros(2, requires_grad=True)
-    opt = torch.optim.LBFGS([raw], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def loss_fn():
-        opt.zero_grad()
-        loss = _log_loss(torch.exp(raw[0].clamp(*LOG_TEMPERATURE)) * scores + raw[1], targets, multi_label)
-        loss.backward()
-        return loss
-
-    opt.step(loss_fn)
-    t, c = (float(v) for v in raw.detach())
-    t = min(max(t, LOG_TEMPERATURE[0]), LOG_TEMPERATURE[1]) if math.isfinite(t) else 0.0
-    return t, c if multi_label and math.isfinite(c) else 0.0
-
-
-def _log_loss(z: torch.Tensor, targets: torch.Tensor, multi_label: bool, reduction: str = "mean") -> torch.Tensor:
-    return torch.nn.functional.binary_cross_entropy_with_logits(z, targets.float(), reduction=reduction) \
-        if multi_label else torch.nn.functional.cross_entropy(z, targets, reduction=reduction)
-
-
-def fit_fusion(encoder: torch.Tensor, scores: np.ndarray, targets: torch.Tensor, *, multi_label: bool,
-               steps: int = 200) -> dict:
-    """The weights a, b > 0 (and c) of the fused logits, the maximum a posteriori on the validation split:
-    its summed log-loss plus a Gaussian prior on log(b / a), sd PRIOR_SD, centred on the ratio of each part's
-    own temperature (`calibrate`, each part alone on the same split). Where the split tells the parts apart
-    (dozens of errors, imdb, 20newsgroups) the data decide the ratio; where it barely can (a bbc_news split of
-    178 documents with one error, made by both parts) a plain log-loss fit leans on whichever part is more
-    confident when right, and the prior keeps each part at its own calibrated weight instead (RESULTS.md,
-    "Fusion weights under a prior")."""
-    encoder, s = encoder.float(), torch.as_tensor(scores).float()
-    alone = encoder if multi_label else torch.log_softmax(encoder, dim=-1)
-    (ta, ca), (tb, cb) = (calibrate(x, targets, multi_label=multi_label) for x in (alone, s))
-    center = tb - ta
-    raw = torch.tensor([ta, tb, ca + cb], requires_grad=True)  # log a, log b, c: from the parts' own fits
-    opt = torch.optim.LBFGS([raw], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def loss_fn():
-        opt.zero_grad()
-        a, b = torch.exp(raw[:2].clamp(*LOG_TEMPERATURE))
-        z = fused_logits(encoder, s, a=a, b=b, c=raw[2], multi_label=multi_label)
-        loss = _log_loss(z, targets, multi_label, "sum") + 0.5 * ((raw[1] - raw[0] - center) / PRIOR_SD) ** 2
-        loss.backward()
-        return loss
-
-    opt.step(loss_fn)
-    la, lb, c = (float(v) for v in raw.detach())
-    if not all(map(math.isfinite, (la, lb, c))):
-        return {"a": 1.0, "b": 0.0, "c": 0.0}
-    a, b = (math.exp(min(max(v, LOG_TEMPERATURE[0]), LOG_TEMPERATURE[1])) for v in (la, lb))
-    return {"a": round(a, 6), "b": round(b, 6), "c": round(c if multi_label else 0.0, 6),
-            "prior_ratio": round(math.exp(center), 6)}

@@ -256,8 +256,9 @@ def model_card(summary: dict, metrics: dict) -> str:
     if "fusion" in metrics:
         f = metrics["fusion"]
         read, weights = fit_phrase(f, summary["n_train"], summary["n_valid"])
-        lines += ["", f"The encoder's log-probabilities are fused with {features(f)} fit on {read}: logits = {f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
-                  "(`txl train --ngrams`, pipelines/ngram.py)."]
+        lines += ["", f"The encoder's log-probabilities are fused with {features(f)} fit on {read}: logits = "
+                  f"{f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
+                  "(`txl train --ngrams`, pipelines/ngram.py, pipelines/fusion.py)."]
     return "\n".join(lines) + "\n"
 
 

@@ -13,9 +13,10 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
-from pipelines import ngram as ngram_module
+from pipelines import fusion as fusion_module, ngram as ngram_module
 from pipelines.errors import UserError
-from pipelines.ngram import NgramModel, fit_fusion, fit_ngram, fit_sample, fused_logits
+from pipelines.fusion import fit_fusion, fused_logits
+from pipelines.ngram import NgramModel, fit_ngram, fit_sample
 from tests.synth import make_corpus
 
 
@@ -149,9 +150,9 @@ def test_fusion_prior_keeps_both_parts_on_a_nearly_solved_split(seed, monkeypatc
     the part that is more confident when right); under the prior each part keeps its own calibrated weight."""
     encoder, scores, y = nearly_solved_split(seed)
     w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
-    assert abs(math.log(w["b"] / w["a"]) - math.log(w["prior_ratio"])) < ngram_module.PRIOR_SD, w
+    assert abs(math.log(w["b"] / w["a"]) - math.log(w["prior_ratio"])) < fusion_module.PRIOR_SD, w
     assert w["b"] > w["a"] > 0.1, w  # both parts in: the n-grams' scores are on a smaller scale
-    monkeypatch.setattr(ngram_module, "PRIOR_SD", 1e6)  # no prior: the failure it is there for
+    monkeypatch.setattr(fusion_module, "PRIOR_SD", 1e6)  # no prior: the failure it is there for
     plain = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
     assert plain["b"] < 0.01 * plain["a"], plain
 
@@ -164,7 +165,7 @@ def test_fusion_prior_yields_to_evidence(monkeypatch):
     encoder = 2.0 * onehot + torch.randn(2000, 3, generator=g)
     scores = 0.6 * onehot + 0.4 * torch.randn(2000, 3, generator=g)
     w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
-    monkeypatch.setattr(ngram_module, "PRIOR_SD", 1e6)
+    monkeypatch.setattr(fusion_module, "PRIOR_SD", 1e6)
     plain = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
     assert abs(math.log(w["b"] / w["a"]) - math.log(plain["b"] / plain["a"])) < 0.05, (w, plain)
 
