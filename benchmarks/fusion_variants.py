@@ -78,6 +78,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--curve", action="store_true", help="errors against b / a instead (single-label models)")
+    ap.add_argument("--errors", action="store_true",
+                    help="instead: per data set, the test documents its encoders (every seed) and n-grams get wrong")
     ap.add_argument("--resample", type=int, default=0,
                     help="instead: fit on this many bootstrap resamples of each model's validation split")
     ap.add_argument("--size", type=int, default=0, help="documents in each resample (default: the split's own)")
@@ -86,6 +88,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.curve:
         return curve(args.cache)
+    if args.errors:
+        return errors(args.cache)
     if args.resample:
         return resample(args.cache, args.resample, args.size, args.variants)
     print("| model | " + " | ".join(args.variants) + " |\n|---|" + "---:|" * len(args.variants))
@@ -118,6 +122,26 @@ def resample(cache: Path, draws: int, size: int, variants: list[str]) -> int:
             low = np.mean([w["b"] < w["a"] for w in fits])
             cells.append(f"{test.mean():.2f} / {test.std():.2f} / {test.min():.2f}, {100 * low:.0f}%")
         print(f"| {path.stem} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+def errors(cache: Path) -> int:
+    """Per single-label data set with several cached seeds: how many test documents the encoder gets wrong in
+    k of the seeds, and which it gets wrong in all of them (test-split row numbers) with the n-grams too."""
+    groups: dict[str, list[dict]] = {}
+    for path in sorted(cache.glob("*.pt")):
+        groups.setdefault(path.stem.split(".seed")[0], []).append(torch.load(path, weights_only=False))
+    for name, caches in groups.items():
+        if len(caches) < 2 or caches[0]["multi_label"]:
+            continue
+        truth = np.asarray(caches[0]["yt"])
+        wrong = np.stack([c["enc_t"].argmax(1).numpy() != truth for c in caches]).sum(0)  # (N,) seeds wrong
+        ngram = np.asarray(caches[0]["st_all"]).argmax(1) != truth  # the refit n-grams: the same in every seed
+        always = np.flatnonzero(wrong == len(caches))
+        print(f"{name}: {len(caches)} seeds, {len(truth)} test documents; wrong in k seeds: "
+              + ", ".join(f"k={k}: {int((wrong == k).sum())}" for k in range(1, len(caches) + 1))
+              + f"; n-grams wrong on {int(ngram.sum())}; wrong in every seed: {len(always)}, of them n-grams too: "
+              f"{int(ngram[always].sum())} (rows {', '.join(str(i) for i in always[ngram[always]])})")
     return 0
 
 
