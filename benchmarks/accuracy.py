@@ -186,7 +186,7 @@ def seed_summary(rows: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(key(r)[:4], []).append(r)
-    lines = [f"- {name}, {recipe}, {cpu}{said.replace('no', '').replace('yes', ', n-grams fused')}: {len(runs)} seeds "
+    lines = [f"- {name}, {recipe}, {cpu}{'' if said == 'no' else ', n-grams fused' + said[3:]}: {len(runs)} seeds "
              f"({', '.join(str(r.get('seed', 0)) for r in runs)}); test micro-F1 {spread(runs, 'micro_f1')}, "
              f"encoder alone {spread(runs, 'encoder_micro_f1')}"
              for (name, recipe, cpu, said), runs in groups.items() if len({r.get("seed", 0) for r in runs}) > 1]
