@@ -162,7 +162,9 @@ def model_page_ui(md) -> None:
     cfg = md.model.config
     st.markdown(md.card or "_This model has no model card._")
     st.markdown(f"**Labels** ({len(md.labels)}{', multi-label' if md.multi_label else ''}): " + ", ".join(md.labels))
-    fused = "" if md.ngram is None else f"; fused with {len(md.ngram.terms):,} TF-IDF n-grams"
+    n = None if md.ngram is None else (md.ngram.n_word_terms, len(md.ngram.terms) - md.ngram.n_word_terms)
+    fused = "" if n is None else f"; fused with {n[0]:,} TF-IDF word n-grams" + (
+        f" and {n[1]:,} character n-grams" if n[1] else "")
     st.caption(f"d_model {cfg.d_model}, {cfg.n_layer} layers, {cfg.n_head} heads, segment {cfg.segment_len}, "
                f"memory {cfg.mem_len}, pooling {cfg.pooling}, vocabulary {cfg.vocab_size:,}; precision {md.precision}"
                + fused)

@@ -136,6 +136,7 @@ def test_bundled_default_model_classifies_the_examples(monkeypatch):
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert at.selectbox(key="model_choice").value == "bbc_news"
+    assert any("TF-IDF word n-grams and" in c.value and "character n-grams" in c.value for c in at.caption)
     for example, label in [("cup-final.txt", "sport"), ("markets-rally.txt", "business"), ("phone-launch.txt", "tech")]:
         at.selectbox(key="example").set_value(example).run()
         assert not at.exception, at.exception
