@@ -48,11 +48,7 @@ def weights(variant: str, c: dict, rows: np.ndarray | None = None) -> dict:
                               for x in (enc_v if ml else torch.log_softmax(enc_v, -1), sv))
         return {"a": math.exp(ta), "b": math.exp(tb), "c": ca + cb}
     sd = {"plain": 1e6, "prior": fusion.PRIOR_SD}.get(variant) or float(variant.split("-")[1])
-    saved, fusion.PRIOR_SD = fusion.PRIOR_SD, sd
-    try:
-        w = fusion.fit_fusion(enc_v, sv.numpy(), yv, multi_label=ml)
-    finally:
-        fusion.PRIOR_SD = saved
+    w = fusion.fit_fusion(enc_v, sv.numpy(), yv, multi_label=ml, prior_sd=sd)
     return {k: w[k] for k in ("a", "b", "c")}
 
 

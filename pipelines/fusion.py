@@ -40,8 +40,11 @@ def calibrate(scores: torch.Tensor, targets: torch.Tensor, *, multi_label: bool,
 
     opt.step(loss_fn)
     t, c = (float(v) for v in raw.detach())
-    t = min(max(t, LOG_TEMPERATURE[0]), LOG_TEMPERATURE[1]) if math.isfinite(t) else 0.0
-    return t, c if multi_label and math.isfinite(c) else 0.0
+    return _bounded(t) if math.isfinite(t) else 0.0, c if multi_label and math.isfinite(c) else 0.0
+
+
+def _bounded(log_t: float) -> float:
+    return min(max(log_t, LOG_TEMPERATURE[0]), LOG_TEMPERATURE[1])
 
 
 def _log_loss(z: torch.Tensor, targets: torch.Tensor, multi_label: bool, reduction: str = "mean") -> torch.Tensor:
@@ -50,9 +53,10 @@ def _log_loss(z: torch.Tensor, targets: torch.Tensor, multi_label: bool, reducti
 
 
 def fit_fusion(encoder: torch.Tensor, scores: np.ndarray, targets: torch.Tensor, *, multi_label: bool,
-               steps: int = 200) -> dict:
+               prior_sd: float = PRIOR_SD, steps: int = 200) -> dict:
     """The weights a, b > 0 (and c) of the fused logits, the maximum a posteriori on the validation split:
-    its summed log-loss plus a Gaussian prior on log(b / a), sd PRIOR_SD, centred on the ratio of each part's
+    its summed log-loss plus a Gaussian prior on log(b / a), sd `prior_sd` (a huge one: a plain log-loss fit),
+    centred on the ratio of each part's
     own temperature (`calibrate`, each part alone on the same split). Where the split tells the parts apart
     (dozens of errors, imdb, 20newsgroups) the data decide the ratio; where it barely can (a bbc_news split of
     178 documents with one error, made by both parts) a plain log-loss fit leans on whichever part is more
@@ -69,7 +73,7 @@ def fit_fusion(encoder: torch.Tensor, scores: np.ndarray, targets: torch.Tensor,
         opt.zero_grad()
         a, b = torch.exp(raw[:2].clamp(*LOG_TEMPERATURE))
         z = fused_logits(encoder, s, a=a, b=b, c=raw[2], multi_label=multi_label)
-        loss = _log_loss(z, targets, multi_label, "sum") + 0.5 * ((raw[1] - raw[0] - center) / PRIOR_SD) ** 2
+        loss = _log_loss(z, targets, multi_label, "sum") + 0.5 * ((raw[1] - raw[0] - center) / prior_sd) ** 2
         loss.backward()
         return loss
 
@@ -77,6 +81,6 @@ def fit_fusion(encoder: torch.Tensor, scores: np.ndarray, targets: torch.Tensor,
     la, lb, c = (float(v) for v in raw.detach())
     if not all(map(math.isfinite, (la, lb, c))):
         return {"a": 1.0, "b": 0.0, "c": 0.0}
-    a, b = (math.exp(min(max(v, LOG_TEMPERATURE[0]), LOG_TEMPERATURE[1])) for v in (la, lb))
+    a, b = (math.exp(_bounded(v)) for v in (la, lb))
     return {"a": round(a, 6), "b": round(b, 6), "c": round(c if multi_label else 0.0, 6),
             "prior_ratio": round(math.exp(center), 6)}

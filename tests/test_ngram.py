@@ -145,19 +145,18 @@ def nearly_solved_split(seed: int, n: int = 178) -> tuple[torch.Tensor, torch.Te
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fusion_prior_keeps_both_parts_on_a_nearly_solved_split(seed, monkeypatch):
+def test_fusion_prior_keeps_both_parts_on_a_nearly_solved_split(seed):
     """With one error on the split, shared by both parts, a plain log-loss fit drops the n-grams (it leans on
     the part that is more confident when right); under the prior each part keeps its own calibrated weight."""
     encoder, scores, y = nearly_solved_split(seed)
     w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
     assert abs(math.log(w["b"] / w["a"]) - math.log(w["prior_ratio"])) < fusion_module.PRIOR_SD, w
     assert w["b"] > w["a"] > 0.1, w  # both parts in: the n-grams' scores are on a smaller scale
-    monkeypatch.setattr(fusion_module, "PRIOR_SD", 1e6)  # no prior: the failure it is there for
-    plain = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
+    plain = fit_fusion(encoder, scores.numpy(), y, multi_label=False, prior_sd=1e6)  # the failure it is there for
     assert plain["b"] < 0.01 * plain["a"], plain
 
 
-def test_fusion_prior_yields_to_evidence(monkeypatch):
+def test_fusion_prior_yields_to_evidence():
     """On a split with hundreds of errors the data decide the weights: the prior moves them by little."""
     g = torch.Generator().manual_seed(2)
     y = torch.randint(0, 3, (2000,), generator=g)
@@ -165,8 +164,7 @@ def test_fusion_prior_yields_to_evidence(monkeypatch):
     encoder = 2.0 * onehot + torch.randn(2000, 3, generator=g)
     scores = 0.6 * onehot + 0.4 * torch.randn(2000, 3, generator=g)
     w = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
-    monkeypatch.setattr(fusion_module, "PRIOR_SD", 1e6)
-    plain = fit_fusion(encoder, scores.numpy(), y, multi_label=False)
+    plain = fit_fusion(encoder, scores.numpy(), y, multi_label=False, prior_sd=1e6)
     assert abs(math.log(w["b"] / w["a"]) - math.log(plain["b"] / plain["a"])) < 0.05, (w, plain)
 
 
