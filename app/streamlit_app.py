@@ -1,5 +1,5 @@
 """The web app: upload or paste documents, see the predicted class, its probabilities and which segments
-drove it; inspect the model. A view only: every number comes from `pipelines.inference`, the same code as
+drove it; inspect the model. A view only: every number comes from `pipelines.model.inference`, the same code as
 `txl classify`.
 
 Run with `txl app` (or `streamlit run app/streamlit_app.py -- --model DIR`).
@@ -17,8 +17,8 @@ import streamlit as st
 
 from app.extract import Document, ExtractError, extract_documents, max_upload_bytes
 from pipelines.errors import UserError
-from pipelines.inference import predict, prepare
-from pipelines.modeldir import load_model_dir
+from pipelines.model.inference import predict, prepare
+from pipelines.model.model_dir import load_model_dir
 
 BUNDLED = Path(__file__).parent / "models"
 EXAMPLES = Path(__file__).parent / "examples"

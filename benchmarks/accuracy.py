@@ -117,7 +117,7 @@ def run_facts(card: dict) -> dict:
     if "fusion" in card:
         facts["fusion"] = {k: v for k, v in card["fusion"].items() if k in ("a", "b", "c")}
         facts["ngrams_fit_on"] = card["fusion"].get("fit_on", "training split")  # both splits since 2026-12-04
-        if "prior_ratio" in card["fusion"]:  # fit under the prior (pipelines/ngram.py, since the evening of 2026-12-04)
+        if "prior_ratio" in card["fusion"]:  # fit under the prior (pipelines/model/ngrams.py, since the evening of 2026-12-04)
             facts["fusion"]["prior_ratio"] = card["fusion"]["prior_ratio"]
         n, words = card["fusion"].get("n_terms"), card["fusion"].get("n_word_terms")
         if words is not None and words < n:  # character n-grams beside the words (since late 2026-12-04)
@@ -134,7 +134,7 @@ def key(row: dict) -> tuple:
 def fused(row: dict) -> str:
     """The table's "n-grams fused": no; yes (fit on the training split); yes, refit (on the training and
     validation splits: `fuse_ngrams(refit=True)`); ..., prior (weights under the prior of
-    `pipelines.fusion.fit_fusion`); ..., chars (character 2-5-grams beside the word n-grams)."""
+    `pipelines.model.fusion.fit_fusion`); ..., chars (character 2-5-grams beside the word n-grams)."""
     if not row.get("ngrams", False):
         return "no"
     said = "yes" if row.get("ngrams_fit_on", "training split") == "training split" else "yes, refit"
@@ -145,7 +145,7 @@ def fused(row: dict) -> str:
 def cpu_kind() -> str:
     """What decides this machine's speed: bf16 units or not (the rows' training minutes depend on it)."""
     sys.path.insert(0, str(HERE.parent))
-    from pipelines.inference import cpu_has_native_bf16
+    from pipelines.runtime.device import cpu_has_native_bf16
     return "AVX512-BF16" if cpu_has_native_bf16() else "no bf16 units"
 
 
@@ -169,7 +169,7 @@ def table(rows: list[dict], machine: str) -> str:
     lines += ["", "n-grams fused \"yes, refit\": the n-gram part refit on the training and validation splits after "
               "its fusion weights were fit (`txl train`'s default since 2026-12-04; `benchmarks/ngram_refit.py` "
               "compares the two on one model); \"yes\": fit on the training split alone; \", prior\": the fusion "
-              "weights fit under the prior of `pipelines.fusion.fit_fusion` (since the evening of 2026-12-04); "
+              "weights fit under the prior of `pipelines.model.fusion.fit_fusion` (since the evening of 2026-12-04); "
               "\", chars\": character 2-5-grams beside the word 1-2-grams (`--ngrams fuse`, `txl train`'s default "
               "since late 2026-12-04); the rows with either: the model of the row above them fused again by `txl "
               "fuse` (`--refuse`), the encoder unchanged.", "",

@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.baseline import fit_predict
-from pipelines.labeled import load_labeled
-from pipelines.labels import stratified_split
+from pipelines.commands.baseline import fit_predict
+from pipelines.data.labeled_texts import load_labeled
+from pipelines.data.labels import stratified_split
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

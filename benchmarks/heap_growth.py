@@ -20,9 +20,9 @@ import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
-import pipelines.trainer as trainer_module
-from pipelines.modeldir import ModelDir
-from pipelines.trainer import Recipe, Trainer, bucketed_batches
+import pipelines.training.trainer as trainer_module
+from pipelines.model.model_dir import ModelDir
+from pipelines.training.trainer import Recipe, Trainer, bucketed_batches
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
 from train_speed import memory_mb

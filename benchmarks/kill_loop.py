@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a script run from anywhere: the tests' helpers build the model and data
 
 from pipelines.errors import UserError  # noqa: E402
-from pipelines.labels import stratified_split  # noqa: E402
-from pipelines.modeldir import load_model_dir  # noqa: E402
+from pipelines.data.labels import stratified_split  # noqa: E402
+from pipelines.model.model_dir import load_model_dir  # noqa: E402
 from tests.synth import make_corpus  # noqa: E402
 from tests.tiny_model import make_model_dir  # noqa: E402
 

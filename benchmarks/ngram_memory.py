@@ -1,4 +1,4 @@
-"""Peak memory and time of the n-gram fit (`pipelines.ngram.fit_ngram`) as its training text grows.
+"""Peak memory and time of the n-gram fit (`pipelines.model.ngrams.fit_ngram`) as its training text grows.
 
     python benchmarks/ngram_memory.py [--millions 8 16 32 64] [--ngrams fuse|words]
 
@@ -29,7 +29,7 @@ def one(millions: float, data: Path, chars: bool = True) -> dict:
     import numpy as np
     import pandas as pd
 
-    from pipelines.ngram import fit_ngram
+    from pipelines.model.ngrams import fit_ngram
 
     frames = [pd.read_csv(data / "imdb" / f) for f in ("train.csv.xz", "test.csv.xz")]
     frame = pd.concat(frames, ignore_index=True).sample(frac=1.0, random_state=0)  # the files are sorted by label
@@ -45,7 +45,7 @@ def one(millions: float, data: Path, chars: bool = True) -> dict:
     gc.collect()
     before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 10  # kB resident now
     started = time.perf_counter()
-    import pipelines.ngram as ngram
+    import pipelines.model.ngrams as ngram
     ngram.MAX_FIT_CHARS = ngram.MAX_FIT_CHARS_WITH_CHARS = 10 ** 12  # measure the fit itself, unsampled
     model = fit_ngram(texts, y, multi_label=False, n_labels=len(names), chars=chars)
     seconds = time.perf_counter() - started

@@ -1,5 +1,5 @@
 """Test figures of a trained model's fusion with the n-grams fit on the training split alone vs refit on the
-training and validation splits (`fuse_ngrams(refit=...)`, pipelines/fuse.py), the encoder unchanged.
+training and validation splits (`fuse_ngrams(refit=...)`, pipelines/commands/fuse.py), the encoder unchanged.
 
     python benchmarks/ngram_refit.py --data ../shared/data --runs runs/accuracy --datasets bbc_news r8 \\
         [--recipe minilm-lr3e-5-fresh1e-4]
@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import DATASETS, DEFAULT  # noqa: E402
-from pipelines.fuse import encoder_scores, fuse_ngrams  # noqa: E402
-from pipelines.inference import prepare  # noqa: E402
-from pipelines.metrics import compute_metrics, decide  # noqa: E402
-from pipelines.modeldir import load_model_dir  # noqa: E402
-from pipelines.train import _data, _load_split  # noqa: E402
+from pipelines.commands.fuse import encoder_scores, fuse_ngrams  # noqa: E402
+from pipelines.model.inference import prepare
+from pipelines.model.metrics import compute_metrics, decide  # noqa: E402
+from pipelines.model.model_dir import load_model_dir  # noqa: E402
+from pipelines.commands.train import _data, _load_split  # noqa: E402
 
 
 def labels_of(md, fused: torch.Tensor, thresholds) -> list[str]:

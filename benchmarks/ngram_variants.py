@@ -6,12 +6,12 @@
 
 Carves the validation split `txl train` carved (seed 0), reads the encoder's log-probabilities on it (and on the
 test split), then for each variant fits the n-grams on the training split, the fusion weights on the validation
-split (`pipelines.fusion.fit_fusion`, as `txl train` does) and prints validation and test accuracy of the
+split (`pipelines.model.fusion.fit_fusion`, as `txl train` does) and prints validation and test accuracy of the
 n-grams alone and fused. With --predictions (a single-label `txl evaluate` output of the fused model) the
 test log-probabilities of the encoder are recovered from the fused probabilities, the saved fusion weights and
 the saved n-gram scores, instead of running the encoder over the test split again.
 
-Variants: `default` (TF-IDF 1-2-grams, sublinear tf, LinearSVC C=1: `pipelines.ngram`), `trigram` (1-3-grams),
+Variants: `default` (TF-IDF 1-2-grams, sublinear tf, LinearSVC C=1: `pipelines.model.ngrams`), `trigram` (1-3-grams),
 `nb` (each class's one-vs-rest SVM on the TF-IDF features scaled by that class's naive-Bayes log-count ratio,
 Wang & Manning 2012), `nb-trigram`, `c-tuned` (C from 0.1, 0.3, 1, 3 by validation accuracy), `refit-all` (the default, its fusion
 weights fit on the validation split as usual, then its n-grams fit again on training + validation for the test
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.inference import predict, prepare
-from pipelines.modeldir import load_model_dir
-from pipelines.fusion import fit_fusion, fused_logits
-from pipelines.ngram import NgramModel
-from pipelines.train import _data, _load_split
+from pipelines.model.inference import predict, prepare
+from pipelines.model.model_dir import load_model_dir
+from pipelines.model.fusion import fit_fusion, fused_logits
+from pipelines.model.ngrams import NgramModel
+from pipelines.commands.train import _data, _load_split
 
 
 def tfidf(texts, ngram_max: int):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 from txl_core import packed_linear
 

@@ -3,7 +3,7 @@
     python benchmarks/profile_encoder.py [--precision bf16] [--batch 8] [--tokens 4096] [--rows 14]
 
 Prints the tokens/s of a plain reading (benchmarks/bench.py `encoder_rate`), then the operators sorted by
-their own CPU time. Set OMP_WAIT_POLICY=PASSIVE to see the cost of sleeping threads (`pipelines/threads.py`).
+their own CPU time. Set OMP_WAIT_POLICY=PASSIVE to see the cost of sleeping threads (`pipelines/runtime/threads.py`).
 """
 from __future__ import annotations
 

@@ -233,8 +233,8 @@ def measure_rss(ckpt_dirs):
           "and txl_core):")
     print(f"  {'checkpoint':<52} {'file MiB':>8} {'params MiB':>10} {'base':>6} {'peak':>6} {'after':>6} "
           f"{'touched':>7} {'+fwd':>6} {'load s':>6}")
-    print(f"  ('peak' = max during load_pretrained, 'after' = RSS when it returned, 'touched' = peak after reading "
-          f"every weight once, '+fwd' = peak after one 128-token forward pass; MiB and x params)")
+    print("  ('peak' = max during load_pretrained, 'after' = RSS when it returned, 'touched' = peak after reading "
+          "every weight once, '+fwd' = peak after one 128-token forward pass; MiB and x params)")
     for d in ckpt_dirs:
         files = [f for f in d.iterdir() if f.name in ("model.safetensors", "pytorch_model.bin")]
         fsize = sum(f.stat().st_size for f in files)

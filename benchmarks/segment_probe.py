@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.labeled import load_labeled
-from pipelines.subword import encode_batch
-from pipelines.word_tokenizer import load_tokenizer
+from pipelines.data.labeled_texts import load_labeled
+from pipelines.data.bpe_tokenizer import encode_batch
+from pipelines.data.word_tokenizer import load_tokenizer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

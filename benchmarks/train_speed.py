@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipelines.init_from import load_start
-from pipelines.inference import cpu_has_native_bf16
-from pipelines.modeldir import ModelDir
-from pipelines.trainer import Recipe, Trainer
+from pipelines.training.starts import load_start
+from pipelines.runtime.device import cpu_has_native_bf16
+from pipelines.model.model_dir import ModelDir
+from pipelines.training.trainer import Recipe, Trainer
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
 

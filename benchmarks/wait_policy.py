@@ -1,6 +1,6 @@
 """The encoder's speed with OpenMP threads that sleep (OMP_WAIT_POLICY=PASSIVE) against threads that spin
 (libgomp's default), on an idle machine and beside processes that keep cores busy: the measurements behind
-`pipelines/threads.py`.
+`pipelines/runtime/threads.py`.
 
     python benchmarks/wait_policy.py [--busy 0 1 2] [--rounds 2] [--budget 4]
 

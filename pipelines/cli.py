@@ -17,18 +17,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DataWarning, Interrupted, UserError
-from .threads import choose_wait_policy
+from pipelines.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DataWarning, Interrupted, UserError
+from pipelines.runtime.memory import use_huge_pages
+from pipelines.runtime.threads import choose_wait_policy
 
 COMMANDS = {
-    "train": "pipelines.train",
-    "classify": "pipelines.classify",
-    "evaluate": "pipelines.evaluate",
-    "baseline": "pipelines.baseline",
-    "fuse": "pipelines.fuse",
-    "pretrain": "pipelines.pretrain",
-    "app": "pipelines.app_cmd",
-    "bench": "pipelines.bench",
+    "train": "pipelines.commands.train",
+    "classify": "pipelines.commands.classify",
+    "evaluate": "pipelines.commands.evaluate",
+    "baseline": "pipelines.commands.baseline",
+    "fuse": "pipelines.commands.fuse",
+    "pretrain": "pipelines.commands.pretrain",
+    "app": "pipelines.commands.app",
+    "bench": "pipelines.commands.bench",
 }
 UNAVAILABLE = "(not available in this version)"
 
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     name = argv[0]
-    choose_wait_policy()  # before the command imports torch
+    choose_wait_policy()  # both before the command imports torch
+    use_huge_pages()
     with warnings.catch_warnings():  # restores the filters and the printer when the command ends
         warnings.simplefilter("always", DataWarning)  # the same skipped-rows note for two files is two notes
         warnings.showwarning = _warning_printer(name, warnings.showwarning)

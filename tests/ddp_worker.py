@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pipelines import distributed as dist
+from pipelines.runtime import distributed as dist
 from pipelines.cli import main as txl
-from pipelines.modeldir import ModelDir
-from pipelines.trainer import Recipe, Trainer
+from pipelines.model.model_dir import ModelDir
+from pipelines.training.trainer import Recipe, Trainer
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
 

@@ -116,7 +116,7 @@ def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):
 
     import pandas as pd
 
-    from pipelines.train import add_arguments
+    from pipelines.commands.train import add_arguments
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -159,7 +159,7 @@ def test_gpu_session_fakes_the_extra_and_keeps_its_deadline(tmp_path, monkeypatc
     site = session.fake_extra()
     (tmp_path / "stage" / "minilm").mkdir(parents=True)
     (tmp_path / "stage" / "minilm" / "model.safetensors").write_bytes(b"")
-    found = subprocess.run([sys.executable, "-c", "from pipelines.init_from import resolve, minilm_available; "
+    found = subprocess.run([sys.executable, "-c", "from pipelines.training.starts import resolve, minilm_available; "
                             "print(minilm_available(), resolve('minilm'))"], capture_output=True, text=True,
                            cwd=ROOT, env={"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin"})
     assert found.stdout.split() == ["True", str(tmp_path / "stage" / "minilm")], found.stderr

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import pipelines.classify
+import pipelines.commands.classify
 from pipelines.cli import main
-from pipelines.inference import predict as real_predict
-from pipelines.modeldir import ModelDir, load_model_dir, save_model_dir
+from pipelines.model.inference import predict as real_predict
+from pipelines.model.model_dir import ModelDir, load_model_dir, save_model_dir
 from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 from txl_core import TXLConfig
@@ -227,7 +227,7 @@ def test_fifty_mb_single_line_document_is_read_and_written_whole(capsys, model, 
         seen.extend(len(t) for t in texts)
         return real_predict(md, ["a"] * len(texts), **kwargs)
 
-    monkeypatch.setattr(pipelines.classify, "predict", stand_in)
+    monkeypatch.setattr(pipelines.commands.classify, "predict", stand_in)
     started = time.perf_counter()
     code, err, out = classify(capsys, model, tmp_path / "big.csv")
     assert code == 0, err
@@ -257,7 +257,7 @@ def test_a_million_token_document_is_classified_not_rejected(capsys, long_model,
         tokens.extend(p.n_tokens for p in preds)
         return preds
 
-    monkeypatch.setattr(pipelines.classify, "predict", spy)
+    monkeypatch.setattr(pipelines.commands.classify, "predict", spy)
     code, err, out = classify(capsys, long_model, tmp_path / "long.csv", "--precision", "float32")
     assert code == 0, err
     assert tokens[0] >= 1_000_000

@@ -6,7 +6,6 @@ from __future__ import annotations
 import builtins
 import codecs
 import os
-import random
 import time
 from pathlib import Path
 

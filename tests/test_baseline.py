@@ -7,7 +7,7 @@ import random
 import pandas as pd
 import pytest
 
-from pipelines.baseline import fit_predict
+from pipelines.commands.baseline import fit_predict
 from pipelines.cli import main
 
 TOPICS = {"sport": "goal match team coach league", "tech": "chip code cloud robot data",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipelines.bench import END, HEADING, START, load_bench, write_markdown
+from pipelines.commands.bench import END, HEADING, START, load_bench, write_markdown
 from pipelines.cli import main
 
 OTHER_SECTIONS = "# Benchmarks\n\n## Accuracy\n\nkept above\n"
@@ -66,7 +66,7 @@ def test_a_reference_table_of_an_earlier_run_still_renders():
     throughput table."""
     old = {"rows": [{"doc_tokens": 4096, "batch": 8, "ours": 7000.0, "reference": 2000.0, "ratio": 3.5,
                      "pair_ratios": [3.4, 3.6], "max_abs_diff": 1e-6, "load": 1.0}]}
-    from pipelines.bench import _reference
+    from pipelines.commands.bench import _reference
     text = "\n".join(_reference(old, {(4096, 8): (9000.0, "bf16")}))
     assert "| 9,000 (bf16) | 4.50x |" in text and "fastest precision of the throughput table" in text
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import pipelines.trainer as trainer_module
-from pipelines.checkpoints import checkpoint_dir, write_checkpoint
+import pipelines.training.trainer as trainer_module
+from pipelines.training.resume import checkpoint_dir, write_checkpoint
 from pipelines.cli import main
 from conftest import die_in_step
 from tests.synth import make_corpus

@@ -86,11 +86,11 @@ def test_no_command_prints_help_and_exits_2(capsys):
 
 
 def test_top_help_lists_commands_without_importing_them(capsys, monkeypatch):
-    monkeypatch.delitem(sys.modules, "pipelines.train", raising=False)
+    monkeypatch.delitem(sys.modules, "pipelines.commands.train", raising=False)
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "TF-IDF" in out and "train" in out
-    assert "pipelines.train" not in sys.modules
+    assert "pipelines.commands.train" not in sys.modules
 
 
 def test_baseline_help(capsys):

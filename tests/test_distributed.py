@@ -41,7 +41,7 @@ def _classify(data: Path, output: Path) -> list[str]:
 def _interrupted(data: Path, output: Path) -> None:
     """Leave the partial folder a killed run leaves: some chunks whole (not the first, not in a row) and one
     half-written; the run is stopped just before it would join the chunks."""
-    with mock.patch("pipelines.classify.write_frame", side_effect=KeyboardInterrupt):
+    with mock.patch("pipelines.commands.classify.write_frame", side_effect=KeyboardInterrupt):
         assert main(_classify(data, output)[1:]) != 0
     partial = Path(str(output) + ".partial")
     for k, part in enumerate(sorted(partial.glob("part-*.parquet"))):

@@ -224,7 +224,7 @@ def test_packed_linear_equals_the_bf16_linear(bias):
 
 @packing
 def test_bf16_encoder_packs_its_linears_and_reads_as_before(monkeypatch):
-    from pipelines.inference import to_bf16
+    from pipelines.model.inference import to_bf16
     torch.manual_seed(0)
     model = perturb(TXLDocumentClassifier(tiny_config(pooling="mean", num_labels=3)), scale=0.3).eval()
     plain = copy.deepcopy(model)

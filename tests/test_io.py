@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pipelines.errors import DataWarning, UserError
-from pipelines.io import iter_table, read_table, table_columns
-from pipelines.labeled import load_labeled
+from pipelines.data.tables import iter_table, read_table, table_columns
+from pipelines.data.labeled_texts import load_labeled
 
 # texts that break naive readers: the delimiter, quotes, newlines, "NA", a number with a leading zero, unicode
 TEXTS = ['plain words', 'a, comma', 'say "hi"', 'two\nlines', 'NA', '007', 'naïve café 東京 😀', 'tab\there']
@@ -279,7 +279,7 @@ def test_without_zstandard_every_other_format_reads_and_zst_says_what_to_install
     pd.DataFrame({"text": ["a b", "c d"], "label": ["x", "y"]}).to_csv(tmp_path / "t.csv.xz", index=False)
     (tmp_path / "t.csv.zst").write_bytes(b"\x28\xb5\x2f\xfd")
     script = ("import sys; sys.modules['zstandard'] = None\n"  # what `import zstandard` meets where it is missing
-              "from pipelines.io import read_table\n"
+              "from pipelines.data.tables import read_table\n"
               f"print(len(read_table({str(tmp_path / 't.csv.xz')!r})))\n"
               "from pipelines.cli import main\n"
               f"sys.exit(main(['train', '--train', {str(tmp_path / 't.csv.zst')!r}, '--out', {str(tmp_path / 'm')!r}]))")

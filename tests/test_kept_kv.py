@@ -128,7 +128,7 @@ def test_documents_leaving_the_batch_keep_their_neighbours_memory_rows():
 def test_bf16_models_keep_rows_and_int8_models_do_not():
     """Dynamic int8 scales a product's input per call: a row's keys would depend on the rows projected with it,
     so an int8 model projects the memory rows as before (its numbers stay those the bench measured)."""
-    from pipelines.inference import to_bf16
+    from pipelines.model.inference import to_bf16
     segments = [random_ids(2, 9, seed=s) for s in range(3)]
     half = to_bf16(perturb(TXLModel(tiny_config())).eval())
     with torch.inference_mode():

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.errors import UserError
-from pipelines.labels import LabelSet, is_multi_label, normalize_label, stratified_split
+from pipelines.data.labels import LabelSet, is_multi_label, normalize_label, stratified_split
 
 
 def test_single_label_set_is_sorted_and_encodes_indices():

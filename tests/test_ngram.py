@@ -1,4 +1,4 @@
-"""The n-gram component (pipelines/ngram.py): it scores as scikit-learn's TF-IDF + LinearSVC does, survives a
+"""The n-gram component (pipelines/model/ngrams.py): it scores as scikit-learn's TF-IDF + LinearSVC does, survives a
 save/load without pickle, its fusion weights follow whichever part carries the signal (and a prior keeps
 both parts where a validation split cannot tell them apart), and a model directory
 trained with it predicts, explains and reports each part."""
@@ -13,10 +13,12 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
-from pipelines import fusion as fusion_module, ngram as ngram_module
+from pipelines.model import fusion as fusion_module
+
+from pipelines.model import ngrams as ngram_module
 from pipelines.errors import UserError
-from pipelines.fusion import fit_fusion, fused_logits
-from pipelines.ngram import NgramModel, fit_ngram, fit_sample
+from pipelines.model.fusion import fit_fusion, fused_logits
+from pipelines.model.ngrams import NgramModel, fit_ngram, fit_sample
 from tests.synth import make_corpus
 
 
@@ -251,7 +253,7 @@ def test_fit_sample_keeps_rare_labels():
 def test_large_training_text_is_sampled(corpus, monkeypatch):
     texts, y, names = corpus
     full = fit_ngram(texts, y, multi_label=False, n_labels=3)
-    monkeypatch.setattr("pipelines.ngram.MAX_FIT_CHARS", sum(map(len, texts)) // 2)
+    monkeypatch.setattr("pipelines.model.ngrams.MAX_FIT_CHARS", sum(map(len, texts)) // 2)
     half = fit_ngram(texts, y, multi_label=False, n_labels=3)
     assert full.fit_documents == len(texts) and 0.3 * len(texts) < half.fit_documents < 0.7 * len(texts)
     assert set(half.terms) < set(full.terms)  # the vocabulary of the sample only
@@ -261,7 +263,7 @@ def test_large_training_text_is_sampled(corpus, monkeypatch):
 
 
 def test_the_card_says_what_the_ngrams_read():
-    from pipelines.fuse import SPLITS, fit_phrase
+    from pipelines.commands.fuse import SPLITS, fit_phrase
 
     # a model fused before the refit (its metrics say nothing of it): the training split
     assert fit_phrase({"fit_documents": 90}, 90, 10) == ("the training split", "weights fit on the validation split")

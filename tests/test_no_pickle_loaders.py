@@ -16,8 +16,8 @@ from streamlit.testing.v1 import AppTest
 
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.modeldir import load_model_dir
-from pipelines.word_tokenizer import load_tokenizer
+from pipelines.model.model_dir import load_model_dir
+from pipelines.data.word_tokenizer import load_tokenizer
 from tests.tiny_model import make_model_dir
 from txl_core import CheckpointError, WordTokenizer, load_pretrained
 from txl_core.safe_pickle import is_inert
@@ -146,7 +146,7 @@ def test_safe_load_turns_the_payload_into_a_placeholder(tmp_path):
 @pytest.mark.parametrize("name", ["ngram.json", "ngram.safetensors"])
 def test_the_ngram_files_never_run_a_planted_pickle(model, tmp_path, name, form):
     """The n-gram part is JSON + safetensors: a pickle in either is a damaged file, never code that runs."""
-    from pipelines.ngram import fit_ngram
+    from pipelines.model.ngrams import fit_ngram
     from tests.synth import make_corpus
 
     frame = make_corpus(30, seed=5)

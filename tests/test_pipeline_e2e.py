@@ -75,7 +75,7 @@ def test_ngrams_off_trains_the_encoder_alone(data, tmp_path, monkeypatch, capsys
     assert n_train == len(pd.read_csv(data / "train.csv")) == 150
     assert after["fusion"]["fit_on"] == "training and validation splits"
     # a training text over the fit's bound is sampled, and the console and the card say so
-    monkeypatch.setattr("pipelines.ngram.MAX_FIT_CHARS", sum(map(len, pd.read_csv(data / "train.csv").text)) // 3)
+    monkeypatch.setattr("pipelines.model.ngrams.MAX_FIT_CHARS", sum(map(len, pd.read_csv(data / "train.csv").text)) // 3)
     assert main(["fuse", "--model", str(out), "--train", str(data / "train.csv")]) == 0
     sampled = json.loads((out / "ngram.json").read_text())["fit_documents"]
     said = "".join(capsys.readouterr())
@@ -96,8 +96,8 @@ def test_ngrams_off_trains_the_encoder_alone(data, tmp_path, monkeypatch, capsys
 
 
 def test_fused_predictions_report_each_part_and_the_terms(model, data):
-    from pipelines.inference import predict, prepare
-    from pipelines.modeldir import load_model_dir
+    from pipelines.model.inference import predict, prepare
+    from pipelines.model.model_dir import load_model_dir
 
     md = prepare(load_model_dir(model), precision="float32")
     assert md.ngram is not None
@@ -227,7 +227,7 @@ def test_evaluate_writes_metrics_png_and_table(model, data, tmp_path):
 def test_saving_without_ngrams_removes_the_old_ones(model, tmp_path):
     import shutil
 
-    from pipelines.modeldir import load_model_dir, save_model_dir
+    from pipelines.model.model_dir import load_model_dir, save_model_dir
 
     copy = tmp_path / "copy"
     shutil.copytree(model, copy)
@@ -317,10 +317,10 @@ def test_bad_input_is_one_line_exit_2(data, tmp_path, case, phrase):
 def test_refit_ngrams_keep_the_weights_fit_on_held_out_scores(model, data):
     from argparse import Namespace
 
-    from pipelines.fuse import fuse_ngrams
-    from pipelines.inference import prepare
-    from pipelines.modeldir import load_model_dir
-    from pipelines.train import _data
+    from pipelines.commands.fuse import fuse_ngrams
+    from pipelines.model.inference import prepare
+    from pipelines.model.model_dir import load_model_dir
+    from pipelines.commands.train import _data
 
     md = prepare(load_model_dir(model), precision="float32")
     split = _data(Namespace(train=str(data / "train.csv"), valid=None, text_column="text", label_column="label",

@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 
 from conftest import perturb, random_ids, tiny_config
-from pipelines.inference import predict, prepare
-from pipelines.modeldir import ModelDir, load_model_dir
-from pipelines.trainer import Recipe, Trainer
+from pipelines.model.inference import predict, prepare
+from pipelines.model.model_dir import ModelDir, load_model_dir
+from pipelines.training.trainer import Recipe, Trainer
 from tests.tiny_model import make_model_dir
 from txl_core.classifier import TXLDocumentClassifier
 

@@ -16,12 +16,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pipelines import lm_trainer
+from pipelines.training import lm_trainer
 from pipelines.cli import main
-from pipelines.lm_stream import batchify, encode_stream, n_segments, perplexity, read_documents, segment
-from pipelines.lm_trainer import LMRecipe, LMTrainer
-from pipelines.modeldir import load_lm_dir
-from pipelines.pretrain import lm_config
+from pipelines.data.lm_stream import batchify, encode_stream, n_segments, perplexity, read_documents, segment
+from pipelines.training.lm_trainer import LMRecipe, LMTrainer
+from pipelines.model.model_dir import load_lm_dir
+from pipelines.commands.pretrain import lm_config
 from txl_core import TXLConfig, TXLLMHeadModel, load_pretrained
 from txl_core.classifier import TXLDocumentClassifier
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipelines.threads import BUSY_CORES, busy_cores, wait_policy
+from pipelines.runtime.threads import BUSY_CORES, busy_cores, wait_policy
 
 
 def _never():
@@ -50,7 +50,7 @@ def test_busy_cores_sees_a_busy_process(spinner):
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
 def test_a_command_started_beside_a_busy_process_makes_its_threads_sleep(spinner):
-    code = ("import sys; from pipelines.threads import choose_wait_policy; "
+    code = ("import sys; from pipelines.runtime.threads import choose_wait_policy; "
             "print(choose_wait_policy()); import torch; print(choose_wait_policy())")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "WORLD_SIZE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.modeldir import load_model_dir
-from pipelines.trainer import Recipe, Trainer, minutes_text, schedule_step
+from pipelines.model.model_dir import load_model_dir
+from pipelines.training.trainer import Recipe, Trainer, minutes_text, schedule_step
 from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 
@@ -120,7 +120,7 @@ def test_the_progress_bar_says_how_long_is_left():
 def test_training_keeps_big_buffers_in_the_heap_from_its_first_step(tmp_path, monkeypatch):
     """The allocator setting that spares each batch re-zeroing fresh pages (1.3-1.4x in benchmarks/train_speed.py)
     is applied when a CPU trainer is made, not at its first validation (a whole epoch later)."""
-    import pipelines.trainer as trainer_module
+    import pipelines.training.trainer as trainer_module
     calls = []
     monkeypatch.setattr(trainer_module, "tune_cpu_allocator", lambda: calls.append(1) or True)
     _trainer(tmp_path, stop_at=1)
@@ -129,7 +129,7 @@ def test_training_keeps_big_buffers_in_the_heap_from_its_first_step(tmp_path, mo
 
 ALLOCATE_TWICE = """
 import resource, sys, torch
-from pipelines.inference import tune_cpu_allocator
+from pipelines.runtime.memory import tune_cpu_allocator
 applied = tune_cpu_allocator() if sys.argv[1] == "tuned" else False
 for _ in range(2):  # 64 MB, over glibc's mmap threshold; the heap settles after its first growths
     x = torch.ones(16 << 20); del x
@@ -162,7 +162,7 @@ def test_the_tuned_allocator_reuses_freed_pages():
 
 FRAGMENT_AND_TRIM = """
 import os, torch
-from pipelines.inference import release_free_memory, tune_cpu_allocator
+from pipelines.runtime.memory import release_free_memory, tune_cpu_allocator
 tune_cpu_allocator()
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 blocks = [torch.ones(4 << 20) for _ in range(32)]  # 32 x 16 MB
@@ -183,12 +183,12 @@ def test_freed_fragments_go_back_to_the_system():
                          env=SMALL_PAGES)
     before, after = map(int, out.stdout.split())
     assert before - after > 200, (before, after)
-    from pipelines.inference import FreeMemoryEvery
+    from pipelines.runtime.memory import FreeMemoryEvery
     assert FreeMemoryEvery(0).tick() and not FreeMemoryEvery(3600).tick()  # at most once per interval
 
 
 def test_training_releases_free_memory_as_it_goes(tmp_path, monkeypatch):
-    import pipelines.trainer as trainer_module
+    import pipelines.training.trainer as trainer_module
     ticks = []
 
     class Counting:
@@ -205,8 +205,8 @@ def test_training_releases_free_memory_as_it_goes(tmp_path, monkeypatch):
 
 
 def test_predict_releases_free_memory_as_it_goes(tmp_path, monkeypatch):
-    import pipelines.inference as inference
-    from pipelines.inference import predict, prepare
+    import pipelines.model.inference as inference
+    from pipelines.model.inference import predict, prepare
     ticks = []
     monkeypatch.setattr(inference._FREE_MEMORY, "tick", lambda: ticks.append(1))
     md = prepare(load_model_dir(make_model_dir(tmp_path / "m")), precision="float32", device="cpu")
@@ -217,7 +217,8 @@ def test_predict_releases_free_memory_as_it_goes(tmp_path, monkeypatch):
 
 FAULTS_OF_A_BIG_TENSOR = """
 import resource, sys
-import pipelines  # the commands' package: sets torch's huge-page switch unless the user set it
+from pipelines.runtime.memory import use_huge_pages
+use_huge_pages()  # what `txl` does before a command imports torch
 import os, torch
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 x = torch.ones(16 << 20)  # 64 MB, written at once: 16,384 faults on 4 kB pages, 32 on 2 MB pages
@@ -234,12 +235,12 @@ def _thp_madvise_allowed() -> bool:
 
 @pytest.mark.parametrize("user_value", [None, "0", "1"])
 def test_float32_cpus_put_big_tensors_on_huge_pages_unless_the_user_says_otherwise(user_value):
-    """`import pipelines` turns on torch's transparent huge pages (THP_MEM_ALLOC_ENABLE) before any command
+    """`txl` turns on torch's transparent huge pages (THP_MEM_ALLOC_ENABLE) before any command
     allocates, on CPUs without bf16 units (where the commands run float32; bf16 autocast measured slower on
     huge pages): a fresh 64 MB tensor then faults in on 2 MB pages (tens to hundreds of faults, not 16,384),
     which took float32 fine-tuning from 554,000 page faults a step to 834 (benchmarks/train_speed.py).
     A value the user set is kept either way."""
-    import pipelines
+    from pipelines.runtime.cpu import cpu_has_bf16_units
     if not sys.platform.startswith("linux") or not _thp_madvise_allowed():
         pytest.skip("Linux with transparent huge pages available (madvise or always) only")
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
@@ -248,7 +249,7 @@ def test_float32_cpus_put_big_tensors_on_huge_pages_unless_the_user_says_otherwi
     out = subprocess.run([sys.executable, "-c", FAULTS_OF_A_BIG_TENSOR], capture_output=True, text=True, check=True,
                          env=env, cwd=Path(__file__).resolve().parents[1])
     value, faults = out.stdout.split()
-    expected = user_value or ("unset" if pipelines.cpu_has_bf16_units() else "1")
+    expected = user_value or ("unset" if cpu_has_bf16_units() else "1")
     assert value == expected
     if expected == "1":
         assert int(faults) < 2_000
@@ -258,11 +259,11 @@ def test_float32_cpus_put_big_tensors_on_huge_pages_unless_the_user_says_otherwi
 
 def test_bf16_units_are_read_from_cpuinfo():
     """The huge-page choice follows the same CPU test as `--precision auto` (torch's mkldnn bf16 check)."""
-    import pipelines
-    from pipelines.inference import cpu_has_native_bf16
+    from pipelines.runtime.cpu import cpu_has_bf16_units
+    from pipelines.runtime.device import cpu_has_native_bf16
     if not Path("/proc/cpuinfo").exists():
         pytest.skip("Linux only")
-    assert pipelines.cpu_has_bf16_units() == cpu_has_native_bf16()
+    assert cpu_has_bf16_units() == cpu_has_native_bf16()
 
 
 def test_txl_train_says_when_the_budget_cut_the_schedule_short(tmp_path):

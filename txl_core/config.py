@@ -49,7 +49,7 @@ class TXLConfig:
     dropout: float = 0.1
     dropatt: float = 0.0
     layer_norm_epsilon: float = 1e-5
-    # Not in the reference: a BERT-family encoder mapped onto these layers (pipelines/init_from.py) needs
+    # Not in the reference: a BERT-family encoder mapped onto these layers (pipelines/training/starts.py) needs
     # GELU and biased q/k/v/output projections. The defaults are the reference's.
     ff_activation: str = "relu"
     attn_bias: bool = False

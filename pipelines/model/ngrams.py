@@ -2,7 +2,7 @@
 
 TF-IDF over word 1-2-grams (sublinear tf, min_df 2), `txl baseline`'s features, and over character 2-5-grams
 within words (`--ngrams fuse`, the default; `--ngrams words` leaves them out), and one linear SVM over both,
-fit on the same training split as the encoder, then (pipelines/fuse.py) refit on the training and validation
+fit on the same training split as the encoder, then (pipelines/commands/fuse.py) refit on the training and validation
 splits once the fusion weights are fit. The two read a document differently (the encoder its words in
 context, the n-grams every rare name and phrase) and err on different documents, so `txl train` fuses them:
 
@@ -11,7 +11,7 @@ context, the n-grams every rare name and phrase) and err on different documents,
 
 with a, b (and c) fit on the validation split by log-loss, a 2-3 parameter stacking that cannot overfit a
 validation split of a few hundred documents, under a weak prior that keeps each part at its own calibrated
-weight where the split has too few errors to tell the parts apart (pipelines/fusion.py); a weight near 0
+weight where the split has too few errors to tell the parts apart (pipelines/model/fusion.py); a weight near 0
 switches a component off where it does not help.
 Multi-label decision thresholds are then tuned on the fused validation probabilities.
 
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load as load_arrays, save as save_arrays
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
 
-from .errors import UserError
-from .fusion import fused_logits
+from pipelines.errors import UserError
+from pipelines.model.fusion import fused_logits
 
 FILES = ("ngram.json", "ngram.safetensors")
 SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}

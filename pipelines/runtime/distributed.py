@@ -16,7 +16,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from .inference import resolve_device
+from pipelines.runtime.device import resolve_device
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -10,7 +10,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from .errors import UserError
+from pipelines.errors import UserError
 
 SEPARATOR = "|"
 

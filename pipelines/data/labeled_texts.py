@@ -7,14 +7,15 @@ label are dropped with a warning that says how many and where.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .errors import DataWarning, UserError
-from .io import as_text, read_table, table_columns
-from .labels import SEPARATOR, normalize_label
+from pipelines.data.labels import SEPARATOR, normalize_label, stratified_split
+from pipelines.data.tables import as_text, read_table, table_columns
+from pipelines.errors import DataWarning, UserError
 
 SPLIT_NAMES = (("train", "training"), ("valid", "validation", "val", "dev"), ("test", "testing"))
 
@@ -63,3 +64,35 @@ def load_labeled(path: str | Path, *, text_column: str = "text", label_column: s
     if not keep:
         raise UserError(f"{path.name}: no row has both a text in {text_column!r} and a label in {label_column!r}")
     return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of a labelled file hold the text, the label and each row's split."""
+    text: str = "text"
+    label: str = "label"
+    split: str = "split"
+
+
+def columns_of(args) -> Columns:
+    """The columns a command's --text-column, --label-column and --split-column name."""
+    return Columns(args.text_column, args.label_column, args.split_column)
+
+
+def load_split(path: str | Path, columns: Columns, split: str | None) -> tuple[list[str], list[str]]:
+    """Texts and labels of `split` in `path` (the whole file when it has no split column)."""
+    return load_labeled(path, text_column=columns.text, label_column=columns.label, split_column=columns.split,
+                        split=split)
+
+
+def load_train_valid(train: str | Path, valid: str | Path | None, *, columns: Columns, seed: int):
+    """(texts, labels, validation texts, validation labels): `valid`'s rows, or else a stratified 10% of
+    `train` carved with `seed` (the split `txl train` and `txl fuse` carve alike)."""
+    texts, labels = load_split(train, columns, "train")
+    if valid:
+        return (texts, labels, *load_split(valid, columns, "valid"))
+    tr, va = stratified_split(labels, valid_fraction=0.1, seed=seed)
+    if not va:
+        raise UserError(f"no validation split can be carved from {len(labels)} documents with one example per "
+                        "class; add examples or pass --valid")
+    return ([texts[i] for i in tr], [labels[i] for i in tr], [texts[i] for i in va], [labels[i] for i in va])

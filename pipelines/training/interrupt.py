@@ -6,8 +6,8 @@ import signal
 import sys
 import threading
 
-from . import distributed as dist
-from .errors import Interrupted
+from pipelines.errors import Interrupted
+from pipelines.runtime import distributed as dist
 
 
 class StopRequests:

@@ -18,12 +18,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .errors import int_at_least
-from .inference import PRECISIONS, predict, prepare
-from .labeled import load_labeled
-from .metrics import compute_metrics
-from .modeldir import load_model_dir
-from .output import job_folder, result_columns, write_atomic, write_frame
+from pipelines.data.labeled_texts import load_labeled
+from pipelines.data.writers import job_folder, result_columns, write_atomic, write_frame
+from pipelines.errors import int_at_least
+from pipelines.model.inference import predict, prepare
+from pipelines.model.metrics import compute_metrics
+from pipelines.model.model_dir import load_model_dir
+from pipelines.runtime.device import PRECISIONS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,8 +144,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"txl evaluate: {metrics['n_documents']} documents, accuracy {metrics['accuracy']:.4f}, "
           f"macro-F1 {metrics['macro_f1']:.4f}, micro-F1 {metrics['micro_f1']:.4f}{parts}; wrote {out}{again}")
     return 0
-
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-    return cli_main(["evaluate", *(argv or [])])

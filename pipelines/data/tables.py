@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import DataWarning, UserError
+from pipelines.errors import DataWarning, UserError
 
 try:
     import zstandard

@@ -9,7 +9,7 @@ each in a fresh process), e2e (classify documents/s and train tokens/s on a 20ne
 bundled bbc_news model's test accuracy in float32 / bf16 / int8: the accuracy cost of each fast path). The full run
 takes 16-18 minutes on 2 cores; --quick runs tiny sizes in seconds (a smoke test: its numbers mean nothing).
 Like every command it lets OpenMP threads spin when the machine is idle as it starts and makes them sleep
-otherwise (`pipelines/threads.py`); the reference runs under the same setting, and the table says which.
+otherwise (`pipelines/runtime/threads.py`); the reference runs under the same setting, and the table says which.
 The measurements live in benchmarks/bench.py (a source checkout).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import UserError, bounded
+from pipelines.errors import UserError, bounded
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -173,8 +173,3 @@ def _accuracy(r: dict, m: dict) -> list[str]:
     return _table(["precision", "test accuracy", "max abs probability diff vs float32", "labels changed",
                    "documents/s", "load"], rows) + ["", f"Model: `{r['model']}`; data: the {r['docs']} documents of "
                                                       "the bbc_news test split, classified as `txl classify` does."]
-
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-    return cli_main(["bench", *(argv or [])])

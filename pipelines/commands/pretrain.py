@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 
+from pipelines.commands.train import FLAG_BOUNDS
+from pipelines.data.bpe_tokenizer import train_tokenizer
+from pipelines.data.lm_stream import EOS, count_words, encode_stream, perplexity, read_documents
+from pipelines.data.word_tokenizer import load_tokenizer
+from pipelines.errors import UserError, bounded
+from pipelines.model.model_dir import load_lm_dir
+from pipelines.runtime.device import resolve_device
+from pipelines.runtime.memory import tune_cpu_allocator
+from pipelines.training.lm_trainer import LMRecipe, LMTrainer
+from pipelines.training.resume import checkpoint_dir
 from txl_core import TXLConfig, TXLLMHeadModel
-
-from .checkpoints import checkpoint_dir
-from .errors import UserError, bounded
-from .inference import resolve_device, tune_cpu_allocator
-from .lm_stream import EOS, count_words, encode_stream, perplexity, read_documents
-from .lm_trainer import LMRecipe, LMTrainer
-from .modeldir import load_lm_dir
-from .subword import train_tokenizer
-from .train import FLAG_BOUNDS
-from .word_tokenizer import load_tokenizer
 
 CLASSIFIER = ("num_labels", "labels", "multi_label", "pooling", "classifier_dropout")  # not an LM's settings
 HELD_OUT = 0.02  # of the stream, when no --valid is given
@@ -236,8 +236,3 @@ def run(args: argparse.Namespace) -> int:
           f"({metrics['stopped']}); held-out perplexity {metrics['held_out_ppl']:.2f} per token, "
           f"{metrics['held_out_word_ppl']:.2f} per word")
     return 0
-
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-    return cli_main(["pretrain", *(argv or [])])

@@ -15,13 +15,12 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm import tqdm
 
+from pipelines.data.lm_stream import batchify, n_segments, segment, segment_nll
+from pipelines.data.writers import write_atomic
+from pipelines.training.interrupt import StopRequests
+from pipelines.training.resume import checkpoint_dir, write_checkpoint
+from pipelines.training.trainer import minutes_text, schedule_step
 from txl_core import TXLLMHeadModel
-
-from .checkpoints import checkpoint_dir, write_checkpoint
-from .interrupt import StopRequests
-from .lm_stream import batchify, n_segments, segment, segment_nll
-from .output import write_atomic
-from .trainer import minutes_text, schedule_step
 
 
 @dataclass

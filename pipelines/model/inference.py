@@ -6,23 +6,19 @@ similar length (little padding); the classifier reads every document whole, segm
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
-import platform
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
+from pipelines.model.metrics import decide
+from pipelines.model.model_dir import ModelDir
+from pipelines.runtime.device import cpu_has_native_bf16, resolve_device, resolve_precision
+from pipelines.runtime.memory import FreeMemoryEvery, tune_cpu_allocator
 from txl_core import packed_linear
-
-from .metrics import decide
-from .modeldir import ModelDir
-
-PRECISIONS = ("auto", "float32", "bf16", "int8")
 
 
 @dataclass
@@ -46,78 +42,11 @@ class Prediction:
     n_tokens: int
     segments: list[SegmentExplanation] = field(default_factory=list)
     error: str = ""
-    # a model with an n-gram component (pipelines/ngram.py): what each part alone would predict, and (explain)
+    # a model with an n-gram component (pipelines/model/ngrams.py): what each part alone would predict, and (explain)
     # the n-grams that raise the predicted class's fused logit most, with their part of it
     encoder_label: str = ""
     ngram_label: str = ""
     terms: list[tuple[str, float]] = field(default_factory=list)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> str:
-    """`auto`: bf16 on a GPU; on a CPU with bf16 matrix units bf16 for inference (measured to cost no test
-    accuracy, benchmarks/RESULTS.md) and float32 for training (not yet measured there); else float32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" or (not training and cpu_has_native_bf16()):
-        return "bf16"
-    return "float32"  # without bf16 units torch's bf16 matmul is a slow fallback
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether bf16 matmuls run on bf16 units (AVX512-BF16, AMX): torch's own test for its oneDNN bf16 path.
-
-    Without them (e.g. AVX2-only CPUs) torch falls back to a generic bf16 GEMM: the classifier ran 6-8x slower
-    than float32 here (20x with 2 busy threads); attention and masking are not the cause.
-    """
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the process heap (glibc only); returns whether the setting was applied.
-
-    By default glibc hands every allocation over 32 MB (e.g. the (B, H, T, K) attention scores from batch 8
-    up) to a fresh mmap, so each segment pays for zeroing its pages again: measured 1.5-2x slower at batch 16.
-    The price is a resident set that stays at its peak instead of shrinking between batches.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-
-
-def release_free_memory() -> bool:
-    """Give the heap's free pages back to the system (glibc's `malloc_trim`); returns whether it ran.
-
-    Batches of changing shapes fragment the heap: freed chunks that no later request fits stay resident,
-    with glibc's default as with `tune_cpu_allocator`, and the resident set only grows (fine-tuning MiniLM on
-    20newsgroups: 6.5 GB after a minute, 13 GB after an hour). Long loops call it between steps
-    (`FreeMemoryEvery`); the next step pays once for fresh pages. Measured on a MiniLM run on imdb: one call
-    took the resident set from 9.4 GB to 2.1 GB.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    ctypes.CDLL(None).malloc_trim(0)
-    return True
-
-
-class FreeMemoryEvery:
-    """`tick()` after each step of a long loop: `release_free_memory` at most once per `seconds`."""
-
-    def __init__(self, seconds: float = 60.0):
-        self.seconds, self.last = seconds, time.monotonic()
-
-    def tick(self) -> bool:
-        if time.monotonic() - self.last < self.seconds:
-            return False
-        self.last = time.monotonic()
-        return release_free_memory()
 
 
 _FREE_MEMORY = FreeMemoryEvery(60)  # one clock for every `predict` call of the process

@@ -1,4 +1,4 @@
-"""The fusion of the encoder with the n-gram part (pipelines/ngram.py): its formula and the fit of its weights.
+"""The fusion of the encoder with the n-gram part (pipelines/model/ngrams.py): its formula and the fit of its weights.
 
     fused logits = a * log_softmax(encoder logits) + b * svm scores            (single-label)
     fused logits = a * encoder logits + b * svm scores + c                     (multi-label, per label)

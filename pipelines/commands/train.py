@@ -20,22 +20,22 @@ from pathlib import Path
 
 import torch
 
+from pipelines.data.bpe_tokenizer import MIN_VOCAB, train_tokenizer
+from pipelines.data.labeled_texts import columns_of, load_split, load_train_valid
+from pipelines.data.labels import LabelSet
+from pipelines.data.word_tokenizer import load_tokenizer
+from pipelines.data.writers import write_atomic
+from pipelines.errors import UserError, bounded
+from pipelines.model.inference import prepare
+from pipelines.model.model_dir import ModelDir, load_model_dir, save_model_dir
+from pipelines.runtime import distributed as dist
+from pipelines.runtime.device import cpu_has_native_bf16
+from pipelines.training.fusion_stage import features, fit_phrase, fuse_ngrams, measure_test
+from pipelines.training.resume import checkpoint_dir
+from pipelines.training.starts import load_start, minilm_available
+from pipelines.training.trainer import Recipe, Trainer
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
-
-from . import distributed as dist
-from .checkpoints import checkpoint_dir
-from .errors import UserError, bounded
-from .inference import cpu_has_native_bf16, prepare
-from .labeled import load_labeled
-from .labels import LabelSet, stratified_split
-from .fuse import features, fit_phrase, fuse_ngrams, measure_test
-from .modeldir import ModelDir, load_model_dir, save_model_dir
-from .output import write_atomic
-from .init_from import load_start, minilm_available
-from .subword import MIN_VOCAB, train_tokenizer
-from .word_tokenizer import load_tokenizer
-from .trainer import Recipe, Trainer
 
 # The model from random weights (`--init none`, or any shape flag): small enough to train from scratch on a
 # 2-core CPU in minutes per epoch on a few thousand documents (benchmarks/RESULTS.md); larger on a GPU.
@@ -101,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ngrams", choices=("fuse", "words", "off"), default="fuse",
                    help="fuse (default): fit TF-IDF word 1-2-grams and character 2-5-grams + a linear SVM on the "
                    "training split beside the encoder, fuse the two with weights fit on the validation split, then "
-                   "refit the n-grams on both splits (pipelines/ngram.py, pipelines/fuse.py); words: the same with "
+                   "refit the n-grams on both splits (pipelines/model/ngrams.py, pipelines/commands/fuse.py); words: the same with "
                    "word n-grams only (the baseline's features; a smaller, faster part); off: the encoder alone")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
@@ -129,25 +129,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop gracefully after this many minutes of training, counted over --resume runs too; "
                    "the steps since the last validation are validated first and the best model is kept. A budget "
                    "that ends before the epochs fits the learning-rate schedule: it decays to zero by the budget's end")
-
-
-def _load_split(path: str, args, split: str | None):
-    return load_labeled(path, text_column=args.text_column, label_column=args.label_column,
-                        split_column=args.split_column, split=split)
-
-
-def _data(args):
-    texts, labels = _load_split(args.train, args, "train")
-    if args.valid:
-        vtexts, vlabels = _load_split(args.valid, args, "valid")
-    else:
-        tr, va = stratified_split(labels, valid_fraction=0.1, seed=args.seed)
-        if not va:
-            raise UserError(f"no validation split can be carved from {len(labels)} documents with one example per "
-                            "class; add examples or pass --valid")
-        texts, labels, vtexts, vlabels = [texts[i] for i in tr], [labels[i] for i in tr], \
-            [texts[i] for i in va], [labels[i] for i in va]
-    return texts, labels, vtexts, vlabels
 
 
 def _config(args, tokenizer, label_set: LabelSet) -> TXLConfig:
@@ -258,7 +239,7 @@ def model_card(summary: dict, metrics: dict) -> str:
         read, weights = fit_phrase(f, summary["n_train"], summary["n_valid"])
         lines += ["", f"The encoder's log-probabilities are fused with {features(f)} fit on {read}: logits = "
                   f"{f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
-                  "(`txl train --ngrams`, pipelines/ngram.py, pipelines/fusion.py)."]
+                  "(`txl train --ngrams`, pipelines/model/ngrams.py, pipelines/model/fusion.py)."]
     return "\n".join(lines) + "\n"
 
 
@@ -292,7 +273,7 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
     if args.ngrams != "off":
         final = fuse_ngrams(best, *data, chars=args.ngrams == "fuse")
     if args.test:
-        final.update(measure_test(best, *_load_split(args.test, args, "test")))
+        final.update(measure_test(best, *load_split(args.test, columns_of(args), "test")))
     stopped = state.stopped
     if stopped.startswith("time"):
         stopped += (f": {state.step} of {trainer.total} planned steps, the learning rate decayed to zero over the "
@@ -334,7 +315,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     _check_out(out, args)
-    texts, labels, vtexts, vlabels = _data(args)
+    texts, labels, vtexts, vlabels = load_train_valid(args.train, args.valid, columns=columns_of(args), seed=args.seed)
     label_set = _label_set(labels, vlabels)
     args.init = _resolve_init(args)
     if args.lr is None:  # --lr alone sets one rate for every parameter (--fresh-lr's default)
@@ -377,8 +358,3 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     print(f"txl train: saved {out} after {state.step} steps, {state.seconds / 60:.1f} min "
           f"({state.stopped or 'completed'}); {line}")
     return 0
-
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-    return cli_main(["train", *(argv or [])])

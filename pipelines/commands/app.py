@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError, bounded
+from pipelines.errors import UserError, bounded
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

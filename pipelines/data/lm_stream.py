@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 
+from pipelines.data.bpe_tokenizer import SPECIAL, encode_batch
+from pipelines.data.tables import DAMAGED, ENCODING, FALLBACK, FORMATS, OPENERS, iter_table
+from pipelines.errors import UserError
 from txl_core import TXLLMHeadModel
 from txl_core.memory import Mems
-
-from .errors import UserError
-from .io import DAMAGED, ENCODING, FALLBACK, FORMATS, OPENERS, iter_table
-from .subword import SPECIAL, encode_batch
 
 EOS = SPECIAL.index("<eos>")
 ENCODE_CHUNK = 2000  # documents per tokenizer call: big enough for its threads, small enough for memory

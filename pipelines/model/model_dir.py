@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from pipelines.data.word_tokenizer import load_tokenizer
+from pipelines.errors import UserError
+from pipelines.model.ngrams import FILES as NGRAM_FILES
+from pipelines.model.ngrams import NgramModel
 from txl_core import CheckpointError, load_pretrained
 from txl_core.classifier import TXLDocumentClassifier
-
-from .errors import UserError
-from .ngram import FILES as NGRAM_FILES, NgramModel
-from .word_tokenizer import load_tokenizer
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -37,7 +37,7 @@ class ModelDir:
     path: Path | None = None
     precision: str = "float32"  # set by inference.prepare
     device: object = None
-    ngram: NgramModel | None = None  # fused with the encoder's logits (pipelines/ngram.py)
+    ngram: NgramModel | None = None  # fused with the encoder's logits (pipelines/model/ngrams.py)
 
     @property
     def multi_label(self) -> bool:

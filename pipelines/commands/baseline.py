@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +18,11 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import MultiLabelBinarizer
 from sklearn.svm import LinearSVC
 
-from .errors import UserError, bounded
-from .io import table_columns
-from .labeled import load_labeled
-from .labels import LabelSet
-from .metrics import compute_metrics
+from pipelines.data.labeled_texts import load_labeled
+from pipelines.data.labels import LabelSet
+from pipelines.data.tables import table_columns
+from pipelines.errors import UserError, bounded
+from pipelines.model.metrics import compute_metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,8 +98,3 @@ def run(args: argparse.Namespace) -> int:
         _write_json(Path(args.out), metrics)
         print(f"txl baseline: wrote {args.out}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .cli import main as cli_main
-    return cli_main(["baseline", *(sys.argv[1:] if argv is None else argv)])

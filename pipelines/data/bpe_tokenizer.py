@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from .errors import UserError
+from pipelines.errors import UserError
 
 SPECIAL = ["<pad>", "<unk>", "<eos>"]  # their ids are their positions: <pad> is 0
 MAX_TRAIN_CHARS = 50_000_000  # beyond this, more text barely changes the merges and only costs time

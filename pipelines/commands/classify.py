@@ -24,12 +24,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from . import distributed as dist
-from .errors import UserError, int_at_least
-from .inference import PRECISIONS, predict, prepare
-from .io import iter_table
-from .modeldir import load_model_dir
-from .output import job_folder, output_format, result_columns, write_frame
+from pipelines.data.tables import iter_table
+from pipelines.data.writers import job_folder, output_format, result_columns, write_frame
+from pipelines.errors import UserError, int_at_least
+from pipelines.model.inference import predict, prepare
+from pipelines.model.model_dir import load_model_dir
+from pipelines.runtime import distributed as dist
+from pipelines.runtime.device import PRECISIONS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,8 +126,3 @@ def _estimated_rows(rows: int, fraction: float | None) -> int | None:
     """The progress bar's total (hence its time left) from the rows read so far and the part of the file they
     were: exact for Parquet and once the file is read, an estimate for text files (rows differ in length)."""
     return max(rows, round(rows / fraction)) if fraction else None
-
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-    return cli_main(["classify", *(argv or [])])

@@ -30,16 +30,17 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipelines.data.labels import LabelSet
+from pipelines.errors import UserError
+from pipelines.model.inference import predict, prepare
+from pipelines.model.metrics import compute_metrics, decide, multi_hot, tune_thresholds
+from pipelines.model.model_dir import ModelDir
+from pipelines.runtime import distributed as dist
+from pipelines.runtime.device import resolve_precision
+from pipelines.runtime.memory import FreeMemoryEvery, tune_cpu_allocator
+from pipelines.training.interrupt import StopRequests
+from pipelines.training.resume import checkpoint_dir, write_checkpoint
 from txl_core.recompute import backward_document
-
-from . import distributed as dist
-from .checkpoints import checkpoint_dir, write_checkpoint
-from .errors import UserError
-from .inference import FreeMemoryEvery, predict, prepare, resolve_precision, tune_cpu_allocator
-from .interrupt import StopRequests
-from .labels import LabelSet
-from .metrics import compute_metrics, decide, multi_hot, tune_thresholds
-from .modeldir import ModelDir
 
 
 @dataclass
