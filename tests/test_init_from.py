@@ -277,11 +277,11 @@ def test_the_recipe_follows_the_start(tmp_path, monkeypatch, capsys):
     from pipelines.training.starts import minilm_available
     seen = []
 
-    def stop_here(args, label_set, texts):  # the first step after the flags are settled
-        seen.append((args.init, args.lr, args.fresh_lr, args.epochs))
+    def stop_here(plan, label_set, texts):  # the first step after the flags are settled
+        seen.append((plan.init, plan.recipe.lr, plan.recipe.fresh_lr, plan.recipe.epochs))
         raise UserError("stop")
 
-    monkeypatch.setattr(train, "_start", stop_here)
+    monkeypatch.setattr(train, "start_model", stop_here)
     single, multi = tmp_path / "single.csv", tmp_path / "multi.csv"
     make_corpus(40, seed=1).to_csv(single, index=False)
     pd.DataFrame({"text": ["a b c", "d e f"] * 10, "label": ["x|y", "y"] * 10}).to_csv(multi, index=False)

@@ -263,7 +263,7 @@ def test_large_training_text_is_sampled(corpus, monkeypatch):
 
 
 def test_the_card_says_what_the_ngrams_read():
-    from pipelines.commands.fuse import SPLITS, fit_phrase
+    from pipelines.training.fusion_stage import SPLITS, fit_phrase
 
     # a model fused before the refit (its metrics say nothing of it): the training split
     assert fit_phrase({"fit_documents": 90}, 90, 10) == ("the training split", "weights fit on the validation split")

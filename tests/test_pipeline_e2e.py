@@ -315,16 +315,13 @@ def test_bad_input_is_one_line_exit_2(data, tmp_path, case, phrase):
 
 
 def test_refit_ngrams_keep_the_weights_fit_on_held_out_scores(model, data):
-    from argparse import Namespace
-
-    from pipelines.commands.fuse import fuse_ngrams
+    from pipelines.data.labeled_texts import Columns, load_train_valid
     from pipelines.model.inference import prepare
     from pipelines.model.model_dir import load_model_dir
-    from pipelines.commands.train import _data
+    from pipelines.training.fusion_stage import fuse_ngrams
 
     md = prepare(load_model_dir(model), precision="float32")
-    split = _data(Namespace(train=str(data / "train.csv"), valid=None, text_column="text", label_column="label",
-                            split_column="split", seed=0))
+    split = load_train_valid(data / "train.csv", None, columns=Columns(), seed=0)
     texts, _, vtexts, vlabels = split
     held = fuse_ngrams(md, *split, refit=False)
     first = md.ngram

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args) -> list[str]:
-    script = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+    script = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
            "--server.port", str(args.port), "--server.address", args.host,
            "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false"]

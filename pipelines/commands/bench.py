@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipelines.errors import UserError, bounded
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 HEADING = "## Performance (txl bench)"
 SECTIONS = ("throughput", "reference", "memory", "e2e", "accuracy")

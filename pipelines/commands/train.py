@@ -12,7 +12,6 @@ the steps a single process would; add --nnodes for several machines. See docs/SC
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from dataclasses import asdict, fields
@@ -20,28 +19,22 @@ from pathlib import Path
 
 import torch
 
-from pipelines.data.bpe_tokenizer import MIN_VOCAB, train_tokenizer
+from pipelines.data.bpe_tokenizer import MIN_VOCAB
 from pipelines.data.labeled_texts import columns_of, load_split, load_train_valid
 from pipelines.data.labels import LabelSet
-from pipelines.data.word_tokenizer import load_tokenizer
-from pipelines.data.writers import write_atomic
 from pipelines.errors import UserError, bounded
 from pipelines.model.inference import prepare
 from pipelines.model.model_dir import ModelDir, load_model_dir, save_model_dir
 from pipelines.runtime import distributed as dist
 from pipelines.runtime.device import cpu_has_native_bf16
-from pipelines.training.fusion_stage import features, fit_phrase, fuse_ngrams, measure_test
+from pipelines.training.fusion_stage import fuse_ngrams, measure_test
+from pipelines.training.initial_model import start_model
+from pipelines.training.model_card import model_card
+from pipelines.training.plan import ARCH_DEFAULTS, ATTENTIONS, SHAPE_FLAGS, TrainPlan
 from pipelines.training.resume import checkpoint_dir
-from pipelines.training.starts import load_start, minilm_available
+from pipelines.training.starts import minilm_available
 from pipelines.training.trainer import Recipe, Trainer
-from txl_core import TXLConfig
-from txl_core.classifier import TXLDocumentClassifier
 
-# The model from random weights (`--init none`, or any shape flag): small enough to train from scratch on a
-# 2-core CPU in minutes per epoch on a few thousand documents (benchmarks/RESULTS.md); larger on a GPU.
-ARCH_DEFAULTS = {"d_model": 128, "n_layer": 2, "n_head": 4, "d_inner": 512, "segment_len": 256, "mem_len": 256,
-                 "vocab_size": 8000, "pooling": "mean", "dropout": 0.1, "attention": "causal"}
-ATTENTIONS = ("causal", "bidirectional")
 POSITIONS = ("segment", "relative")
 RECIPE_HELP = {  # Recipe field: (help, choices)
     "batch_size": ("documents per optimiser step (whole documents, grouped by length)", None),
@@ -131,20 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "that ends before the epochs fits the learning-rate schedule: it decays to zero by the budget's end")
 
 
-def _config(args, tokenizer, label_set: LabelSet) -> TXLConfig:
-    d_head = max(1, args.d_model // args.n_head)
-    return TXLConfig(vocab_size=tokenizer.get_vocab_size(), d_model=args.d_model, d_embed=args.d_model,
-                     n_head=args.n_head, d_head=d_head, d_inner=args.d_inner, n_layer=args.n_layer, cutoffs=[],
-                     div_val=1, mem_len=args.mem_len, clamp_len=args.mem_len + args.segment_len, same_length=False,
-                     dropout=args.dropout, num_labels=len(label_set.names), labels=list(label_set.names),
-                     multi_label=label_set.multi_label, pooling=args.pooling, segment_len=args.segment_len,
-                     bidirectional=args.attention == "bidirectional")
-
-
-SHAPE_FLAGS = ("d_model", "n_layer", "n_head", "d_inner", "vocab_size")
 SCRATCH_LR, START_LR = 2e-3, 3e-5  # a pre-trained start wants a small learning rate (imdb: 3e-5 beat 1e-4) ...
 START_FRESH_LR = 1e-4  # ... and what it did not supply (head, relative terms) a larger one (imdb: +0.9 encoder)
-FRESH = "fresh.json"  # in the checkpoint folder: the names of the parameters --init did not supply
 SCRATCH_EPOCHS, START_EPOCHS = 8, 2  # ... and few passes (bbc_news: best validation after the second)
 
 
@@ -164,88 +145,35 @@ def _resolve_init(args) -> str | None:
     return chosen
 
 
-def _fill_arch(args, start: dict | None) -> None:
-    """Unset model flags take the start's values (--init), else ARCH_DEFAULTS; a start fixes the shape."""
-    given = [n for n in SHAPE_FLAGS if getattr(args, n) is not None]
-    if start is not None and given:
-        raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when starting from --init "
-                        "(the pre-trained weights fix the model's shape)")
-    start = dict(start or {})
-    if "bidirectional" in start:
-        start["attention"] = ATTENTIONS[bool(start["bidirectional"])]
-    for name, default in ARCH_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, start.get(name, default))
+def _recipe(args, init: str | None, device: torch.device) -> Recipe:
+    """The recipe flags, with the start's defaults where a flag was not given."""
+    given = {f.name: getattr(args, f.name) for f in fields(Recipe)}
+    if given["lr"] is None:  # --lr alone sets one rate for every parameter (--fresh-lr's default)
+        given["lr"] = START_LR if init else SCRATCH_LR
+        if init and given["fresh_lr"] is None:
+            given["fresh_lr"] = START_FRESH_LR
+    if given["epochs"] is None:
+        given["epochs"] = START_EPOCHS if init else SCRATCH_EPOCHS
+    if given["precision"] == "auto" and init and device.type == "cpu" and cpu_has_native_bf16():
+        given["precision"] = "bf16"  # fine-tuning a start in bf16 autocast: the measured recipe, 1.7x float32's speed
+    return Recipe(**given)
 
 
-def _initial_model(args, label_set, texts):
-    """Model, tokenizer and the names of the parameters --init did not supply (`Recipe.fresh_lr`): from an
-    interrupted run, from --init, or new."""
-    ck = checkpoint_dir(args.out)
-    if args.resume and (ck / "config.json").is_file() and (ck / "tokenizer.json").is_file():
-        config = TXLConfig.load(ck)  # the interrupted run's model, whichever model flags this call repeats
-        if list(config.labels) != list(label_set.names):
-            raise UserError(f"the checkpoint in {ck} was trained on labels {config.labels[:5]}, not this data's; "
-                            "pass the same --train, or another --out")
-        fresh = json.loads((ck / FRESH).read_text()) if (ck / FRESH).is_file() else []
-        return TXLDocumentClassifier(config), load_tokenizer(ck / "tokenizer.json"), fresh
-    if args.init:
-        start = load_start(args.init, segment_len=args.segment_len or ARCH_DEFAULTS["segment_len"],
-                           positions=args.positions)
-        _fill_arch(args, start.config)
-        if args.segment_len > start.config.get("segment_positions", 0) > 0:
-            raise UserError(f"--segment-len {args.segment_len} exceeds the {start.config['segment_positions']} "
-                            f"positions of --init {args.init}; pass a smaller --segment-len or --positions relative")
-        config = TXLConfig.from_dict(start.config | {
-            "num_labels": len(label_set.names), "labels": list(label_set.names), "multi_label": label_set.multi_label,
-            "pooling": args.pooling, "segment_len": args.segment_len, "mem_len": args.mem_len, "dropout": args.dropout,
-            "clamp_len": start.config.get("clamp_len", args.mem_len + args.segment_len),
-            "bidirectional": args.attention == "bidirectional"}
-            | ({"same_length": False} if args.attention == "bidirectional" else {}))
-        model = TXLDocumentClassifier(config)
-        model.transformer.load_state_dict(start.encoder)
-        supplied = {"transformer." + k for k in start.encoder if k not in start.fresh}
-        return model, start.tokenizer, [n for n, _ in model.named_parameters() if n not in supplied]
-    _fill_arch(args, None)
-    if args.resume and (ck / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(ck / "tokenizer.json")
-    else:
-        tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
-    return TXLDocumentClassifier(_config(args, tokenizer, label_set)), tokenizer, []  # nothing pre-trained
+def plan_of(args: argparse.Namespace, device: torch.device) -> TrainPlan:
+    """Every option of the run, resolved once."""
+    init = _resolve_init(args)
+    return TrainPlan(train=args.train, out=Path(args.out), recipe=_recipe(args, init, device), init=init,
+                     valid=args.valid, test=args.test, columns=columns_of(args), positions=args.positions,
+                     ngrams=args.ngrams, resume=args.resume, arch={n: getattr(args, n) for n in ARCH_DEFAULTS})
 
 
 def _targets(labels: list[str], label_set: LabelSet) -> torch.Tensor:
     return torch.as_tensor(label_set.encode(labels))
 
 
-def model_card(summary: dict, metrics: dict) -> str:
-    """A short markdown model card: data, recipe, measured metrics."""
-    lines = [f"# {summary['name']}", "", "Whole-document Transformer-XL classifier trained with `txl train`.", "",
-             "## Data", "", f"- training file: `{summary['train']}` ({summary['n_train']} documents, "
-             f"{summary['train_tokens']:,} tokens), validation: {summary['n_valid']} documents",
-             f"- labels ({len(summary['labels'])}{', multi-label' if summary['multi_label'] else ''}): "
-             + ", ".join(f"{k} ({v})" for k, v in summary["label_counts"].items()), "",
-             "## Recipe", "", "```json", json.dumps(summary["recipe"], indent=1), "```", "",
-             f"Trained for {summary['minutes']:.1f} min on {summary['machine']} ({summary['stopped'] or 'completed'}).",
-             "", "## Metrics", "", "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|"]
-    names = {"validation_encoder": "validation, encoder alone", "validation_ngram": "validation, n-grams alone",
-             "test_encoder": "test, encoder alone", "test_ngram": "test, n-grams alone"}
-    for split, m in metrics.items():
-        if "accuracy" in m:
-            lines.append(f"| {names.get(split, split)} | {m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} "
-                         f"| {m['micro_f1']:.4f} |")
-    if "fusion" in metrics:
-        f = metrics["fusion"]
-        read, weights = fit_phrase(f, summary["n_train"], summary["n_valid"])
-        lines += ["", f"The encoder's log-probabilities are fused with {features(f)} fit on {read}: logits = "
-                  f"{f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
-                  "(`txl train --ngrams`, pipelines/model/ngrams.py, pipelines/model/fusion.py)."]
-    return "\n".join(lines) + "\n"
-
-
-def _check_out(out: Path, args) -> None:
+def _check_out(out: Path, *, resume: bool) -> None:
     """A new run never overwrites a model or an interrupted run's checkpoint (a forgotten --resume)."""
-    if args.resume:
+    if resume:
         return
     if (checkpoint_dir(out) / "state.json").exists():
         raise UserError(f"{out} holds a training run (its checkpoint/); pass --resume to continue it, or choose "
@@ -264,16 +192,16 @@ def _label_set(labels: list[str], vlabels: list[str]) -> LabelSet:
     return label_set
 
 
-def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> dict:
+def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, data) -> dict:
     """Fuse the n-gram component with the best model (unless --ngrams off), measure it on --test (each rank a
     shard), then rank 0 rewrites its card and metrics."""
     final = {"validation": state.best_metrics}
-    best = load_model_dir(out)
+    best = load_model_dir(plan.out)
     prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
-    if args.ngrams != "off":
-        final = fuse_ngrams(best, *data, chars=args.ngrams == "fuse")
-    if args.test:
-        final.update(measure_test(best, *load_split(args.test, columns_of(args), "test")))
+    if plan.ngrams != "off":
+        final = fuse_ngrams(best, *data, chars=plan.ngrams == "fuse")
+    if plan.test:
+        final.update(measure_test(best, *load_split(plan.test, plan.columns, "test")))
     stopped = state.stopped
     if stopped.startswith("time"):
         stopped += (f": {state.step} of {trainer.total} planned steps, the learning rate decayed to zero over the "
@@ -284,26 +212,9 @@ def _finish(args, out: Path, state, summary: dict, trainer: Trainer, data) -> di
                                           "planned_steps": trainer.total, "stopped": state.stopped or "completed",
                                           "precision": trainer.precision, "device": str(trainer.device)}}
     if dist.is_main():
-        save_model_dir(out, best)
+        save_model_dir(plan.out, best)
     dist.barrier()
     return final
-
-
-def _start(args, label_set: LabelSet, texts: list[str]):
-    """`_initial_model` made once, its tokenizer saved in the checkpoint folder.
-
-    Under torchrun rank 0 makes them (tokenizers trained apart need not agree); the other ranks build the same
-    shape from its config and read its tokenizer, and DDP gives them rank 0's weights.
-    """
-    ck = checkpoint_dir(args.out)
-    if dist.is_main():
-        model, tokenizer, fresh = _initial_model(args, label_set, texts)
-        write_atomic(ck / "tokenizer.json", tokenizer.to_str())
-        write_atomic(ck / FRESH, json.dumps(fresh))  # a resumed run groups the optimiser's parameters alike
-    config, fresh = dist.all_gather_object((model.config.to_dict(), fresh) if dist.is_main() else None)[0]
-    if not dist.is_main():  # the gather is also a barrier
-        model, tokenizer = TXLDocumentClassifier(TXLConfig.from_dict(config)), load_tokenizer(ck / "tokenizer.json")
-    return model, tokenizer, fresh
 
 
 def run(args: argparse.Namespace) -> int:
@@ -313,34 +224,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, device: torch.device) -> int:
     torch.manual_seed(args.seed)
-    out = Path(args.out)
-    _check_out(out, args)
+    _check_out(Path(args.out), resume=args.resume)
     texts, labels, vtexts, vlabels = load_train_valid(args.train, args.valid, columns=columns_of(args), seed=args.seed)
     label_set = _label_set(labels, vlabels)
-    args.init = _resolve_init(args)
-    if args.lr is None:  # --lr alone sets one rate for every parameter (--fresh-lr's default)
-        args.lr = START_LR if args.init else SCRATCH_LR
-        if args.init and args.fresh_lr is None:
-            args.fresh_lr = START_FRESH_LR
-    if args.epochs is None:
-        args.epochs = START_EPOCHS if args.init else SCRATCH_EPOCHS
-    if args.precision == "auto" and args.init and device.type == "cpu" and cpu_has_native_bf16():
-        args.precision = "bf16"  # fine-tuning a start in bf16 autocast is the measured recipe, 1.7x float32's speed
-    model, tokenizer, fresh = _start(args, label_set, texts)
+    plan = plan_of(args, device)
+    out, recipe = plan.out, plan.recipe
+    model, tokenizer, fresh = start_model(plan, label_set, texts)
     if dist.world() > 1:  # one dropout stream per rank: equal masks on every rank would correlate the noise
         torch.manual_seed(args.seed + 1 + dist.rank())
     ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     keep = [i for i, x in enumerate(ids) if x]
     ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
-    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
     trainer = Trainer(ModelDir(model, tokenizer, list(label_set.names)), recipe, train_ids=ids,
                       train_y=_targets(labels, label_set), valid_texts=vtexts, valid_labels=vlabels, out=out,
                       device=device, fresh=fresh)
-    if args.resume and not trainer.load_checkpoint() and dist.is_main():
+    if plan.resume and not trainer.load_checkpoint() and dist.is_main():
         print(f"txl train: no checkpoint in {out}; starting from scratch")
-    summary = {"name": out.name, "train": str(args.train), "n_train": len(ids), "n_valid": len(vtexts),
+    summary = {"name": out.name, "train": str(plan.train), "n_train": len(ids), "n_valid": len(vtexts),
                "train_tokens": sum(map(len, ids)), "labels": list(label_set.names), "multi_label": label_set.multi_label,
-               "label_counts": label_set.counts(labels), "recipe": {**asdict(recipe), "ngrams": args.ngrams, **model.config.to_dict()},
+               "label_counts": label_set.counts(labels), "recipe": {**asdict(recipe), "ngrams": plan.ngrams, **model.config.to_dict()},
                "machine": f"{platform.machine()} {device.type}, {torch.get_num_threads()} threads"
                           + (f" x {dist.world()} processes" if dist.world() > 1 else "")}
 
@@ -350,7 +252,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
                                      model_card(summary, {"validation": metrics}), {"validation": metrics}))
 
     state = trainer.fit(on_best)
-    final = _finish(args, out, state, summary, trainer, (texts, labels, vtexts, vlabels))
+    final = _finish(plan, state, summary, trainer, (texts, labels, vtexts, vlabels))
     if not dist.is_main():
         return 0
     line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items()

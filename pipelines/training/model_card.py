@@ -1,0 +1,31 @@
+"""The model card `txl train` writes beside the weights: data, recipe, measured metrics."""
+from __future__ import annotations
+
+import json
+
+from pipelines.training.fusion_stage import features, fit_phrase
+
+
+def model_card(summary: dict, metrics: dict) -> str:
+    """A short markdown model card: data, recipe, measured metrics."""
+    lines = [f"# {summary['name']}", "", "Whole-document Transformer-XL classifier trained with `txl train`.", "",
+             "## Data", "", f"- training file: `{summary['train']}` ({summary['n_train']} documents, "
+             f"{summary['train_tokens']:,} tokens), validation: {summary['n_valid']} documents",
+             f"- labels ({len(summary['labels'])}{', multi-label' if summary['multi_label'] else ''}): "
+             + ", ".join(f"{k} ({v})" for k, v in summary["label_counts"].items()), "",
+             "## Recipe", "", "```json", json.dumps(summary["recipe"], indent=1), "```", "",
+             f"Trained for {summary['minutes']:.1f} min on {summary['machine']} ({summary['stopped'] or 'completed'}).",
+             "", "## Metrics", "", "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|"]
+    names = {"validation_encoder": "validation, encoder alone", "validation_ngram": "validation, n-grams alone",
+             "test_encoder": "test, encoder alone", "test_ngram": "test, n-grams alone"}
+    for split, m in metrics.items():
+        if "accuracy" in m:
+            lines.append(f"| {names.get(split, split)} | {m['n_documents']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} "
+                         f"| {m['micro_f1']:.4f} |")
+    if "fusion" in metrics:
+        f = metrics["fusion"]
+        read, weights = fit_phrase(f, summary["n_train"], summary["n_valid"])
+        lines += ["", f"The encoder's log-probabilities are fused with {features(f)} fit on {read}: logits = "
+                  f"{f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
+                  "(`txl train --ngrams`, pipelines/model/ngrams.py, pipelines/model/fusion.py)."]
+    return "\n".join(lines) + "\n"
