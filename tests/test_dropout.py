@@ -1,4 +1,4 @@
-"""The CPU dropout (`txl_core.dropout`): torch's dropout statistics from a cheaper mask, replayable by seed."""
+"""The CPU dropout (`txl_core.fast.dropout`): torch's dropout statistics from a cheaper mask, replayable by seed."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_config
 from txl_core.attention import RelMultiHeadAttn, attention_mask
-from txl_core.dropout import Dropout, dropout, keep_mask
+from txl_core.fast.dropout import Dropout, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -26,7 +26,7 @@ def test_each_element_is_kept_with_probability_one_minus_p_independently(p):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_keeps_the_expectation_and_its_gradient_is_the_mask(kernels, dtype, monkeypatch):
     """With `keep_mask` and with the compiled kernels' seeded mask (which keeps no mask for the backward)."""
-    from txl_core import fused as fused_module
+    from txl_core.fast import fused as fused_module
     if kernels and fused_module.dropout_op(dtype) is None:
         pytest.skip(f"no compiled {dtype} dropout here (not built, or not for this CPU)")
     if not kernels:
@@ -102,8 +102,8 @@ def test_fused_softmax_dropout_values_equals_the_unfused_ops_in_float32(p, kerne
     """With `keep_mask` and with the float32 kernels' seeded mask, which `Dropout` then takes too: the same mask
     from the same random state, so the two-pass training step replays the first pass's dropout. The kernels'
     exponential is not torch's (both within about an ulp), hence the tolerance."""
-    from txl_core import fused as fused_module
-    from txl_core.softmax_dropout import SoftmaxDropoutValues
+    from txl_core.fast import fused as fused_module
+    from txl_core.fast.softmax_dropout import SoftmaxDropoutValues
     if kernels and fused_module.softmax_dropout_f32() is None:
         pytest.skip("the compiled float32 kernels are not built here (or not for this CPU)")
     if not kernels:
@@ -120,8 +120,8 @@ def test_fused_softmax_dropout_values_equals_the_unfused_ops_in_float32(p, kerne
 def test_fused_softmax_dropout_values_under_bf16_autocast_is_as_close_as_bf16_allows(monkeypatch):
     """bf16 (torch's ops, the compiled kernels off): the softmax gradient comes from the kept bf16
     probabilities instead of float32 ones."""
-    from txl_core import fused as fused_module
-    from txl_core.softmax_dropout import SoftmaxDropoutValues
+    from txl_core.fast import fused as fused_module
+    from txl_core.fast.softmax_dropout import SoftmaxDropoutValues
     monkeypatch.setattr(fused_module, "_ops", lambda: None)
     gen = torch.Generator().manual_seed(1)
     score = (torch.randn(2, 4, 16, 32, generator=gen) * 3).bfloat16()
@@ -140,7 +140,7 @@ def test_training_attention_keeps_less_than_half_for_the_backward(kernels, monke
     """Bytes saved for the backward by one training attention call (CPU, attention dropout): the fused path
     keeps bf16 probabilities and a mask, 3 bytes per score, where the unfused ops kept 7; with the compiled
     kernels, the probabilities alone (the mask is made again from its seed): 2."""
-    from txl_core import fused as fused_module
+    from txl_core.fast import fused as fused_module
     if kernels and fused_module.softmax_dropout_bf16() is None:
         pytest.skip("the compiled bf16 kernels are not built here or this CPU lacks AVX512-BF16")
     if not kernels:
@@ -180,7 +180,7 @@ def test_training_attention_keeps_less_than_half_for_the_backward(kernels, monke
 
 
 def _kernels():
-    from txl_core import fused
+    from txl_core.fast import fused
     kernels = fused.softmax_dropout_bf16()
     if kernels is None:
         pytest.skip("the compiled bf16 kernels are not built here or this CPU lacks AVX512-BF16")
@@ -230,7 +230,7 @@ def test_softmax_dropout_values_with_the_kernels_has_the_gradient_of_its_own_mas
     """The autograd function on the kernels (bf16 autocast, CPU): output and both gradients equal torch's ops
     given the same mask (read off the output's dropped copy), as closely as bf16 allows; torch.manual_seed
     replays the mask."""
-    from txl_core.softmax_dropout import SoftmaxDropoutValues
+    from txl_core.fast.softmax_dropout import SoftmaxDropoutValues
     forward, _, _ = _kernels()
     gen = torch.Generator().manual_seed(5)
     score = (torch.randn(2, 4, 16, 48, generator=gen) * 3).bfloat16()
@@ -268,7 +268,7 @@ def _spec_keep(rows: int, k: int, p: float, seed: int) -> torch.Tensor:
 
 
 def _f32_kernels():
-    from txl_core import fused
+    from txl_core.fast import fused
     kernels = fused.softmax_dropout_f32()
     if kernels is None:
         pytest.skip("the compiled float32 kernels are not built here (or not for this CPU)")
@@ -281,7 +281,7 @@ def test_kernel_masks_are_the_documented_function_of_seed_and_place(k, dtype):
     """Each build's dropout (the AVX2 float32 one and the AVX512 bf16 one) keeps exactly the elements the
     documented splitmix64 rule keeps, so a seed drops the same elements on either kind of CPU; rows of any
     length, and few long rows (split across threads) alike."""
-    from txl_core import fused
+    from txl_core.fast import fused
     op = fused.dropout_op(dtype)
     if op is None:
         pytest.skip(f"no compiled {dtype} dropout here (not built, or not for this CPU)")
@@ -319,8 +319,8 @@ def test_float32_softmax_dropout_kernel_forward_and_backward(k):
 def test_float32_training_keeps_only_the_probabilities_for_the_backward(monkeypatch):
     """With the float32 kernels one training attention call keeps 4 bytes per score (the probabilities; the
     mask is made again from its seed) where torch's ops keep 5 (the probabilities and a byte of mask)."""
-    from txl_core import fused
-    from txl_core.softmax_dropout import SoftmaxDropoutValues
+    from txl_core.fast import fused
+    from txl_core.fast.softmax_dropout import SoftmaxDropoutValues
     _f32_kernels()
     score, v = torch.randn(2, 3, 16, 40, requires_grad=True), torch.randn(2, 3, 40, 8, requires_grad=True)
 
@@ -380,15 +380,18 @@ def test_bidirectional_training_attention_with_padding_is_the_same_through_the_k
         attn.zero_grad()
         return [out] + grads
 
+    from txl_core import attention as attention_module
+    from txl_core.fast import routes
     used = []
-    original = RelMultiHeadAttn._attend
+    original = routes.attention_route
 
-    def spy(self, *args):
-        used.append(args[-1] is not None)
-        return original(self, *args)
-    monkeypatch.setattr(RelMultiHeadAttn, "_attend", spy)
+    def spy(*args, **kwargs):
+        route = original(*args, **kwargs)
+        used.append(route.key_len is not None)
+        return route
+    monkeypatch.setattr(attention_module, "attention_route", spy)
     with_counts = run()
-    monkeypatch.setattr(RelMultiHeadAttn, "_f32_training_kernel", lambda self, v, need_probs: False)
+    monkeypatch.setattr(routes, "f32_training_kernel", lambda v: False)
     with_mask = run()
     assert used == [True, False]
     for a, b in zip(with_counts, with_mask):

@@ -1,4 +1,4 @@
-"""The compiled bf16 attention kernel (txl_core/csrc/rel_attn.cpp): the relative attention of the pure-torch path
+"""The compiled bf16 attention kernel (txl_core/fast/csrc/rel_attn.cpp): the relative attention of the pure-torch path
 (causal with memory and `rel_shift`, or bidirectional with right padding) to within bf16 rounding and at least as
 close to float64 as that path, used only where it applies (bf16 CPU inference), and the model reading segment by
 segment with it as without it (skipped where the CPU lacks AVX512-BF16 or no C++ toolchain can build it); and
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import perturb, random_ids, tiny_config
-from txl_core import fused, packed_linear
+from txl_core.fast import fused, packed_linear
 from txl_core.attention import RelMultiHeadAttn, attention_mask, shift_bidirectional, shift_padded
 from txl_core.classifier import TXLDocumentClassifier
 

@@ -1,5 +1,5 @@
-"""Inference keeps the keys and values of the rows that become the next segment's memory (`TXLModel._mem_kv`),
-so each segment projects only its own rows. The results must equal projecting the memory rows again, and the
+"""Inference attaches to the memory it returns the keys and values of its rows (`Memory.kv`, kept_kv.py), so
+each segment the caller hands that memory back with projects only its own rows. The results must equal projecting the memory rows again, and the
 kept values must never be served for a memory or weights that changed.
 """
 from __future__ import annotations
@@ -10,6 +10,11 @@ import torch
 from txl_core import TXLModel
 from txl_core.classifier import TXLDocumentClassifier
 from conftest import perturb, random_ids, tiny_config
+
+
+def kept_layers(mems) -> int:
+    """How many layers of a memory carry kept keys and values."""
+    return sum(entry is not None for entry in (getattr(mems, "kv", None) or []))
 
 
 def read(model, segments, *, keep: bool):
@@ -60,10 +65,9 @@ def test_after_the_first_segment_only_the_segment_rows_are_projected():
 def test_training_and_gradients_keep_nothing():
     model = perturb(TXLModel(tiny_config())).eval()
     out = model(random_ids(2, 9))  # gradients on: the memory may be what a caller back-propagates through
-    assert len(model._mem_kv) == 0
+    assert kept_layers(out.mems) == 0
     with torch.no_grad():
-        model.train()(random_ids(2, 9), mems=out.mems)
-    assert len(model._mem_kv) == 0
+        assert kept_layers(model.train()(random_ids(2, 9), mems=out.mems).mems) == 0
 
 
 def test_a_memory_changed_in_place_is_projected_again():
@@ -102,12 +106,12 @@ def test_weights_changed_in_place_or_loaded_are_not_served_stale():
 
 
 def test_kept_values_go_with_their_memory():
+    """The caller owns them: the memory returned carries one entry per layer, a copy of it carries none."""
     model = perturb(TXLModel(tiny_config())).eval()
     with torch.no_grad():
-        out = model(random_ids(2, 9))
-        assert len(model._mem_kv) == 3  # one memory tensor per layer
-        del out
-    assert len(model._mem_kv) == 0  # freed with the memory, never accumulated
+        mems = model(random_ids(2, 9)).mems
+        assert kept_layers(mems) == 3
+        assert kept_layers([m.clone() for m in mems]) == 0 and kept_layers(list(mems)) == 0
 
 
 def test_documents_leaving_the_batch_keep_their_neighbours_memory_rows():
@@ -132,27 +136,27 @@ def test_bf16_models_keep_rows_and_int8_models_do_not():
     segments = [random_ids(2, 9, seed=s) for s in range(3)]
     half = to_bf16(perturb(TXLModel(tiny_config())).eval())
     with torch.inference_mode():
-        kept, _ = read(half, segments, keep=True)
+        kept, mems = read(half, segments, keep=True)
         again, _ = read(half, segments, keep=False)
-    assert len(half._mem_kv) == 3
+    assert kept_layers(mems) == 3
     torch.testing.assert_close(kept.float(), again.float(), rtol=0, atol=0.05)
     quantized = torch.ao.quantization.quantize_dynamic(perturb(TXLModel(tiny_config())).eval(), {torch.nn.Linear},
                                                        dtype=torch.qint8)
     with torch.inference_mode():
-        kept, _ = read(quantized, segments, keep=True)
+        kept, mems = read(quantized, segments, keep=True)
         again, _ = read(quantized, segments, keep=False)
-    assert len(quantized._mem_kv) == 0
+    assert kept_layers(mems) == 0
     assert torch.equal(kept, again)
 
 
-def test_copies_and_pickles_start_with_nothing_kept():
+def test_copies_and_pickles_never_use_rows_kept_for_the_original():
     import copy
     import io
     model = perturb(TXLModel(tiny_config())).eval()
     with torch.no_grad():
         out = model(random_ids(2, 9))
         twin = copy.deepcopy(model)
-        assert len(model._mem_kv) == 3 and len(twin._mem_kv) == 0
+        assert kept_layers(out.mems) == 3  # the twin's weights are other tensors: it projects the rows again
         buffer = io.BytesIO()
         torch.save(model, buffer)
         buffer.seek(0)

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
+from .fast.routes import attention_route, rel_attn_kernel
 from .config import TXLConfig
-from .packed_linear import PackedLinear
-from .dropout import Dropout
-from .softmax_dropout import SoftmaxDropoutValues
+from .fast.packed_linear import PackedLinear
+from .fast.dropout import Dropout
+from .fast.softmax_dropout import SoftmaxDropoutValues
 
 
 def rel_shift(x: torch.Tensor) -> torch.Tensor:
@@ -56,17 +56,6 @@ def aligned_rows(bias: torch.Tensor) -> torch.Tensor:
     `shift_bidirectional` and `shift_padded` return (rows K + T - 2 elements apart from an odd offset)."""
     klen = bias.size(-1)
     return F.pad(bias, (0, -klen % 16))[..., :klen]
-
-
-def right_padding_lengths(mask: torch.Tensor, klen: int) -> torch.Tensor | None:
-    """The key counts (B,) of a bidirectional padding mask (B, 1, 1, K) that hides only keys at the right of
-    each document (its last segment's padding) and leaves each at least one; None for any other mask."""
-    if mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.size(-1) != klen:
-        return None
-    hidden = mask[:, 0, 0]  # (B, K), True = padding
-    key_len = klen - hidden.sum(-1)
-    right = torch.arange(klen, device=mask.device) >= key_len[:, None]
-    return key_len if bool(torch.equal(hidden, right)) and bool((key_len > 0).all()) else None
 
 
 def attention_mask(*, qlen: int, mlen: int, mem_len: int, same_length: bool, device=None) -> torch.Tensor:
@@ -156,83 +145,72 @@ class RelMultiHeadAttn(nn.Module):
         return tuple(parts)
 
     def forward(self, x, *, pos_emb, mem=None, mask=None, r_w_bias=None, r_r_bias=None, need_probs=False,
-                cache_key=None, mem_kv=None):
-        """One attention sub-layer.
+                cache_key=None, mem_kv=None, memo=None):
+        """One attention sub-layer: softmax(ac + bd) v (section 3.3), on the route `fast.routes` chooses.
 
         Args:
             x: (B, T, C) this segment; mem: (B, M, C) or None; pos_emb: (K, C) sinusoids of K-1 ... 0, or
             (K+T-1, C) of K-1 ... 1-T when bidirectional; mask: (T, K) bool, True = masked, or when
             bidirectional (B, 1, 1, K) padding keys; r_w_bias / r_r_bias: shared (H, D) biases when `untie_r` is off;
             cache_key: given when `pos_emb` is a function of it (see `position_keys`); mem_kv: the keys and values
-            of the memory rows, 2 x (B, H, M, D), when the caller kept them from the segment that made `mem`.
+            of the memory rows, 2 x (B, H, M, D), when the caller kept them (txl_core/fast/kept_kv.py); memo: a dict
+            the layers of one forward share (the mask as an additive bias is made once).
         Returns:
-            (out (B, T, C), probs (B, H, T, K) or None, (k, v) of all K rows, 2 x (B, H, K, D), or when the kernel
-            read the kept memory rows and this segment's apart, 2 x (memory rows', this segment's) pairs)
+            (out (B, T, C), probs (B, H, T, K) or None, (keys, values) of the K rows: each a tuple of one
+            (B, H, K, D) tensor, or of the memory rows' and this segment's, in row order)
         """
-        qlen = x.size(1)
-        kept = None  # the memory rows' keys and values, 2 x (B, H, M, D), when given and usable
-        if mem_kv is not None:  # a row's keys and values depend on the row only: project this segment's rows
-            q, k, v = self._project(self.layer_norm(x) if self.pre_lnorm else x, qlen=qlen)
-            if mem_kv[0].dtype == k.dtype:
-                kept = mem_kv
-            else:  # kept under another precision
-                mem_kv = None
-        if mem_kv is None:
-            cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # (B, K, C)
-            q, k, v = self._project(self.layer_norm(cat) if self.pre_lnorm else cat, qlen=qlen)
+        q, k, v, kept = self._qkv(x, mem, mem_kv)  # q (B, H, T, D); k, v of the rows projected here; kept or None
         klen = k.size(2) + (0 if kept is None else kept[0].size(2))
         r = self.position_keys(pos_emb, cache_key).view(-1, self.n_head, self.d_head).transpose(0, 1)  # (H, K, D)
         u = self.r_w_bias if r_w_bias is None else r_w_bias
         v_bias = self.r_r_bias if r_r_bias is None else r_r_bias
-        use_kernel, key_len = self._kernel_plan(q, k, v, r, mask, need_probs, klen)
-        if use_kernel:  # bf16 CPU inference: one compiled kernel, the keys a query does not see never computed
-            vec = fused.rel_attn_bf16()(q, u, v_bias, self.scale, *(kept or (None, None)), k, v, r,
-                                        not self.bidirectional, key_len)  # (B, T, H, D); no joined copy of k, v
-            out = self.drop(self.o_net(vec.view(x.size(0), qlen, -1)))  # (B, T, C)
-            kv = (k, v) if kept is None else ((kept[0], k), (kept[1], v))
-            return (x + out if self.pre_lnorm else self.layer_norm(x + out)), None, kv
-        if kept is not None:
-            k, v = torch.cat([kept[0], k], dim=2), torch.cat([kept[1], v], dim=2)  # (B, H, K, D)
-        key_len = None  # right padding passed as key counts to the float32 training kernel, not masked in bd
-        if self.bidirectional:
-            bd = shift_bidirectional(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)),
-                                     klen)  # (B, H, T, K)
-            if mask is not None and self._f32_training_kernel(v, need_probs):
-                key_len = right_padding_lengths(mask, klen)
-            if mask is not None and key_len is None:
-                bd = bd.masked_fill(mask, torch.finfo(bd.dtype).min)
-            mask = None
+        route = attention_route(q, k, v, r, mask=mask, need_probs=need_probs, d_head=self.d_head,
+                                dropout=self.dropatt.p if self.training else 0.0, bidirectional=self.bidirectional,
+                                same_length=self.same_length, klen=klen)
+        if route.name == "kernel":
+            vec, probs = rel_attn_kernel(q, u, v_bias, self.scale, kept, k, v, r, causal=not self.bidirectional,
+                                         key_len=route.key_len), None  # (B, T, H*D)
         else:
-            # A zero first row of R gives bd the zero column rel_shift pads in; the scale rides on the small q.
-            r = F.pad(r, (0, 0, 1, 0))  # (H, K+1, D)
-            bd = shift_padded(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)))  # (B, H, T, K)
-        vec, probs = self._attend(q + u[:, None], k, v, bd, mask, need_probs, key_len)  # (B, H, T, D)
-        vec = vec.transpose(1, 2).reshape(x.size(0), qlen, -1)  # (B, T, H*D)
+            keys, values = (k, v) if kept is None else (torch.cat([kept[0], k], 2), torch.cat([kept[1], v], 2))
+            bd = self._masked(self._position_scores(q, v_bias, r, klen), mask, route, memo)  # (B, H, T, K)
+            vec, probs = self._attend(route, q + u[:, None], keys, values, bd)  # (B, H, T, D)
+            vec = vec.transpose(1, 2).reshape(x.size(0), x.size(1), -1)  # (B, T, H*D)
         out = self.drop(self.o_net(vec))  # (B, T, C)
-        return (x + out if self.pre_lnorm else self.layer_norm(x + out)), probs, (k, v)
+        parts = ((k,), (v,)) if kept is None else ((kept[0], k), (kept[1], v))
+        return (x + out if self.pre_lnorm else self.layer_norm(x + out)), probs, parts
 
-    def _kernel_plan(self, q, k, v, r, mask, need_probs, klen):
-        """(whether `fused.rel_attn_bf16` computes this call, the keys each document sees when bidirectional).
+    def _qkv(self, x, mem, mem_kv):
+        """q (B, H, T, D) and the keys and values this call projects: of the T rows when the memory rows' are
+        given (`mem_kv`, kept in the same precision), else of all K rows; and the kept ones, or None."""
+        qlen = x.size(1)
+        if mem_kv is not None:  # a row's keys and values depend on the row only: project this segment's rows
+            q, k, v = self._project(self.layer_norm(x) if self.pre_lnorm else x, qlen=qlen)
+            if mem_kv[0].dtype == k.dtype:
+                return q, k, v, mem_kv
+        cat = x if mem is None or mem.size(1) == 0 else torch.cat([mem.to(x.dtype), x], dim=1)  # (B, K, C)
+        q, k, v = self._project(self.layer_norm(cat) if self.pre_lnorm else cat, qlen=qlen)
+        return q, k, v, None
 
-        It does in inference (no autograd, no probabilities wanted), bf16, on a CPU where the kernel was built,
-        head size a multiple of 16 up to 64, with the plain causal mask (not `same_length`) or, bidirectional,
-        no mask or one that hides only right padding (a document's last segment), given as key counts.
-        """
-        if (need_probs or torch.is_grad_enabled() or q.device.type != "cpu" or self.d_head % 16
-                or self.d_head > 64 or not q.dtype == k.dtype == v.dtype == r.dtype == torch.bfloat16
-                or fused.rel_attn_bf16() is None):
-            return False, None
-        if not self.bidirectional:
-            return mask is not None and not self.same_length, None
-        if mask is None:
-            return True, None
-        key_len = right_padding_lengths(mask, klen)
-        return key_len is not None, key_len
+    def _position_scores(self, q, v_bias, r, klen):
+        """bd = (q + v) R^T / sqrt(D), shifted so that column j holds distance M + i - j: (B, H, T, K)."""
+        if self.bidirectional:
+            return shift_bidirectional(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)), klen)
+        # A zero first row of R gives bd the zero column rel_shift pads in; the scale rides on the small q.
+        r = F.pad(r, (0, 0, 1, 0))  # (H, K+1, D)
+        return shift_padded(torch.matmul((q + v_bias[:, None]) * self.scale, r.transpose(-1, -2)))  # (B, H, T, K)
 
-    def _f32_training_kernel(self, v, need_probs) -> bool:
-        """Whether `_attend` runs `fused.softmax_dropout_f32` (float32 CPU training with attention dropout)."""
-        return (self.training and 0.0 < self.dropatt.p < 1.0 and not need_probs and v.device.type == "cpu"
-                and v.dtype == torch.float32 and fused.softmax_dropout_f32() is not None)
+    def _masked(self, bd, mask, route, memo):
+        """bd with masked scores at the dtype's minimum; right padding passed as key counts stays unmasked."""
+        if mask is None or route.key_len is not None:
+            return bd
+        if self.bidirectional:
+            return bd.masked_fill(mask, torch.finfo(bd.dtype).min)
+        # In place (bd is this call's own): without `same_length` the first M + 1 columns are never masked,
+        # so only the causal block is touched (attention 1.5x faster than a masked copy, bf16 on a CPU).
+        # Added as a (T, T) bias, which is faster than a masked fill over the broadcast batch and heads.
+        first = 0 if self.same_length else bd.size(-1) - bd.size(-2)
+        bd[..., first:] += _mask_bias(mask, first, bd.dtype, {} if memo is None else memo)  # (B, H, T, K)
+        return bd
 
     def _project(self, cat, *, qlen):
         """q of the segment's rows, k and v of all K rows: (B, H, T, D), (B, H, K, D), (B, H, K, D).
@@ -254,43 +232,25 @@ class RelMultiHeadAttn(nn.Module):
             k, v = kv.view(bsz, klen, 2, self.n_head, self.d_head).unbind(2)  # 2 x (B, K, H, D)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def _attend(self, q_u, k, v, bd, mask, need_probs, key_len=None):
-        """softmax(ac / sqrt(D) + bd) v, with `bd` already scaled; masked entries get the dtype's minimum, and
-        with `key_len` (B,) the keys from key_len[b] on are padding (only where `_f32_training_kernel`).
-
-        Without `need_probs` the fused `scaled_dot_product_attention` computes `ac`, the softmax and the
-        weighted sum, with `bd` (masked) passed as its additive bias; except when training with attention
-        dropout on a CPU, where its mask (one `bernoulli_` draw per score) cost more than the whole attention.
-        """
-        if mask is not None:
-            # In place (bd is this call's own): without `same_length` the first M + 1 columns are never masked,
-            # so only the causal block is touched (attention 1.5x faster than a masked copy, bf16 on a CPU).
-            # Added as a (T, T) bias, which is faster than a masked fill over the broadcast batch and heads.
-            first = 0 if self.same_length else bd.size(-1) - bd.size(-2)
-            bd[..., first:] += _mask_bias(mask, first, bd.dtype)  # (B, H, T, K)
+    def _attend(self, route, q_u, k, v, bd):
+        """softmax(ac / sqrt(D) + bd) v on the route's path, `bd` already scaled and masked:
+        ((B, H, T, D), probs (B, H, T, K) or None)."""
         p = self.dropatt.p if self.training else 0.0
-        if not need_probs and (p == 0.0 or q_u.device.type != "cpu"):
-            if q_u.device.type == "cuda":
-                bd = aligned_rows(bd)
+        if route.name == "sdpa":
+            bd = aligned_rows(bd) if q_u.device.type == "cuda" else bd
             return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bd, dropout_p=p, scale=self.scale), None
         score = torch.matmul(q_u, k.transpose(-1, -2)).mul_(self.scale).add_(bd)  # (B, H, T, K), one buffer
-        if not need_probs and p < 1.0:  # also without autograd (the first pass of a two-pass step): the same ops
-            return SoftmaxDropoutValues.apply(score, v, p, key_len), None
+        if route.name == "softmax_dropout":  # also without autograd (the first pass of a two-pass step)
+            return SoftmaxDropoutValues.apply(score, v, p, route.key_len), None
         probs = torch.softmax(score.float(), dim=-1).to(v.dtype)  # (B, H, T, K)
-        return torch.matmul(self.dropatt(probs), v), probs if need_probs else None
+        return torch.matmul(self.dropatt(probs), v), probs
 
 
-_LAST_BIAS: list = [None]  # (mask, first, dtype, bias): every layer of a forward shares one mask
-
-
-def _mask_bias(mask: torch.Tensor, first: int, dtype: torch.dtype) -> torch.Tensor:
-    """mask[:, first:] as an additive bias (0 or the dtype's minimum), made once per mask and dtype: the
-    layers of one forward share its mask, so the other layers reuse the first one's (the entry holds the
-    mask, so its identity cannot be reused by another tensor while it is cached)."""
-    hit = _LAST_BIAS[0]
-    if hit is not None and hit[0] is mask and hit[1] == first and hit[2] == dtype:
-        return hit[3]
-    bias = torch.zeros(mask[:, first:].shape, dtype=dtype, device=mask.device)
-    bias.masked_fill_(mask[:, first:], torch.finfo(dtype).min)  # (T, K - first)
-    _LAST_BIAS[0] = (mask, first, dtype, bias)
-    return bias
+def _mask_bias(mask: torch.Tensor, first: int, dtype: torch.dtype, memo: dict) -> torch.Tensor:
+    """mask[:, first:] as an additive bias (0 or the dtype's minimum), (T, K - first), made once per forward:
+    the layers of one forward share its mask and its `memo`."""
+    key = ("mask_bias", first, dtype)
+    if key not in memo:
+        bias = torch.zeros(mask[:, first:].shape, dtype=dtype, device=mask.device)
+        memo[key] = bias.masked_fill_(mask[:, first:], torch.finfo(dtype).min)
+    return memo[key]

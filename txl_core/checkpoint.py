@@ -7,38 +7,19 @@ parameters (`assign=True`), so loading needs little more memory than the weights
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 
+from .classifier import TXLDocumentClassifier
 from .config import TXLConfig
+from .embedding import PositionalEmbedding
+from .lm_head import TXLLMHeadModel
+from .model import TXLModel
+from .saving import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class CheckpointError(ValueError):
-    """A directory that is not a loadable model; the message says what is wrong and what to do."""
-
-
-class PretrainedMixin:
-    """`save_pretrained(dir)` for every model class: config.json + deduplicated model.safetensors, atomically."""
-
-    def save_pretrained(self, directory: str | Path, *, extra_files: dict[str, str | bytes] | None = None) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = self.config.to_dict() | {"architectures": [type(self).__name__], "format": "txl-doc"}
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
-            Path(tmp, "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            save_model(self, str(Path(tmp, "model.safetensors")), metadata={"format": "pt"})
-            for name, content in (extra_files or {}).items():
-                mode = "wb" if isinstance(content, bytes) else "w"
-                with open(Path(tmp, name), mode) as f:
-                    f.write(content)
-            for name in os.listdir(tmp):  # each file appears whole, never half-written
-                os.replace(Path(tmp, name), directory / name)
 
 
 def read_config(directory: Path) -> dict:
@@ -80,10 +61,6 @@ def _architecture(config: dict, state: dict) -> str:
 
 
 def _model_class(arch: str):
-    from .classifier import TXLDocumentClassifier
-    from .lm_head import TXLLMHeadModel
-    from .model import TXLModel
-
     classes = {"TransfoXLLMHeadModel": TXLLMHeadModel, "TXLLMHeadModel": TXLLMHeadModel,
                "TransfoXLModel": TXLModel, "TXLModel": TXLModel,
                "TransfoXLForSequenceClassification": TXLDocumentClassifier,
@@ -111,8 +88,6 @@ def _rename_reference(state: dict, model, config: TXLConfig) -> dict:
 
 def _materialize_buffers(model: torch.nn.Module) -> None:
     """Non-persistent buffers are not in the weights: rebuild the ones that stayed on the meta device."""
-    from .embedding import PositionalEmbedding
-
     for module in model.modules():
         if isinstance(module, PositionalEmbedding) and module.inv_freq.is_meta:
             module.register_buffer("inv_freq", PositionalEmbedding(module.inv_freq.numel() * 2).inv_freq,

@@ -15,9 +15,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .checkpoint import PretrainedMixin
+from .saving import PretrainedMixin
 from .config import TXLConfig
-from .dropout import Dropout
+from .fast.dropout import Dropout
 from .memory import Mems
 from .model import TXLModel
 from .pooling import PoolState, combine, finalize, segment_state, share

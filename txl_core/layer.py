@@ -9,7 +9,7 @@ from torch import nn
 
 from .attention import RelMultiHeadAttn
 from .config import TXLConfig
-from .dropout import Dropout
+from .fast.dropout import Dropout
 
 
 class PositionwiseFF(nn.Module):
@@ -38,9 +38,9 @@ class DecoderLayer(nn.Module):
         self.pos_ff = PositionwiseFF(config)
 
     def forward(self, x, *, pos_emb, mem=None, mask=None, r_w_bias=None, r_r_bias=None, need_probs=False,
-                cache_key=None, mem_kv=None):
-        """x (B, T, C), mem (B, M, C) -> (out (B, T, C), attention probs (B, H, T, K) or None, (k, v) of the
-        K rows, 2 x (B, H, K, D)); `mem_kv`: see `RelMultiHeadAttn.forward`."""
+                cache_key=None, mem_kv=None, memo=None):
+        """x (B, T, C), mem (B, M, C) -> (out (B, T, C), attention probs (B, H, T, K) or None, the keys and values
+        of the K rows); `mem_kv`, `memo`: see `RelMultiHeadAttn.forward`."""
         x, probs, kv = self.dec_attn(x, pos_emb=pos_emb, mem=mem, mask=mask, r_w_bias=r_w_bias, r_r_bias=r_r_bias,
-                                     need_probs=need_probs, cache_key=cache_key, mem_kv=mem_kv)
+                                     need_probs=need_probs, cache_key=cache_key, mem_kv=mem_kv, memo=memo)
         return self.pos_ff(x), probs, kv

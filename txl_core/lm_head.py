@@ -11,7 +11,7 @@ from torch import nn
 
 from .adaptive_softmax import ProjectedAdaptiveLogSoftmax
 from .config import TXLConfig
-from .checkpoint import PretrainedMixin
+from .saving import PretrainedMixin
 from .init import init_weights
 from .memory import Mems
 from .model import TXLModel

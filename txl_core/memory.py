@@ -14,6 +14,14 @@ from .config import TXLConfig
 Mems = list[torch.Tensor]
 
 
+class Memory(list):
+    """What `update_mems` returns: L x (B, M, C), a list like any `Mems`. In inference the model also attaches
+    `kv`, the keys and values of these rows per layer (txl_core/fast/kept_kv.py), so that the next segment it is
+    handed back with does not project them again; a plain list, or a copy, simply has none."""
+
+    kv: list | None = None
+
+
 def empty_mems(config: TXLConfig, batch_size: int, *, device=None, dtype=torch.float32) -> Mems:
     """Zero-length memory (B, 0, C) per layer: identical in effect to `mems=None`."""
     return [torch.zeros(batch_size, 0, config.d_model, device=device, dtype=dtype) for _ in range(config.n_layer)]
@@ -28,7 +36,7 @@ def reference_mems(config: TXLConfig, batch_size: int, *, device=None, dtype=tor
             for _ in range(config.n_layer)]
 
 
-def update_mems(hids: Mems, mems: Mems | None, *, mem_len: int) -> Mems:
+def update_mems(hids: Mems, mems: Mems | None, *, mem_len: int) -> Memory:
     """New memory = the last `mem_len` steps of [old memory ; this segment's layer inputs], detached.
 
     Args:
@@ -43,4 +51,4 @@ def update_mems(hids: Mems, mems: Mems | None, *, mem_len: int) -> Mems:
         else:
             cat = [torch.cat([m.to(h.dtype), h], dim=1) for m, h in zip(mems, hids)]  # (B, M+T, C)
         start = lambda t: max(0, t.size(1) - mem_len)  # noqa: E731
-        return [t[:, start(t):].detach() for t in cat]
+        return Memory(t[:, start(t):].detach() for t in cat)

@@ -13,12 +13,12 @@ from torch import nn
 from .attention import attention_mask
 from .config import TXLConfig
 from .embedding import AdaptiveEmbedding, PositionalEmbedding
-from .checkpoint import PretrainedMixin
+from .saving import PretrainedMixin
 from .init import init_weights
-from .dropout import Dropout
+from .fast.dropout import Dropout
 from .layer import DecoderLayer
-from .kept_kv import KeptKV
-from .memory import Mems, update_mems
+from .fast import kept_kv
+from .memory import Memory, Mems, update_mems
 
 
 @dataclass
@@ -27,7 +27,7 @@ class TXLOutput:
     `hidden_states` (L + 1) x (B, T, C) (embedding, then every layer's output) and `attentions` L x (B, H, T, K)."""
 
     last_hidden_state: torch.Tensor
-    mems: Mems
+    mems: Memory
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 
@@ -49,21 +49,12 @@ class TXLModel(PretrainedMixin, nn.Module):
             self.r_r_bias = nn.Parameter(torch.empty(config.n_head, config.d_head))
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         self.apply(lambda m: init_weights(m, config))
-        self._mem_kv = KeptKV()  # inference only, see kept_kv.py
         self._pos_cache: dict = {}  # inference only: sinusoids and causal masks per segment shape (nothing else)
 
-    def __getstate__(self):  # copies and pickles start with nothing kept (weak references do not pickle)
-        return {k: v for k, v in super().__getstate__().items() if k not in ("_mem_kv", "_pos_cache")}
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self._mem_kv = KeptKV()
-        self._pos_cache = {}
-
-    def select_mems(self, mems: Mems, index: torch.Tensor) -> Mems:
+    def select_mems(self, mems: Mems, index: torch.Tensor) -> Memory:
         """`[m[index] for m in mems]` (the rows of the documents still reading), with the keys and values
         inference kept for those rows, so the next segment does not project them again."""
-        return self._mem_kv.select(mems, index, [layer.dec_attn for layer in self.layers])
+        return kept_kv.select(mems, index, [layer.dec_attn for layer in self.layers])
 
     def _positions(self, key: tuple, *, inference: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The sinusoids of distances K-1 ... 0 (to 1-T when bidirectional), (K+future, C), and the causal mask,
@@ -113,18 +104,18 @@ class TXLModel(PretrainedMixin, nn.Module):
         shared = {} if cfg.untie_r else {"r_w_bias": self.r_w_bias, "r_r_bias": self.r_r_bias}
         if inference:  # pos_emb is then a function of this key
             shared["cache_key"] = key
-        hids, probs, kvs = [], [], []
+        hids, probs, kvs, memo = [], [], [], {}
         for i, layer in enumerate(self.layers):
             hids.append(x)
             mem = None if mems is None else mems[i]
-            x, p, kv = layer(x, pos_emb=pos_emb, mem=mem, mask=mask, need_probs=output_attentions,
-                             mem_kv=self._mem_kv.get(mem, layer.dec_attn) if inference else None, **shared)
+            x, p, kv = layer(x, pos_emb=pos_emb, mem=mem, mask=mask, need_probs=output_attentions, memo=memo,
+                             mem_kv=kept_kv.kept(mems, i, layer.dec_attn) if inference else None, **shared)
             probs.append(p)
             kvs.append(kv)
         x = self.drop(x)
         new_mems = update_mems(hids, mems, mem_len=cfg.mem_len)
         if inference:  # with gradients a caller may back-propagate into the memory: nothing is kept
-            self._mem_kv.keep(new_mems, kvs, [layer.dec_attn for layer in self.layers])
+            kept_kv.keep(new_mems, kvs, [layer.dec_attn for layer in self.layers])
         return TXLOutput(
             last_hidden_state=x,
             mems=new_mems,

@@ -96,7 +96,7 @@ def render(res: dict) -> str:
     head = (f"Measured {res['date']} on {m['cpu']} ({m['cores']} cores, {m['isa']}, bf16 matmul units: "
             f"{'yes' if m['native_bf16'] else 'no'}), torch {m['torch']}, {m['threads']} threads (OMP_WAIT_POLICY "
             f"{_policy(m['omp_wait_policy'])}), glibc allocator "
-            f"tuned: {'yes' if res['allocator_tuned'] else 'no'}, bf16 attention kernel (txl_core/fused.py): "
+            f"tuned: {'yes' if res['allocator_tuned'] else 'no'}, bf16 attention kernel (txl_core/fast/fused.py): "
             f"{'yes' if m.get('bf16_kernel') else 'not built'}; load average (1 min) {_load(res['load_start'])} at "
             f"the start, {_load(res['load_end'])} at the end. Matmul ceiling measured in this run: "
             f"{_n(c['float32'])} GFLOP/s float32, {_n(c['bf16'])} GFLOP/s bf16.")

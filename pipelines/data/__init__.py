@@ -1,0 +1,1 @@
+"""Reading and writing user data: tables, labels, tokenizers, language-model text streams."""

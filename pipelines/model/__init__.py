@@ -1,0 +1,1 @@
+"""A model directory and what runs it: inference, the n-gram part and its fusion, metrics."""

@@ -18,7 +18,7 @@ from pipelines.model.metrics import decide
 from pipelines.model.model_dir import ModelDir
 from pipelines.runtime.device import cpu_has_native_bf16, resolve_device, resolve_precision
 from pipelines.runtime.memory import FreeMemoryEvery, tune_cpu_allocator
-from txl_core import packed_linear
+from txl_core.fast import packed_linear
 
 
 @dataclass
@@ -80,7 +80,7 @@ def prepare(md: ModelDir, *, precision: str = "auto", device: str = "auto", keep
 def to_bf16(encoder: torch.nn.Module) -> torch.nn.Module:
     """The encoder's weights in bf16 (in place), for CPU inference under autocast. Autocast alone casts every
     weight again for every segment: the whole encoder in bf16 read 1.1x faster (benchmarks/RESULTS.md).
-    Where oneDNN runs bf16 its linear layers are then prepacked (`txl_core.packed_linear.PackedLinear`: the weight
+    Where oneDNN runs bf16 its linear layers are then prepacked (`txl_core.fast.packed_linear.PackedLinear`: the weight
     reordered once instead of in every product). The pooling and the head stay float32 (the classifier pools
     float32 copies of the hidden states)."""
     encoder = encoder.to(torch.bfloat16)

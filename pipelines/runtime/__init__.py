@@ -1,0 +1,1 @@
+"""The process: device and precision, threads, memory allocator, distributed ranks."""

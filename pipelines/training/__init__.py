@@ -1,0 +1,1 @@
+"""Training: the fine-tuning and LM loops, their plans, starts, checkpoints and interruption."""

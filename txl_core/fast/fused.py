@@ -1,10 +1,10 @@
-"""Compiled kernels for the CPU fast path (txl_core/csrc), optional: everything has a pure-torch fallback.
+"""Compiled kernels for the CPU fast path (txl_core/fast/csrc), optional: everything has a pure-torch fallback.
 
 Two builds, one per kind of x86-64 CPU (`variant()`): on CPUs with AVX512-BF16, the bf16 attention kernel of
 inference and the bf16 and float32 softmax-and-dropout kernels of training; on CPUs with AVX2 and FMA but no
 bf16 units (where training runs in float32), the float32 ones alone. `build()` compiles this CPU's with torch's
 C++ extension tools (a C++ compiler is needed; `bash run.sh setup` runs it, and so does `python -m
-txl_core.build_kernels`); `rel_attn_bf16()` (inference attention), `softmax_dropout_bf16()` and
+txl_core.fast.build_kernels`); `rel_attn_bf16()` (inference attention), `softmax_dropout_bf16()` and
 `softmax_dropout_f32()` (training's attention softmax and dropout) return the loaded operators, or None when
 they were not built or this CPU lacks what they need. A build never happens implicitly at run time: it takes a
 minute.
