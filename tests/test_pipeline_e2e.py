@@ -335,3 +335,30 @@ def test_refit_ngrams_keep_the_weights_fit_on_held_out_scores(model, data):
     # ... and the n-grams kept have read the validation documents: they fit them at least as well as before
     right = lambda ngram: (ngram.scores(vtexts).argmax(1) == [md.labels.index(y) for y in vlabels]).mean()  # noqa: E731
     assert right(second) >= right(first) and right(second) == 1.0
+
+
+def test_fusion_never_scores_below_its_better_part_on_validation(model, data, monkeypatch):
+    """An encoder that says nothing useful (random weights) and fusion weights that trust it: the stage keeps
+    the n-grams alone, and the kept model predicts what the n-grams alone predict."""
+    import torch
+
+    from pipelines.data.labeled_texts import Columns, load_train_valid
+    from pipelines.model.inference import predict, prepare
+    from pipelines.model.model_dir import load_model_dir
+    from pipelines.training import fusion_stage
+
+    md = prepare(load_model_dir(model), precision="float32")
+    torch.manual_seed(0)
+    for p in md.model.parameters():  # an untrained encoder: its predictions are noise
+        p.data.normal_(0, 0.5)
+    monkeypatch.setattr(fusion_stage, "fit_fusion", lambda *a, **k: {"a": 5.0, "b": 0.01, "c": 0.0})
+    split = load_train_valid(data / "train.csv", None, columns=Columns(), seed=0)
+    out = fusion_stage.fuse_ngrams(md, *split, refit=False)
+    parts = [out[k]["accuracy"] for k in ("validation_encoder", "validation_ngram")]
+    assert out["fusion"]["kept"] == "ngram" and parts[0] < parts[1]
+    assert out["validation"]["accuracy"] == max(parts)
+    preds = predict(md, split[2])
+    assert [p.label for p in preds] == [p.ngram_label for p in preds]
+    assert "the n-grams alone scored higher" in fusion_stage.fit_phrase(out["fusion"], 100, 10)[1]
+    assert fusion_stage._better_part({"validation": {"accuracy": 0.9}, "validation_ngram": {"accuracy": 0.9},
+                                      "validation_encoder": {"accuracy": 0.5}}, multi_label=False) == "fused"

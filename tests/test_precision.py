@@ -107,3 +107,20 @@ def test_the_position_frequencies_stay_float32_in_a_bf16_encoder():
     rounded = PositionalEmbedding(64)
     rounded.inv_freq = rounded.inv_freq.to(torch.bfloat16).float()  # what the cast used to leave
     assert (rounded(512, clamp_len=0) - exact).abs().max() > 0.1  # so the test can fail
+
+
+def test_auto_never_picks_bf16_on_a_cpu_without_bf16_units(monkeypatch):
+    """torch's oneDNN check passes on any AVX-512 CPU; without AVX512-BF16/AMX units bf16 is emulated (the
+    encoder ran at 0.37x the reference's speed on an AVX2-only CPU), so `auto` reads the units themselves."""
+    from pathlib import Path
+
+    import torch
+
+    from pipelines.runtime import device as device_module
+    if not Path("/proc/cpuinfo").is_file():
+        pytest.skip("Linux only")
+    monkeypatch.setattr(device_module, "cpu_has_bf16_units", lambda: False)
+    assert not device_module.cpu_has_native_bf16()
+    cpu = torch.device("cpu")
+    assert device_module.resolve_precision("auto", cpu) == "float32"
+    assert device_module.resolve_precision("auto", cpu, training=True) == "float32"

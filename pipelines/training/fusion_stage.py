@@ -3,6 +3,7 @@ fusion weights fit on the validation split, then the n-grams fit again on both s
 measured on the fused model and on each part."""
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ from tqdm import tqdm
 
 from pipelines.data.labels import LabelSet
 from pipelines.model import ngrams as ngram_module
-from pipelines.model.fusion import fit_fusion
+from pipelines.model.fusion import calibrate, fit_fusion
 from pipelines.model.inference import predict
 from pipelines.model.metrics import compute_metrics, decide, tune_thresholds
 from pipelines.model.model_dir import ModelDir
@@ -58,17 +59,15 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
     scores = ngram.scores(vtexts)
     truth = torch.as_tensor(label_set.encode(vlabels))
     ngram.fusion = fit_fusion(encoder, scores, truth, multi_label=best.multi_label)
-    fused = torch.sigmoid(ngram.fuse(encoder, scores)) if best.multi_label else ngram.fuse(encoder, scores)
     if best.multi_label:
+        fused = torch.sigmoid(ngram.fuse(encoder, scores))
         ngram.thresholds = tune_thresholds(fused.numpy(), truth.numpy())
-    decide_all = lambda p, th: ["|".join(n for n, c in zip(best.labels, row) if c) for row in decide(p, th)] \
-        if best.multi_label else [best.labels[i] for i in p.argmax(1)]  # noqa: E731
-    parts = {"validation": decide_all(fused.numpy(), ngram.thresholds),
-             "validation_encoder": decide_all(torch.sigmoid(encoder).numpy() if best.multi_label else encoder.numpy(),
-                                              best.model.config.thresholds),
-             "validation_ngram": decide_all(torch.sigmoid(torch.as_tensor(scores)).numpy() if best.multi_label
-                                            else scores, None)}
-    out = {k: compute_metrics(vlabels, v, best.labels, multi_label=best.multi_label) for k, v in parts.items()}
+    out = _validation(best, ngram, encoder, scores, vlabels)
+    kept = _better_part(out, multi_label=best.multi_label)
+    if kept != "fused":  # fusion never makes a model worse on validation than its better part alone
+        ngram.fusion = dict(ngram.fusion, **_one_part(kept, scores, truth, multi_label=best.multi_label), kept=kept)
+        ngram.thresholds = best.model.config.thresholds if kept == "encoder" else None
+        out["validation"] = out[f"validation_{kept}"]
     n_fit = len(texts)
     if refit:
         final = fit(texts + vtexts, labels + vlabels)
@@ -92,6 +91,40 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
 SPLITS = {False: "training split", True: "training and validation splits"}  # what the n-grams kept were fit on
 
 
+def _one_part(kept: str, scores, truth: torch.Tensor, *, multi_label: bool) -> dict:
+    """Fusion weights that reproduce one part alone: the encoder's probabilities, or the n-gram scores (at
+    their own calibrated temperature when single-label, so that the probabilities mean something)."""
+    if kept == "encoder":
+        return {"a": 1.0, "b": 0.0, "c": 0.0}
+    if multi_label:  # the decisions measured for the n-grams alone: sigmoid(scores) at 0.5
+        return {"a": 0.0, "b": 1.0, "c": 0.0}
+    log_t, _ = calibrate(torch.as_tensor(scores).float(), truth, multi_label=False)
+    return {"a": 0.0, "b": round(math.exp(log_t), 6), "c": 0.0}
+
+
+def _validation(best: ModelDir, ngram, encoder: torch.Tensor, scores, vlabels: list[str]) -> dict:
+    """Validation metrics of the fused model and of each part alone."""
+    fused = ngram.fuse(encoder, scores)
+    if best.multi_label:
+        def decide_all(p, th):
+            return ["|".join(n for n, c in zip(best.labels, row) if c) for row in decide(p, th)]
+        parts = {"validation": decide_all(torch.sigmoid(fused).numpy(), ngram.thresholds),
+                 "validation_encoder": decide_all(torch.sigmoid(encoder).numpy(), best.model.config.thresholds),
+                 "validation_ngram": decide_all(torch.sigmoid(torch.as_tensor(scores)).numpy(), None)}
+    else:
+        parts = {"validation": fused.numpy(), "validation_encoder": encoder.numpy(), "validation_ngram": scores}
+        parts = {k: [best.labels[i] for i in v.argmax(1)] for k, v in parts.items()}
+    return {k: compute_metrics(vlabels, v, best.labels, multi_label=best.multi_label) for k, v in parts.items()}
+
+
+def _better_part(out: dict, *, multi_label: bool) -> str:
+    """`fused`, unless one part alone scores higher on validation (accuracy; micro-F1 when multi-label)."""
+    key = "micro_f1" if multi_label else "accuracy"
+    best = max(("fused", "ngram", "encoder"), key=lambda k: (out["validation" + ("" if k == "fused" else "_" + k)][key],
+                                                              k == "fused"))
+    return best
+
+
 def features(fusion: dict) -> str:
     """What the card calls the n-gram part, from its metrics (models fused before 2026-12-04, late: words only)."""
     n, words = fusion["n_terms"], fusion.get("n_word_terms", fusion["n_terms"])
@@ -102,11 +135,13 @@ def features(fusion: dict) -> str:
 
 def fit_phrase(fusion: dict, n_train: int, n_valid: int) -> tuple[str, str]:
     """What the card says the n-grams were fit on, and their fusion weights."""
-    splits = fusion.get("fit_on", SPLITS[False])  # models fused before 2026-12-04: the training split
+    splits = fusion.get("fit_on", SPLITS[False])  # older model files: the training split
     refit = splits == SPLITS[True]
     n, n_fit = fusion.get("fit_documents"), n_train + n_valid if refit else n_train
     read = f"the {splits}" if n is None or n == n_fit else f"a random {n:,} documents of the {splits}"
     prior = (f", under a prior toward each part's own calibration (b / a {fusion['prior_ratio']:.3g})"
-             if "prior_ratio" in fusion else "")  # models fused before the evening of 2026-12-04: a plain log-loss fit
+             if "prior_ratio" in fusion else "")  # older model files: a plain log-loss fit
+    kept = {"encoder": "; the encoder alone scored higher on validation than the fusion, so it is used alone",
+            "ngram": "; the n-grams alone scored higher on validation than the fusion, so they are used alone"}
     return read, "weights fit on the validation split" + (" (scored by n-grams fit on the training split alone)"
-                                                           if refit else "") + prior
+                                                           if refit else "") + prior + kept.get(fusion.get("kept"), "")
