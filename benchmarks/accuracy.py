@@ -1,17 +1,17 @@
 """Test accuracy of `txl train` recipes next to `txl baseline` on the shared data sets.
 
-    python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy [--datasets bbc_news r8] [--max-minutes 40]
+    python -m benchmarks.accuracy --data ../shared/data --runs runs/accuracy [--datasets bbc_news r8] [--max-minutes 40]
         [--recipe minilm-lr3e-5-fresh1e-4 (txl train's default)|minilm|scratch|...]
-    python benchmarks/accuracy.py --rows DIR/*.row.json    # add rows measured on a GPU (gpu_session.py)
-    python benchmarks/accuracy.py ... --seed 1             # the same recipe from another seed (split, init, batches)
-    python benchmarks/accuracy.py ... --refuse             # trained models fused again by today's `txl fuse`
+    python -m benchmarks.accuracy --rows DIR/*.row.json    # add rows measured on a GPU (benchmarks.gpu_session)
+    python -m benchmarks.accuracy ... --seed 1             # the same recipe from another seed (split, init, batches)
+    python -m benchmarks.accuracy ... --refuse             # trained models fused again by today's `txl fuse`
 
 For each data set: the TF-IDF + LinearSVC baseline, then `txl train` with the recipe (a time budget per data
 set), then `txl evaluate` on the test split. Writes the table into benchmarks/RESULTS.md between
 the `accuracy` markers and the raw figures into benchmarks/accuracy.json. Rerunnable; a data set whose model
 directory already has test metrics is not retrained (delete it to retrain). With --refuse, a trained model is
 fused again by `txl fuse` (the fusion method as it is now; the encoder unchanged) and evaluated again: a row of its
-own where the fusion differs (the rows' key), so the earlier one stays in the table.
+own where the fusion differs (the rows' key); accuracy.json keeps every row, the table each model's latest fusion.
 """
 from __future__ import annotations
 
@@ -35,18 +35,18 @@ DATASETS = {  # name: (train file, test file), relative to the data folder; one 
     "imdb": ("imdb/train.csv.xz", "imdb/test.csv.xz"),
     "modapte90": ("reuters21578/modapte90_multilabel.csv.xz", "reuters21578/modapte90_multilabel.csv.xz"),
 }
-# Recipes: `txl train` flags. `minilm-lr3e-5-fresh1e-4` is `txl train`'s default since 2026-12-04 (`--init auto`
-# with the `minilm` extra), spelled out: fine-tuning the all-MiniLM-L6-v2 start in bf16 autocast on a CPU with
-# bf16 units (float32 on others, where bf16 is a slow fallback), 2 epochs, bidirectional within a segment as
-# BERT was trained, BERT's positions kept within each segment, peak rate 3e-5 for MiniLM's weights and 1e-4 for
-# what it does not supply (the head, the relative-position projection and biases: `--fresh-lr`). `minilm`: the
-# default until then, every parameter at 1e-4; `minilm-1epoch`: that one for one epoch (a budget-bound run of
-# a large data set); `minilm-lr3e-5`: every parameter at 3e-5. Every `txl train` since 2026-12-02 also fuses
-# the n-gram component (`--ngrams fuse`, the default). `scratch`: random weights (`--init none`, the default
-# model of d_model 128, 2 layers); `minilm-relative`: the MiniLM start with its positions folded into the token
-# embeddings (the default until 2026-12-01); `minilm-causal`: that one read causally as the paper does;
-# `minilm-lr3e-5-fresh3e-4`: the default with a 3x larger rate for the head and relative-position terms;
-# `minilm-lr3e-5-fresh1e-4-4epochs`: the default for 4 epochs (twice the steps, for small data sets).
+# Recipes: `txl train` flags. `minilm-lr3e-5-fresh1e-4` is `txl train`'s default (`--init auto` with the
+# `minilm` extra), spelled out: fine-tuning the all-MiniLM-L6-v2 start in bf16 autocast on a CPU with bf16 units
+# (float32 on others, where bf16 is a slow fallback), 2 epochs, bidirectional within a segment as BERT was
+# trained, BERT's positions kept within each segment, peak rate 3e-5 for MiniLM's weights and 1e-4 for what it
+# does not supply (the head, the relative-position projection and biases: `--fresh-lr`). `minilm`: every
+# parameter at 1e-4; `minilm-1epoch`: that one for one epoch (a budget-bound run of a large data set);
+# `minilm-lr3e-5`: every parameter at 3e-5. `txl train` fuses the n-gram component unless told otherwise
+# (`--ngrams fuse`). `scratch`: random weights (`--init none`, the default model of d_model 128, 2 layers);
+# `minilm-relative`: the MiniLM start with its positions folded into the token embeddings (`--positions
+# relative`); `minilm-causal`: that one read causally as the paper does; `minilm-lr3e-5-fresh3e-4`: the default
+# with a 3x larger rate for the head and relative-position terms; `minilm-lr3e-5-fresh1e-4-4epochs`: the default
+# for 4 epochs (twice the steps, for small data sets).
 MINILM = ["--init", "minilm", "--lr", "1e-4", "--epochs", "2", "--precision", "auto"]
 RECIPES = {"minilm": [*MINILM, "--positions", "segment"], "scratch": ["--init", "none"],
            "minilm-1epoch": [*MINILM, "--positions", "segment", "--epochs", "1"],
@@ -116,11 +116,11 @@ def run_facts(card: dict) -> dict:
             facts[f"{split}_accuracy"] = card[split]["accuracy"]
     if "fusion" in card:
         facts["fusion"] = {k: v for k, v in card["fusion"].items() if k in ("a", "b", "c")}
-        facts["ngrams_fit_on"] = card["fusion"].get("fit_on", "training split")  # both splits since 2026-12-04
-        if "prior_ratio" in card["fusion"]:  # fit under the prior (pipelines/model/ngrams.py, since the evening of 2026-12-04)
+        facts["ngrams_fit_on"] = card["fusion"].get("fit_on", "training split")  # or both splits: refit
+        if "prior_ratio" in card["fusion"]:  # weights fit under the prior (pipelines/model/fusion.py)
             facts["fusion"]["prior_ratio"] = card["fusion"]["prior_ratio"]
         n, words = card["fusion"].get("n_terms"), card["fusion"].get("n_word_terms")
-        if words is not None and words < n:  # character n-grams beside the words (since late 2026-12-04)
+        if words is not None and words < n:  # character n-grams beside the words
             facts["ngram_terms"] = {"words": words, "chars": n - words}
     return facts
 
@@ -142,15 +142,28 @@ def fused(row: dict) -> str:
         (", chars" if "ngram_terms" in row else "")
 
 
+def latest_fusions(rows: list[dict]) -> list[dict]:
+    """Each trained model's row (data set, recipe, machine, seed) of its latest fusion: the one with the most
+    fusion features ("no" < "yes" < "yes, refit" < ... , prior < ..., chars), as each became `txl fuse`'s method."""
+    rank = lambda r: (fused(r) != "no") + fused(r).count(",")  # noqa: E731
+    model = lambda r: key(r)[:3] + key(r)[4:]  # noqa: E731
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if model(r) not in best or rank(r) > rank(best[model(r)]):
+            best[model(r)] = r
+    return [r for r in rows if best[model(r)] is r]
+
+
 def cpu_kind() -> str:
     """What decides this machine's speed: bf16 units or not (the rows' training minutes depend on it)."""
-    sys.path.insert(0, str(HERE.parent))
     from pipelines.runtime.device import cpu_has_native_bf16
     return "AVX512-BF16" if cpu_has_native_bf16() else "no bf16 units"
 
 
 def table(rows: list[dict], machine: str) -> str:
-    lines = [f"Machine: {machine}. Command: `python benchmarks/accuracy.py --data ../shared/data --runs runs/accuracy`.",
+    rows = latest_fusions(rows)
+    lines = [f"Machine: {machine}. Command: `python -m benchmarks.accuracy --data ../shared/data --runs "
+             "runs/accuracy`.",
              "", "| data set | recipe | n-grams fused | test docs | txl accuracy | txl macro-F1 | txl micro-F1 "
              "| encoder alone (acc / micro-F1) | n-grams alone (acc / micro-F1) | baseline accuracy "
              "| baseline macro-F1 | baseline micro-F1 | train min | trained on (CPU, precision) |",
@@ -166,13 +179,12 @@ def table(rows: list[dict], machine: str) -> str:
                      + f"{alone['ngram']} | "
                      + " | ".join(pct(r, k) for k in ("baseline_accuracy", "baseline_macro_f1", "baseline_micro_f1"))
                      + f" | {r['train_minutes']} | {r.get('cpu', '?')}, {r.get('train_precision') or '?'} |")
-    lines += ["", "n-grams fused \"yes, refit\": the n-gram part refit on the training and validation splits after "
-              "its fusion weights were fit (`txl train`'s default since 2026-12-04; `benchmarks/ngram_refit.py` "
-              "compares the two on one model); \"yes\": fit on the training split alone; \", prior\": the fusion "
-              "weights fit under the prior of `pipelines.model.fusion.fit_fusion` (since the evening of 2026-12-04); "
-              "\", chars\": character 2-5-grams beside the word 1-2-grams (`--ngrams fuse`, `txl train`'s default "
-              "since late 2026-12-04); the rows with either: the model of the row above them fused again by `txl "
-              "fuse` (`--refuse`), the encoder unchanged.", "",
+    lines += ["", "n-grams fused: \"no\", the encoder alone; \"yes\", the n-gram part fit on the training split; "
+              "\"yes, refit\", then fit again on the training and validation splits under the fusion weights; "
+              "\", prior\", the fusion weights fit under the prior of `pipelines.model.fusion.fit_fusion`; "
+              "\", chars\", character 2-5-grams beside the word 1-2-grams. `txl train`'s default is \"yes, refit, "
+              "prior, chars\". A model fused again by `txl fuse` (`--refuse`, the encoder unchanged) shows its latest "
+              "fusion here; benchmarks/accuracy.json keeps the earlier ones.", "",
               "Multi-label (modapte90): accuracy is subset accuracy (every label of a document right); micro-F1 "
               "is the usual figure. Single-label: micro-F1 equals accuracy. Every machine: 2 cores; \"AVX512-BF16\" "
               "is an AMD EPYC with bf16 matrix units, \"no bf16 units\" an AVX2-only EPYC (float32 about 135 GFLOP/s, "
@@ -222,7 +234,7 @@ def main() -> None:
                    help=f"the `txl train` flags (RECIPES; default {DEFAULT}, txl train's own)")
     p.add_argument("--max-minutes", type=float, default=40.0, help="training budget per data set")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16"],
-                   help="of `txl evaluate` (auto: bf16 on a CPU with bf16 units; the rows before 2026-12-02 used float32)")
+                   help="of `txl evaluate` (auto: bf16 on a CPU with bf16 units and on a GPU, else float32)")
     p.add_argument("--continue-later", action="store_true",
                    help="leave a training stopped by its budget unevaluated, for a later run to resume (txl "
                    "train fits its learning-rate schedule to each budget given: a larger one stretches the schedule "
@@ -232,11 +244,11 @@ def main() -> None:
     p.add_argument("--refuse", action="store_true",
                    help="fuse each trained model again with `txl fuse` (the encoder unchanged) and evaluate it again")
     p.add_argument("--rows", nargs="+", type=Path, default=[],
-                   help="only add these rows (JSON files written by benchmarks/gpu_session.py) and rewrite the table")
+                   help="only add these rows (JSON files written by benchmarks.gpu_session) and rewrite the table")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     saved = HERE / "accuracy.json"
-    new = [json.loads(path.read_text()) for path in args.rows]  # measured elsewhere (gpu_session.py's row.json)
+    new = [json.loads(path.read_text()) for path in args.rows]  # measured elsewhere (benchmarks.gpu_session's row.json)
     for name in [] if args.rows else args.datasets:
         row = run_one(name, args.data, args.runs, args.max_minutes, args.recipe, args.continue_later, args.precision,
                       args.seed, args.refuse)

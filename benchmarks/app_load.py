@@ -1,7 +1,7 @@
 """The app under load, for docs/RELIABILITY.md: `--sessions` browser sessions on loopback upload a different
 document each at the same moment and wait for the prediction; each must see its own document only, no error.
 
-    python benchmarks/app_load.py [--sessions 10] [--model app/models/bbc_news] [--timeout 600]
+    python -m benchmarks.app_load [--sessions 10] [--model app/models/bbc_news] [--timeout 600]
 
 Starts `streamlit run app/streamlit_app.py` on a free loopback port, drives headless Chromium through
 Playwright (one browser, one context per session, all at once with asyncio), prints one JSON object.

@@ -1,5 +1,10 @@
 """Speed and memory of txl_core on the machine it runs on: the measurements behind `txl bench`.
 
+    txl bench [--quick] [--sections throughput,reference,...]
+
+`python -m benchmarks.bench ARGS` runs `txl bench ARGS` too, but with torch loaded before the command could choose
+how OpenMP threads wait (pipelines/runtime/threads.py): they wait as the environment says.
+
 Sections: `throughput` (encoder tokens/s reading documents segment by segment with memory; float32, bf16 as
 the product runs it (bf16 weights under autocast), int8 (dynamic quantization of the Linear layers); GFLOP/s
 against a matmul ceiling measured in the same run), `reference` (Hugging Face TransfoXLModel in .refenv, same
@@ -17,9 +22,7 @@ F = d_inner, B rows:
     ac, bd, probs @ v                           2 T K A + 2 T (K+1) A + 2 T K A
     o_net, feed-forward                         2 T A C + 4 T C F
 summed over the layers and divided by T: 2 x (non-embedding parameters but r_net) per token plus the
-attention terms. Embedding lookups, layer norms, softmax and pooling are left out. (Runs up to 2026-12-01
-01:00 counted the memory rows' queries and r_net too, 6% more per token at batch 8; runs before 2026-12-01
-14:30 counted the memory rows' keys and values, which every precision then computed, 11% more.)
+attention terms. Embedding lookups, layer norms, softmax and pooling are left out.
 """
 from __future__ import annotations
 
@@ -38,8 +41,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from txl_core import TXLConfig, TXLModel, fused, reference_mems
+from txl_core import TXLConfig, TXLModel, reference_mems
 from txl_core.classifier import TXLDocumentClassifier
+from txl_core.fast import fused
 from txl_core.recompute import backward_document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,9 +178,10 @@ def section_throughput(plan: Plan, ceiling: dict) -> dict:
 
 
 def _child(python: str | Path, *args) -> dict:
-    """Run this file's worker in a fresh process (same thread count); it prints one JSON line."""
+    """Run this module's worker in a fresh process (same thread count); it prints one JSON line."""
     env = os.environ | CHILD_ENV | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
-    out = subprocess.run([str(python), __file__, *map(str, args)], env=env, capture_output=True, text=True)
+    out = subprocess.run([str(python), "-m", "benchmarks.bench", *map(str, args)], env=env, capture_output=True,
+                         text=True)
     if out.returncode:
         raise RuntimeError(f"bench worker {args[0]} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -385,8 +390,18 @@ def run_bench(*, sections=SECTIONS, quick: bool = False, model: str | None = Non
     return res
 
 
-if __name__ == "__main__":  # a worker: `reference DIR BUDGET` or `memory KIND TOKENS BUDGET QUICK`
-    kind, *a = sys.argv[1:]
+def main(argv: list[str]) -> int:
+    """A worker (`reference DIR BUDGET` or `memory KIND TOKENS BUDGET QUICK`) prints its JSON line; anything
+    else is `txl bench`'s command line."""
+    if argv[:1] not in (["reference"], ["memory"]):
+        from pipelines.cli import main as txl
+        return txl(["bench", *argv])
+    kind, *a = argv
     out = reference_worker(a[0], float(a[1])) if kind == "reference" else \
         memory_worker(a[0], int(a[1]), float(a[2]), bool(int(a[3])))
     print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -2,14 +2,14 @@
 `--max-minutes`, one after the other on the same machine; prints each run's steps and its validation (and
 test) accuracy from the model's metrics.json.
 
-    python benchmarks/budget_ab.py --dataset bbc_news --minutes 12 --against b56c301 [--test] \\
+    python -m benchmarks.budget_ab --dataset bbc_news --minutes 12 --against b56c301 [--test] \\
         [--recipe minilm] [--runs runs/budget_ab]
 
-Made for the learning-rate schedule fitted to the time budget (2026-12-03; `--against` the commit before it):
-a budget that ends before the planned epochs used to stop the run wherever the step-count schedule stood. The
-other commit is checked out into a temporary `git worktree` and run from there (`python -m pipelines.cli` with
-the worktree as its working directory, so its `pipelines` and `txl_core` are the ones imported). The encoder
-alone (`--ngrams off`). Rerunnable: a run whose model directory has metrics is not repeated.
+Against b56c301, the commit before `txl train` fitted its learning-rate schedule to the time budget, it measures
+what that fit gives a run that the budget stops before its planned epochs. The other commit is checked out into
+a temporary `git worktree` and run from there (`python -m pipelines.cli` with the worktree as its working
+directory, so its `pipelines` and `txl_core` are the ones imported). The encoder alone (`--ngrams off`).
+Rerunnable: a run whose model directory has metrics is not repeated.
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from accuracy import DATASETS, RECIPES  # noqa: E402  (benchmarks/ is scripts, not a package)
+from benchmarks.accuracy import DATASETS, RECIPES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(tree: Path, out: Path, args) -> dict:

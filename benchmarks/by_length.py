@@ -2,7 +2,7 @@
 TF-IDF + LinearSVC baseline's on the same documents, in length quartiles, to see where reading whole
 documents helps and where the baseline's n-grams win.
 
-    python benchmarks/by_length.py --dataset imdb --predictions runs/accuracy/imdb.minilm.eval/predictions.csv \
+    python -m benchmarks.by_length --dataset imdb --predictions runs/accuracy/imdb.minilm.eval/predictions.csv \\
         [--model runs/accuracy/imdb.minilm]
 
 The baseline is fitted on the data set's whole training split (as in `benchmarks/accuracy.py`). Lengths are
@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.accuracy import DATASETS
 from pipelines.commands.baseline import fit_predict
-from pipelines.data.labeled_texts import load_labeled
 from pipelines.data.bpe_tokenizer import encode_batch
+from pipelines.data.labeled_texts import load_labeled
 from pipelines.data.word_tokenizer import load_tokenizer
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from accuracy import DATASETS  # noqa: E402  (benchmarks/ is scripts, not a package)
 
 
 def main(argv=None) -> int:

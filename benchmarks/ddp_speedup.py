@@ -1,7 +1,7 @@
 """Data-parallel speed-up of `txl train` on this machine: 1 process x 2 threads against 2 processes x 1 thread
 (torchrun, gloo), with the same documents, global batch, seed and steps. Prints a markdown table.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/ddp_speedup.py [--data FILE] [--docs 240] [--repeats 2]
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.ddp_speedup [--data FILE] [--docs 240] [--repeats 2]
 
 Tokens/s = the training documents' tokens / the training loop's seconds (`checkpoint/state.json`: every step,
 the one validation of 16 documents and the checkpoint; not the start-up or the tokenizer). The runs alternate

@@ -1,6 +1,6 @@
 """A/B of the encoder's speed between this checkout and another commit, alternated in fresh processes.
 
-    python benchmarks/encoder_ab.py --against HEAD~1 [--precision bf16] [--batch 8] [--tokens 4096] [--rounds 3]
+    python -m benchmarks.encoder_ab --against HEAD~1 [--precision bf16] [--batch 8] [--tokens 4096] [--rounds 3]
 
 The other commit is checked out into a temporary `git worktree`; each round runs one reading of the bench's
 classifier-sized encoder (benchmarks/bench.py: `encoder_rate`, same seed, same weights) in each tree, one
@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 WORKER = """
 import json, sys, torch
-sys.path.insert(0, "benchmarks")
-import bench
+from benchmarks import bench  # the tree's own: the worker runs in it (a namespace package in older trees)
 from txl_core import TXLConfig, TXLModel
 precision, batch, tokens, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 cfg = TXLConfig(**bench.FULL.model)

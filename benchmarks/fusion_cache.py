@@ -1,35 +1,31 @@
 """Cache what a fusion fit reads, per trained model, so that fusion methods can be compared in seconds.
 
-    python benchmarks/fusion_cache.py --data ../shared/data --runs runs/accuracy --out runs/fusion_cache \\
+    python -m benchmarks.fusion_cache --data ../shared/data --runs runs/accuracy --out runs/fusion_cache \\
         [--models bbc_news bbc_news.seed1 r8 ...]
 
-For each model directory benchmarks/accuracy.py wrote (`RUNS/NAME.RECIPE[.seedN]`) it stores in `OUT/MODEL.pt`:
-the encoder's scores (what `pipelines.commands.fuse.encoder_scores` gives: log-probabilities, logits when multi-label) on
-the validation split `txl train` carved for that seed and on the test split; the n-gram scores (the product's
-`fit_ngram`) of the training split's fit on validation and test and of the training + validation fit on test;
-the labels. The encoder's
-test pass is the slow part (imdb: about 11 minutes on 2 cores). benchmarks/fusion_variants.py reads the cache.
+For each model directory `benchmarks.accuracy` wrote (`RUNS/NAME.RECIPE[.seedN]`) it stores in `OUT/MODEL.pt`:
+the encoder's scores (what `pipelines.training.fusion_stage.encoder_scores` gives: log-probabilities, logits when
+multi-label) on the validation split `txl train` carved for that seed and on the test split; the n-gram scores (the
+product's `fit_ngram`) of the training split's fit on validation and test and of the training + validation fit on
+test; the labels. The encoder's test pass is the slow part (imdb: about 11 minutes on 2 cores). `python -m
+benchmarks.fusion_variants` reads the cache.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from accuracy import DATASETS, DEFAULT  # noqa: E402
-from pipelines.commands.fuse import encoder_scores  # noqa: E402
+from benchmarks.accuracy import DATASETS, DEFAULT
+from pipelines.data.labeled_texts import Columns, load_split, load_train_valid
+from pipelines.data.labels import LabelSet
 from pipelines.model.inference import prepare
-from pipelines.data.labels import LabelSet  # noqa: E402
-from pipelines.model.model_dir import load_model_dir  # noqa: E402
-from pipelines.model.ngrams import fit_ngram  # noqa: E402
-from pipelines.commands.train import _data, _load_split  # noqa: E402
+from pipelines.model.model_dir import load_model_dir
+from pipelines.model.ngrams import fit_ngram
+from pipelines.training.fusion_stage import encoder_scores
 
 
 def main() -> int:
@@ -52,10 +48,8 @@ def main() -> int:
             continue
         started = time.time()
         train, test = (str(args.data / f) for f in DATASETS[name])
-        ns = argparse.Namespace(train=train, valid=None, text_column="text", label_column="label",
-                                split_column="split", seed=int(seed or 0))
-        texts, labels, vtexts, vlabels = _data(ns)
-        ttexts, tlabels = _load_split(test, ns, "test")
+        texts, labels, vtexts, vlabels = load_train_valid(train, None, columns=Columns(), seed=int(seed or 0))
+        ttexts, tlabels = load_split(test, Columns(), "test")
         md = prepare(load_model_dir(directory), precision="auto", device="cpu")
         md.ngram = None
         label_set = LabelSet(md.labels, md.multi_label)

@@ -1,36 +1,33 @@
 """Fusion methods compared on the cache benchmarks/fusion_cache.py wrote: test accuracy (micro-F1 when
 multi-label) of each way of weighing the encoder against the n-grams, every model in the cache.
 
-    python benchmarks/fusion_variants.py --cache runs/fusion_cache [--variants joint separate ...]
+    python -m benchmarks.fusion_variants --cache runs/fusion_cache [--variants plain prior ...]
 
 Variants (a: the encoder's weight, b: the n-grams'; the n-grams scored on test by their training +
 validation fit, as `txl train` keeps them). Each cell: test figure (validation figure; a, b).
-- `plain`: a, b fit together by log-loss on the validation split (`pipelines.model.fusion.fit_fusion` with no prior:
-  the method until the evening of 2026-12-04).
-- `prior`: the same under the prior on log(b / a) (`fit_fusion`, `txl train`'s method since the evening of
-  2026-12-04);
+- `plain`: a, b fit together by log-loss on the validation split (`pipelines.model.fusion.fit_fusion` with no prior).
+- `prior`: the same under the prior on log(b / a) (`fit_fusion` as `txl train` runs it);
   `prior-0.5`, `prior-2`: with that prior's sd 0.5 or 2 instead of PRIOR_SD (1).
 - `separate`: each part temperature-calibrated alone on the validation split (`pipelines.model.fusion.calibrate`):
   the prior's centre.
 - `encoder`, `ngram`: one part alone.
 
-    python benchmarks/fusion_variants.py --cache runs/fusion_cache --curve   # test / validation errors against b / a
+    python -m benchmarks.fusion_variants --cache runs/fusion_cache --curve    # test / validation errors against b / a
+    python -m benchmarks.fusion_variants --cache runs/fusion_cache --resample 200 --variants plain prior
+    python -m benchmarks.fusion_variants --cache runs/fusion_cache --errors   # what every seed gets wrong
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipelines.model.metrics import decide, tune_thresholds  # noqa: E402
-from pipelines.model import fusion  # noqa: E402
-from pipelines.model.fusion import fused_logits  # noqa: E402
+from pipelines.model import fusion
+from pipelines.model.fusion import fused_logits
+from pipelines.model.metrics import decide, tune_thresholds
 
 
 def weights(variant: str, c: dict, rows: np.ndarray | None = None) -> dict:

@@ -2,8 +2,8 @@
 classifier-sized model and a `transfo-xl-wt103`-sized one; writes its table into benchmarks/RESULTS.md
 (between the gpu markers) and every number into benchmarks/gpu_bench.json.
 
-    python benchmarks/gpu_bench.py                         # on a GPU: bf16 autocast, as `txl` runs there
-    python benchmarks/gpu_bench.py --device cpu --quick    # a smoke test of this script; numbers mean nothing
+    python -m benchmarks.gpu_bench                         # on a GPU: bf16 autocast, as `txl` runs there
+    python -m benchmarks.gpu_bench --device cpu --quick    # a smoke test of this script; numbers mean nothing
 
 Both models are `TXLDocumentClassifier`s with random weights (speed does not depend on them): the
 classifier-sized one is the `txl bench` shape (d_model 256, 8 heads of 32, d_inner 1024, 6 layers, segment

@@ -1,12 +1,14 @@
 """The accuracy recipes on a lent GPU, prepared here so that a session's 15 device minutes go to training.
 
-    python benchmarks/gpu_session.py pack                  # here: writes .gpu/ (git-ignored), about 62 MB
+    python -m benchmarks.gpu_session pack                  # here: writes .gpu/ (git-ignored), about 62 MB
     # device call 1 (carry [".gpu/minilm"]): stage the start, check CUDA on a tiny run and tests/test_gpu.py,
     # about a minute
-    python3 benchmarks/gpu_session.py stage
+    python3 -m benchmarks.gpu_session stage
     # device call 2 at once, while that machine is warm (carry [".gpu/data"]): a recipe on imdb, then
     # 20newsgroups while time is left; every log and result row lands in $OUT
-    python3 benchmarks/gpu_session.py run --datasets imdb 20newsgroups --max-minutes 5 --deadline-minutes 9
+    python3 -m benchmarks.gpu_session run --datasets imdb 20newsgroups --max-minutes 5 --deadline-minutes 9
+
+Each from the repository root (a device call runs there).
 
 Why two calls: a device call carries at most 64 MiB with the working tree (16 MB); the all-MiniLM-L6-v2
 start is 91 MB in float32, 45 MB in float16 (`pack` rounds it so: 11 significant bits, which fine-tuning does
@@ -19,9 +21,9 @@ safetensors; streamlit and datasets, which training does not import, are not nee
 `run` trains with a benchmarks/accuracy.py recipe (`--recipe`, default `minilm-lr3e-5-fresh1e-4`, `txl train`'s
 own; `--precision auto`: bf16 autocast on a GPU), evaluates on the test split and writes each row as
 accuracy.py would (`$OUT/<dataset>.<recipe>.row.json`, with the GPU's name as the machine), plus
-`$OUT/<dataset>.train.log`. Here, `python benchmarks/accuracy.py --rows <files_at>/*.row.json` adds them to
+`$OUT/<dataset>.train.log`. Here, `python -m benchmarks.accuracy --rows <files_at>/*.row.json` adds them to
 benchmarks/accuracy.json and rewrites the table. The device image lacks `zstandard`, which `txl` needs only for
-.zst files (2026-12-04: before that, its import stopped every command there).
+.zst files.
 """
 from __future__ import annotations
 
@@ -49,7 +51,6 @@ def pack(data: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    sys.path.insert(0, str(ROOT))
     from pipelines.training.starts import resolve
     source = resolve("minilm")
     (PACK / "minilm").mkdir(parents=True, exist_ok=True)
@@ -97,8 +98,7 @@ def stage() -> int:
     shutil.copytree(PACK / "minilm", STAGE / "minilm", dirs_exist_ok=True)
     env = dict(os.environ, PYTHONPATH=f"{fake_extra()}:{ROOT}", PYTHONUNBUFFERED="1")
     smoke = STAGE / "smoke"
-    sys.path.insert(0, str(ROOT))
-    from tests.synth import make_corpus
+    from benchmarks.kill_loop import make_corpus
     smoke.mkdir(parents=True, exist_ok=True)
     make_corpus(120, seed=0).to_csv(smoke / "train.csv", index=False)
     steps = [["train", "--train", str(smoke / "train.csv"), "--out", str(smoke / "model"), "--epochs", "1",
@@ -134,10 +134,9 @@ def run(datasets: list[str], max_minutes: float, deadline_minutes: float,
         print("run: the start is not staged (the machine was not warm): call `stage` first", file=sys.stderr)
         return 2
     site = fake_extra()
-    sys.path[:0] = [str(HERE), str(ROOT), str(site)]
-    os.environ["PYTHONPATH"] = f"{site}:{ROOT}"
+    os.environ["PYTHONPATH"] = f"{site}:{ROOT}"  # for the `txl` processes: the staged start as the minilm extra
     os.environ["PYTHONUNBUFFERED"] = "1"
-    import accuracy  # benchmarks/accuracy.py: the same recipe, the same bookkeeping
+    from benchmarks import accuracy  # the same recipe, the same bookkeeping
 
     def txl(*args: str) -> str:  # accuracy.txl, with the command's stderr kept in the data set's log
         with (out / f"{current}.{args[0]}.log").open("a") as log:
@@ -177,7 +176,7 @@ def main(argv=None) -> int:
     r.add_argument("--datasets", nargs="+", default=list(DATA), choices=list(DATA))
     r.add_argument("--max-minutes", type=float, default=5.0, help="training budget per data set")
     r.add_argument("--deadline-minutes", type=float, default=9.0, help="no data set starts that would end after it")
-    r.add_argument("--recipe", default="minilm-lr3e-5-fresh1e-4", help="a benchmarks/accuracy.py recipe (RECIPES)")
+    r.add_argument("--recipe", default="minilm-lr3e-5-fresh1e-4", help="a benchmarks.accuracy recipe (RECIPES)")
     args = p.parse_args(argv)
     PACK = args.pack or PACK
     if args.verb == "pack":

@@ -1,12 +1,13 @@
 """Kill-and-resume figures for docs/RELIABILITY.md: `txl classify` and `txl train` are killed with SIGKILL at
 random moments, rerun, and checked against an uninterrupted run.
 
-    python benchmarks/kill_loop.py [--rows 20000] [--kills 20] [--train-kills 4] [--seed 0]
+    python -m benchmarks.kill_loop [--rows 20000] [--kills 20] [--train-kills 4] [--seed 0]
 
-classify: a `--rows`-row CSV and a tiny untrained model (tests/tiny_model.py); the final output must equal an
-uninterrupted run's, every row exactly once. train: a tiny recipe killed mid-epoch `--train-kills` times, rerun
-with --resume; after every kill the model directory must load (never half-written) and the run must finish
-with the step count of an uninterrupted one. Prints the figures as one JSON object.
+classify: a `--rows`-row CSV of synthetic documents (`make_corpus`) and a tiny untrained model (`make_model_dir`,
+as the tests build them); the final output must equal an uninterrupted run's, every row exactly once. train: a
+tiny recipe killed mid-epoch `--train-kills` times, rerun with --resume; after every kill the model directory must
+load (never half-written) and the run must finish with the step count of an uninterrupted one. Prints the
+figures as one JSON object.
 """
 from __future__ import annotations
 
@@ -22,19 +23,52 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
+
+from pipelines.data.bpe_tokenizer import train_tokenizer
+from pipelines.data.labels import stratified_split
+from pipelines.errors import UserError
+from pipelines.model.model_dir import ModelDir, load_model_dir, save_model_dir
+from txl_core import TXLConfig
+from txl_core.classifier import TXLDocumentClassifier
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # a script run from anywhere: the tests' helpers build the model and data
-
-from pipelines.errors import UserError  # noqa: E402
-from pipelines.data.labels import stratified_split  # noqa: E402
-from pipelines.model.model_dir import load_model_dir  # noqa: E402
-from tests.synth import make_corpus  # noqa: E402
-from tests.tiny_model import make_model_dir  # noqa: E402
-
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 TINY = ["--d-model", "16", "--n-head", "2", "--d-inner", "32", "--n-layer", "1", "--segment-len", "32",
         "--mem-len", "32", "--vocab-size", "300", "--batch-size", "8", "--seed", "0"]
+# Three topics with words of their own in a shared filler vocabulary (the corpus of tests/synth.py).
+TOPICS = {
+    "sport": "match goal team player coach season league score win cup".split(),
+    "tech": "software chip computer network data code cloud device phone robot".split(),
+    "politics": "minister vote election party government law policy parliament tax debate".split(),
+}
+FILLER = "the a of and to in is was for on that with as by it this at from".split()
+
+
+def make_corpus(n: int, *, seed: int = 0, long_every: int = 7) -> pd.DataFrame:
+    """`n` seeded documents (id, text, label), a topic each in turn; every `long_every`-th is 150-400 words long,
+    the others 8-60."""
+    rng, names = random.Random(seed), sorted(TOPICS)
+    rows = []
+    for i in range(n):
+        labels = [names[i % len(names)]]  # a topic drawn from them per word: tests/synth.py's draws, seed for seed
+        n_words = rng.randint(150, 400) if i % long_every == 0 else rng.randint(8, 60)
+        words = [rng.choice(TOPICS[rng.choice(labels)]) if rng.random() < 0.3 else rng.choice(FILLER)
+                 for _ in range(n_words)]
+        rows.append({"id": i, "text": " ".join(words), "label": labels[0]})
+    return pd.DataFrame(rows)
+
+
+def make_model_dir(path: Path, *, seed: int = 0) -> Path:
+    """A tiny classifier directory with untrained weights and a real tokenizer, built in a second."""
+    labels = sorted(TOPICS)
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(make_corpus(60, seed=seed)["text"], vocab_size=300)
+    config = TXLConfig(vocab_size=tokenizer.get_vocab_size(), d_model=16, d_embed=16, n_head=2, d_head=8, d_inner=32,
+                       n_layer=1, cutoffs=[], div_val=1, mem_len=16, clamp_len=32, same_length=False,
+                       segment_len=16, num_labels=len(labels), labels=labels, dropout=0.0)
+    save_model_dir(path, ModelDir(TXLDocumentClassifier(config), tokenizer, labels, "# tiny\n", {}))
+    return path
 
 
 def txl(*args: str) -> list[str]:

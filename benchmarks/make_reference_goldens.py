@@ -1,12 +1,14 @@
 """Generate reference golden files from Hugging Face's TransfoXL (transformers 4.37.2).
 
-Run with the REFERENCE venv only (never the product's .venv):
+Run with the REFERENCE venv only (never the product's .venv), from the repository root:
 
     bash benchmarks/reference_env.sh
-    .refenv/bin/python benchmarks/make_reference_goldens.py --out /work/refgold
-    .refenv/bin/python benchmarks/make_reference_goldens.py --out /work/refgold --variants wt103shape --wt103-full
+    .refenv/bin/python -m benchmarks.make_reference_goldens --out /work/refgold
+    .refenv/bin/python -m benchmarks.make_reference_goldens --out /work/refgold --variants wt103shape --wt103-full
 
-Check our implementation against them with the product venv: `.venv/bin/python benchmarks/ref_parity.py`.
+It imports nothing else of this repository (benchmarks/__init__.py holds a docstring only), so .refenv needs no
+path to it. Check our implementation against the goldens with the product venv: `.venv/bin/python -m
+benchmarks.ref_parity`.
 
 Recipe (as for shared/reference/golden_small_*.npz): seed 1234; HF init, then every parameter perturbed to
 O(1)-scale random values (`perturb_params`) so that every path (attention biases, positions, memory)

@@ -1,6 +1,6 @@
 """Peak memory and time of the n-gram fit (`pipelines.model.ngrams.fit_ngram`) as its training text grows.
 
-    python benchmarks/ngram_memory.py [--millions 8 16 32 64] [--ngrams fuse|words]
+    python -m benchmarks.ngram_memory [--millions 8 16 32 64] [--ngrams fuse|words]
 
 Fits the n-gram part (TF-IDF word 1-2-grams and character 2-5-grams, + LinearSVC; `--ngrams words`: the words
 alone) on N million characters of imdb's reviews (its train and test files in ../shared/data/imdb, shuffled
@@ -69,8 +69,8 @@ def main() -> None:
     print("| million characters | documents | terms kept | peak MB above start | seconds |")
     print("|---:|---:|---:|---:|---:|")
     for m in args.millions:
-        done = subprocess.run([sys.executable, __file__, "--one", str(m), "--data", str(args.data),
-                               "--ngrams", args.ngrams],
+        done = subprocess.run([sys.executable, "-m", "benchmarks.ngram_memory", "--one", str(m), "--data",
+                               str(args.data.resolve()), "--ngrams", args.ngrams],
                               capture_output=True, text=True, cwd=HERE.parent)
         if done.returncode != 0:
             raise SystemExit(done.stderr.strip().splitlines()[-1])

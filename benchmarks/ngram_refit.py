@@ -1,30 +1,27 @@
 """Test figures of a trained model's fusion with the n-grams fit on the training split alone vs refit on the
-training and validation splits (`fuse_ngrams(refit=...)`, pipelines/commands/fuse.py), the encoder unchanged.
+training and validation splits (`fuse_ngrams(refit=...)`, pipelines/training/fusion_stage.py), the encoder
+unchanged.
 
-    python benchmarks/ngram_refit.py --data ../shared/data --runs runs/accuracy --datasets bbc_news r8 \\
+    python -m benchmarks.ngram_refit --data ../shared/data --runs runs/accuracy --datasets bbc_news r8 \\
         [--recipe minilm-lr3e-5-fresh1e-4]
 
-Reads the model directories benchmarks/accuracy.py wrote (`RUNS/NAME.RECIPE`) without changing them; the
+Reads the model directories `benchmarks.accuracy` wrote (`RUNS/NAME.RECIPE`) without changing them; the
 validation split is the one `txl train` carved (seed 0). The encoder's test probabilities are computed once.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from accuracy import DATASETS, DEFAULT  # noqa: E402
-from pipelines.commands.fuse import encoder_scores, fuse_ngrams  # noqa: E402
+from benchmarks.accuracy import DATASETS, DEFAULT
+from pipelines.data.labeled_texts import Columns, load_split, load_train_valid
 from pipelines.model.inference import prepare
-from pipelines.model.metrics import compute_metrics, decide  # noqa: E402
-from pipelines.model.model_dir import load_model_dir  # noqa: E402
-from pipelines.commands.train import _data, _load_split  # noqa: E402
+from pipelines.model.metrics import compute_metrics, decide
+from pipelines.model.model_dir import load_model_dir
+from pipelines.training.fusion_stage import encoder_scores, fuse_ngrams
 
 
 def labels_of(md, fused: torch.Tensor, thresholds) -> list[str]:
@@ -48,10 +45,8 @@ def main() -> int:
             print(f"{name}: no model at {model}; skipped")
             continue
         train, test = (str(args.data / f) for f in DATASETS[name])
-        split = argparse.Namespace(train=train, valid=None, text_column="text", label_column="label",
-                                   split_column="split", seed=0)
-        data = _data(split)
-        ttexts, tlabels = _load_split(test, split, "test")
+        data = load_train_valid(train, None, columns=Columns(), seed=0)
+        ttexts, tlabels = load_split(test, Columns(), "test")
         md = prepare(load_model_dir(model), precision="auto", device="cpu")
         started = time.time()
         md.ngram = None  # the encoder alone

@@ -1,7 +1,7 @@
 """Which n-gram component fuses best with a trained encoder: the default against variants, on one data set.
 
-    python benchmarks/ngram_variants.py --model runs/accuracy/imdb.minilm-1epoch \
-        --train ../shared/data/imdb/train.csv.xz --test ../shared/data/imdb/test.csv.xz \
+    python -m benchmarks.ngram_variants --model runs/accuracy/imdb.minilm-1epoch \\
+        --train ../shared/data/imdb/train.csv.xz --test ../shared/data/imdb/test.csv.xz \\
         [--predictions runs/accuracy/imdb.minilm-1epoch.eval/predictions.csv] [--variants default nb ...]
 
 Carves the validation split `txl train` carved (seed 0), reads the encoder's log-probabilities on it (and on the
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.data.labeled_texts import Columns, load_split, load_train_valid
+from pipelines.model.fusion import fit_fusion, fused_logits
 from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import load_model_dir
-from pipelines.model.fusion import fit_fusion, fused_logits
 from pipelines.model.ngrams import NgramModel
-from pipelines.commands.train import _data, _load_split
 
 
 def tfidf(texts, ngram_max: int):
@@ -86,10 +86,8 @@ def main() -> None:
     p.add_argument("--predictions", type=Path)
     p.add_argument("--variants", nargs="+", default=["default", "trigram", "nb", "nb-trigram", "c-tuned"])
     args = p.parse_args()
-    ns = argparse.Namespace(train=args.train, valid=None, seed=0, text_column="text", label_column="label",
-                            split_column="split")
-    texts, labels, vtexts, vlabels = _data(ns)
-    ttexts, tlabels = _load_split(args.test, ns, "test")
+    texts, labels, vtexts, vlabels = load_train_valid(args.train, None, columns=Columns(), seed=0)
+    ttexts, tlabels = load_split(args.test, Columns(), "test")
     md = load_model_dir(args.model)
     saved = md.ngram
     prepare(md, precision="auto", device="cpu")

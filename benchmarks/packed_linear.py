@@ -1,7 +1,7 @@
-"""The bench encoder's linear layers in bf16, as torch's `F.linear` and as `txl_core.packed_linear.PackedLinear` (the
-weight reordered once for oneDNN), in microseconds per product (3 timings of 50 calls each) and GFLOP/s.
+"""The bench encoder's linear layers in bf16, as torch's `F.linear` and as `txl_core.fast.packed_linear.PackedLinear`
+(the weight reordered once for oneDNN), in microseconds per product (3 timings of 50 calls each) and GFLOP/s.
 
-    python benchmarks/packed_linear.py
+    python -m benchmarks.packed_linear
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from txl_core import packed_linear
+from txl_core.fast import packed_linear
 
 SHAPES = [(256, 256, 768), (256, 256, 1024), (256, 1024, 256), (2048, 256, 1024)]  # rows, in, out
 

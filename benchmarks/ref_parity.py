@@ -1,9 +1,9 @@
 """Parity of txl_core against the Hugging Face reference goldens (transformers 4.37.2), without transformers.
 
-Run with the PRODUCT venv:
+Run with the PRODUCT venv, from the repository root:
 
-    .venv/bin/python benchmarks/ref_parity.py                       # /work/refgold + shared/reference
-    .venv/bin/python benchmarks/ref_parity.py DIR ... [--tol 1e-4] [--variants small_dproj ...] [--rss]
+    .venv/bin/python -m benchmarks.ref_parity                       # /work/refgold + shared/reference
+    .venv/bin/python -m benchmarks.ref_parity DIR ... [--tol 1e-4] [--variants small_dproj ...] [--rss]
 
 For every `golden_<variant>.npz` in the given directories, `ckpt_<variant>/` beside it is loaded with
 `txl_core.load_pretrained`, and every segment is replayed in both memory modes:
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import txl_core
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import txl_core  # noqa: E402
 
 DEFAULT_DIRS = ["/work/refgold", str(ROOT.parent / "shared" / "reference")]
 
@@ -195,8 +195,7 @@ def bin_only_copy(ckpt_dir: Path, tmp: Path) -> Path:
 
 RSS_CHILD = r"""
 import resource, sys, time, torch
-sys.path.insert(0, sys.argv[2])
-import txl_core
+import txl_core  # from the checkout: PYTHONPATH
 
 def status(key):  # VmHWM (peak RSS) / VmRSS of this process, in bytes; reset by exec, unlike ru_maxrss
     try:
@@ -238,7 +237,8 @@ def measure_rss(ckpt_dirs):
     for d in ckpt_dirs:
         files = [f for f in d.iterdir() if f.name in ("model.safetensors", "pytorch_model.bin")]
         fsize = sum(f.stat().st_size for f in files)
-        r = subprocess.run([sys.executable, "-c", RSS_CHILD, str(d), str(ROOT)], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", RSS_CHILD, str(d)], capture_output=True, text=True,
+                           env=os.environ | {"PYTHONPATH": str(ROOT)})
         if r.returncode:
             print(f"  {d}: FAILED\n{r.stderr[-2000:]}")
             continue

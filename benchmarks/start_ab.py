@@ -2,7 +2,7 @@
 N training documents and V validation documents drawn disjointly (pandas `sample(frac=1, random_state=seed)`,
 the first N, then the next V), one epoch each, the validation accuracy `txl train` reports at its end.
 
-    python benchmarks/start_ab.py --dataset imdb --variants relative-256 segment-256 segment-512 \\
+    python -m benchmarks.start_ab --dataset imdb --variants relative-256 segment-256 segment-512 \\
         [--train-docs 4000] [--valid-docs 2000] [--runs runs/start_ab]
 
 Variants (VARIANTS): `--positions` relative or segment, at segment and memory length 256 or 512, and the default
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.accuracy import DATASETS, MINILM
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from accuracy import DATASETS, MINILM  # noqa: E402  (benchmarks/ is scripts, not a package)
 
 VARIANTS = {f"{p}-{n}": ["--positions", p, "--segment-len", str(n), "--mem-len", str(n)]
             for p in ("relative", "segment") for n in (256, 512)}

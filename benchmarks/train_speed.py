@@ -1,7 +1,7 @@
 """Fine-tuning speed of the default start (all-MiniLM-L6-v2, bidirectional, bf16 autocast on a CPU with bf16
 units, batches of 16 bbc_news documents), the training steps alone: no validation, no data loading.
 
-    python benchmarks/train_speed.py [--data ../shared/data] [--steps 4] [--dropatt 0.1] [--profile]
+    python -m benchmarks.train_speed [--data ../shared/data] [--steps 4] [--dropatt 0.1] [--profile]
 
 Prints one JSON line (tokens/s over the timed steps, after one warm-up step; peak resident memory, and on glibc
 how much of the heap is in use vs kept free by the allocator setting); `--profile` also prints torch's

@@ -2,7 +2,7 @@
 (libgomp's default), on an idle machine and beside processes that keep cores busy: the measurements behind
 `pipelines/runtime/threads.py`.
 
-    python benchmarks/wait_policy.py [--busy 0 1 2] [--rounds 2] [--budget 4]
+    python -m benchmarks.wait_policy [--busy 0 1 2] [--rounds 2] [--budget 4]
 
 Each reading is a fresh process (libgomp reads the policy once) running the bench's classifier-sized encoder
 (benchmarks/bench.py `encoder_rate`, 4k-token documents, batch 1 and 8, float32 / bf16 / int8); the two
@@ -25,8 +25,7 @@ POLICIES = {"sleep": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin": {}}
 
 WORKER = """
 import json, sys, torch
-sys.path.insert(0, "benchmarks")
-import bench
+from benchmarks import bench
 from txl_core import TXLConfig, TXLModel
 budget = float(sys.argv[1])
 cfg = TXLConfig(**bench.FULL.model)

@@ -1,6 +1,6 @@
 """The paper's central ablation at small scale on WikiText-2: does the recurrent memory lower perplexity?
 
-    OMP_NUM_THREADS=1 python benchmarks/wikitext_ablation.py [--data ../shared/data/wikitext2] [--runs DIR]
+    OMP_NUM_THREADS=1 python -m benchmarks.wikitext_ablation [--data ../shared/data/wikitext2] [--runs DIR]
 
 Trains the same small language model twice with `txl pretrain`, for the same number of steps on the same
 segments of the same BPE stream: once with memory (mem_len = segment_len) and once without (mem_len 0). Then
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from accuracy import write_section  # benchmarks/ is on the path when this file runs as a script
+from benchmarks.accuracy import write_section
 
 HERE = Path(__file__).resolve().parent
 FILES = {split: f"wiki.{split}.tokens.xz" for split in ("train", "valid", "test")}
@@ -59,7 +59,7 @@ def measure(model: Path, text: Path, mem_len: int) -> dict:
 
 def table(result: dict) -> str:
     rows = result["rows"]
-    lines = [f"Machine: {result['machine']}. Command: `OMP_NUM_THREADS=1 python benchmarks/wikitext_ablation.py` "
+    lines = [f"Machine: {result['machine']}. Command: `OMP_NUM_THREADS=1 python -m benchmarks.wikitext_ablation` "
              f"({result['minutes']:.0f} min in all). Recipe: `txl pretrain {' '.join(RECIPE)}` with `--mem-len "
              f"{SEGMENT}` or `--mem-len 0`: {result['params']:,} parameters, byte-level BPE of {result['vocab']:,} "
              f"tokens trained on wiki.train, {result['train_tokens_seen']:,} training tokens "

@@ -1,23 +1,22 @@
-"""benchmarks/accuracy.py's bookkeeping, with `txl` replaced by a fake: a training stopped by its budget is
+"""benchmarks.accuracy's bookkeeping, with `txl` replaced by a fake: a training stopped by its budget is
 resumed by the next run under `--continue-later` (and evaluated at once without it), and a finished data set
 is not retrained."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from benchmarks import accuracy as accuracy_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture()
 def accuracy(monkeypatch):
-    spec = importlib.util.spec_from_file_location("accuracy_script", ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = accuracy_script
     calls, budget_runs = [], iter(["time budget of 1 min reached", ""])  # first run stops early, second finishes
 
     def fake_txl(*args):
@@ -89,8 +88,8 @@ def test_a_seed_trains_its_own_model_and_row(accuracy, tmp_path):
 
 
 def test_refuse_fuses_a_trained_model_again_into_a_row_of_its_own(accuracy, tmp_path, capsys):
-    """`--refuse`: `txl fuse` on the trained model, then `txl evaluate`; the row keeps the earlier one beside it
-    (another key: the fusion differs) and the table and seed summary say how it was fused."""
+    """`--refuse`: `txl fuse` on the trained model, then `txl evaluate`; its row has a key of its own beside the
+    earlier one (the fusion differs), the table shows the latest, and it and the seed summary say how it was fused."""
     module, calls = accuracy
     assert module.run_one("r8", tmp_path / "data", tmp_path, 1, "minilm", refuse=True) is None  # nothing trained
     assert "no trained model" in capsys.readouterr().out and [c[0] for c in calls] == ["baseline"]
@@ -103,7 +102,9 @@ def test_refuse_fuses_a_trained_model_again_into_a_row_of_its_own(accuracy, tmp_
     assert after["ngram_terms"] == {"words": 60, "chars": 40}
     assert after["fusion"]["prior_ratio"] == 7.0 and after["encoder_accuracy"] == 0.85
     assert module.key(before) != module.key(after) and module.key(before)[:3] == module.key(after)[:3]
-    assert "| r8 | minilm | yes, refit, prior, chars | 10 |" in module.table([before, after], "test machine")
+    text = module.table([before, after], "test machine")
+    assert "| r8 | minilm | yes, refit, prior, chars | 10 |" in text
+    assert "| r8 | minilm | no |" not in text  # the table shows a model's latest fusion; accuracy.json keeps both
     other = {**after, "seed": 1, "micro_f1": 0.92}
     assert module.seed_summary([after, other])[-1].startswith(
         f"- r8, minilm, {after['cpu']}, n-grams fused, refit, prior, chars: 2 seeds (0, 1); test micro-F1 mean 91.00")
@@ -112,20 +113,13 @@ def test_refuse_fuses_a_trained_model_again_into_a_row_of_its_own(accuracy, tmp_
 def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):
     """The scripts' flag lists parse as `txl train` arguments, and start_ab's subsets are disjoint and seeded."""
     import argparse
-    import sys
 
     import pandas as pd
 
+    from benchmarks import accuracy as script
+    from benchmarks import start_ab
     from pipelines.commands.train import add_arguments
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("start_ab_script", ROOT / "benchmarks" / "start_ab.py")
-        start_ab = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(start_ab)
-        import accuracy as script
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     for flags in script.RECIPES.values():
@@ -147,14 +141,14 @@ def test_every_recipe_and_ab_variant_is_a_valid_train_command(tmp_path):
 
 
 def test_gpu_session_fakes_the_extra_and_keeps_its_deadline(tmp_path, monkeypatch, capsys):
-    """benchmarks/gpu_session.py: the staged start is what `--init minilm` resolves to in a fresh process,
+    """benchmarks.gpu_session: the staged start is what `--init minilm` resolves to in a fresh process,
     a data set whose budget would end past the deadline is skipped, and each finished one leaves its row."""
     import subprocess
     import sys
 
-    spec = importlib.util.spec_from_file_location("gpu_session_script", ROOT / "benchmarks" / "gpu_session.py")
-    session = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(session)
+    from benchmarks import accuracy as script  # what gpu_session.run imports
+    from benchmarks import gpu_session as session
+
     monkeypatch.setattr(session, "STAGE", tmp_path / "stage")
     site = session.fake_extra()
     (tmp_path / "stage" / "minilm").mkdir(parents=True)
@@ -164,10 +158,9 @@ def test_gpu_session_fakes_the_extra_and_keeps_its_deadline(tmp_path, monkeypatc
                            cwd=ROOT, env={"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin"})
     assert found.stdout.split() == ["True", str(tmp_path / "stage" / "minilm")], found.stderr
 
-    monkeypatch.setattr(sys, "path", [str(ROOT / "benchmarks"), *sys.path])  # run() adds to it
     for name in ("PYTHONPATH", "PYTHONUNBUFFERED"):
         monkeypatch.setenv(name, os.environ.get(name, ""))  # run() sets them: restored after the test
-    import accuracy as script  # gpu_session.run imports it from benchmarks/
+    monkeypatch.setattr(script, "txl", script.txl)  # run() replaces it: restored after the test
     ran, now = [], [0.0]
 
     def two_minutes(name, *args):

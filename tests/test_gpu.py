@@ -7,9 +7,7 @@ goldens in test_golden.py and against the explicit softmax in test_core_properti
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -111,10 +109,8 @@ def test_gpu_bf16_step_gradients_equal_cpu_float32(bidirectional):  # attention 
 
 def test_the_gpu_bench_runs_and_rewrites_only_its_section(tmp_path):
     """`--device cpu --quick`: the script cannot rot where there is no GPU; no timing is asserted."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
-    spec = importlib.util.spec_from_file_location("gpu_bench", path)
-    bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look modules up there
-    spec.loader.exec_module(bench)
+    from benchmarks import gpu_bench as bench
+
     md, js = tmp_path / "RESULTS.md", tmp_path / "gpu.json"
     md.write_text(f"# Benchmarks\n\nkept above\n\n{bench.START}\nold table\n{bench.END}\n\nkept below\n")
     bench.main(["--device", "cpu", "--quick", "--out-md", str(md), "--out-json", str(js)])

@@ -2,7 +2,7 @@
 
 torch's bf16 `F.linear` on a CPU reorders the weight into oneDNN's blocked layout in every call; reordered once,
 the same products run 1.1-1.35x faster at this project's sizes with identical results (benchmarks/RESULTS.md,
-`python benchmarks/packed_linear.py`). `pipelines.model.inference.to_bf16` packs a bf16 encoder for inference.
+`python -m benchmarks.packed_linear`). `pipelines.model.inference.to_bf16` packs a bf16 encoder for inference.
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The benchmarks behind benchmarks/RESULTS.md, each run from the repository root as `python -m benchmarks.NAME`."""
