@@ -1,10 +1,11 @@
 """Uploaded file → documents: the one place where the app turns a user's bytes into text.
 
 Plain text, Markdown, HTML, PDF and DOCX give one document (read here); CSV, TSV, JSONL and Parquet give one
-per row (`app/tables.py`); bytes become text in `app/decode.py`.
+per row (`app/tables.py`). Bytes become text, and tables rows, by `txl`'s own code (`pipelines.data`), so an
+upload reads as the same file given to `txl` does.
 Everything happens in memory; nothing is written to disk. Every problem a user can fix is an `ExtractError`
-whose one-line message says what to do. Third-party parsers (pypdf, python-docx, pyarrow) raise many
-exception types on a damaged file; those become an `ExtractError` too, since the cause is the file.
+whose one-line message says what to do. Third-party parsers (pypdf, python-docx) raise many exception types
+on a damaged file; those become an `ExtractError` too, since the cause is the file.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def extract_documents(name: str, data: bytes, *, text_column: str | None = None,
     if not data.strip():
         raise ExtractError(f"{name}: the document is empty")
     if suffix in TABLE_SUFFIXES:
-        return table_result(name, suffix, data, text_column=text_column, max_unpacked_bytes=max_unpacked_bytes)
+        return table_result(name, data, text_column=text_column, max_unpacked_bytes=max_unpacked_bytes)
     if suffix == ".pdf":
         text, warnings = pdf_text(name, data)
     elif suffix == ".docx":

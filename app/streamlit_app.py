@@ -80,7 +80,7 @@ def _documents_of(name: str, data: bytes, limit: int, problems: list[str]) -> li
     except ExtractError as e:
         problems.append(str(e))
         return []
-    problems += [f"{name}: {w}" for w in first.warnings]
+    problems += [w if w.startswith(name) else f"{name}: {w}" for w in first.warnings]
     return first.documents
 
 

@@ -79,6 +79,19 @@ def test_csv_with_a_chosen_column(monkeypatch, model_dirs):
     assert list(at.dataframe[0].value["characters"]) == [9, 9]
 
 
+def test_tables_are_read_as_txl_reads_them(monkeypatch, model_dirs):
+    """Windows-1252 bytes are read with txl's one warning; a .csv separated by semicolons is refused with
+    txl's message, not guessed; the text column is picked by txl's rule (the longest text, not the id)."""
+    latin = "ref,abstract\nA1,caf\u00e9 \u20ac5 and a long text about the league\nA2,na\u00efve network news\n"
+    at = upload(start(monkeypatch, model_dirs[0]), ("latin.csv", latin.encode("cp1252"), "text/csv"),
+                ("semi.csv", b"text;label\nhello;x\n", "text/csv"))
+    warnings = [w.value for w in at.warning]
+    assert any("read 3 byte(s) as Windows-1252" in w for w in warnings), warnings
+    assert any(w.startswith("semi.csv parsed to a single column") and "semicolons" in w for w in warnings), warnings
+    assert at.selectbox(key="column::latin.csv").value == "abstract"
+    assert list(at.dataframe[0].value["document"]) == ["latin.csv#1", "latin.csv#2"]
+
+
 def test_switching_models(monkeypatch, model_dirs):
     at = start(monkeypatch, model_dirs[0])
     assert any("Model A" in m.value for m in at.markdown)

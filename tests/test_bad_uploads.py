@@ -32,10 +32,14 @@ REFUSED_UPLOADS = {
     "docx_zip_bomb": ("a.docx", zip_of("word/document.xml", 4 * 2**20), "possible zip bomb"),
     "docx_truncated": ("a.docx", make_docx()[:3000], "not a valid .docx"),
     "csv_duplicated_header": ("a.csv", b"text,text\na,b\n", "repeats the column(s) 'text'"),
-    "csv_ragged_long_row": ("a.csv", b"text,id\na,1\nb,2,3\n", "cannot parse it as a table"),
-    "csv_header_only": ("a.csv", b"text,label\n", "no rows"),
+    "csv_ragged_long_row": ("a.csv", b"text,id\na,1\nb,2,3\n", "expected 2 fields in line 3, saw 3"),
+    "csv_header_only": ("a.csv", b"text,label\n", "no data rows"),
+    "csv_semicolons": ("a.csv", b"id;text\n1;hello there\n", "separated by semicolons"),
+    "tsv_with_commas": ("a.tsv", b"text,label\nhello,x\n", "name it .csv"),
+    "utf16_without_bom": ("a.csv", "text\nhello\n".encode("utf-16-le"), "looks like a binary file"),
     "csv_only_empty_and_nan_cells": ("a.csv", b"text,id\n,1\n  ,2\n", "no column holds text"),
-    "jsonl_not_objects": ("a.jsonl", b"[1, 2]\n", "not an object"),
+    "jsonl_not_objects": ("a.jsonl", b"[1, 2]\n", "line 1 is an array, not an object"),
+    "jsonl_bad_line": ("a.jsonl", b'{"text": "a"}\n{"text": \n', "line 2 is not valid JSON"),
     "unsupported_extension": ("a.exe", b"MZ\x90\x00", "cannot read .exe"),
 }
 
@@ -62,10 +66,12 @@ def test_csv_missing_or_misspelled_column_lists_the_columns():
 # (name, bytes, the documents' texts, a phrase of the warning or None)
 READ_UPLOADS = {
     "latin1": ("a.txt", "Café crème".encode("latin-1"), ["Café crème"], "not valid UTF-8"),
+    "csv_windows_1252": ("a.csv", "text\n“Café” €5\n".encode("cp1252"), ["“Café” €5"],
+                         "read 4 byte(s) as Windows-1252"),
+    "csv_utf16": ("a.csv", "text,id\nhéllo,1\n".encode("utf-16"), ["héllo"], None),
     "invalid_utf8_mixed": ("a.txt", "naïve ".encode() + b"\xe9t\xe9", ["naïve été"], "Windows-1252"),
     "utf8_bom": ("a.txt", codecs.BOM_UTF8 + b"hello", ["hello"], None),
     "csv_bom": ("a.csv", codecs.BOM_UTF8 + b"text,id\nhello,1\n", ["hello"], None),
-    "csv_semicolons": ("a.csv", b"id;text\n1;hello there\n", ["hello there"], None),
     "csv_nan_and_empty_cells": ("a.csv", b"text,id\nNaN,1\n,2\nhello,3\n", ["NaN", "hello"], "skipped 1 rows"),
     "csv_ragged_short_row": ("a.csv", b"text,id\na,1\nb\n", ["a", "b"], None),
 }

@@ -62,8 +62,7 @@ def test_quick_bench_writes_every_row(tmp_path):
 
 
 def test_a_reference_table_of_an_earlier_run_still_renders():
-    """bench.json files written before the fast paths joined the reference rounds take them from the
-    throughput table."""
+    """A bench.json whose reference rounds lack the fast paths takes them from the throughput table."""
     old = {"rows": [{"doc_tokens": 4096, "batch": 8, "ours": 7000.0, "reference": 2000.0, "ratio": 3.5,
                      "pair_ratios": [3.4, 3.6], "max_abs_diff": 1e-6, "load": 1.0}]}
     from pipelines.commands.bench import _reference

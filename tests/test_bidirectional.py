@@ -27,12 +27,12 @@ def test_shift_bidirectional_puts_distance_m_plus_i_minus_j_in_column_j(qlen, ml
 
 @pytest.mark.parametrize("qlen,mlen", [(256, 256), (7, 0), (5, 11)])
 def test_the_bias_handed_to_cuda_attention_has_aligned_rows_and_the_same_values_and_gradient(qlen, mlen):
-    """CUDA's fused attention failed with "misaligned address" on the shifted view (found on an H200,
-    2026-12-04); `aligned_rows` gives it rows 16 elements apart from offset 0, values and gradient unchanged."""
+    """CUDA's fused attention fails with "misaligned address" on the shifted view; `aligned_rows` gives it rows 16
+    elements apart from offset 0, values and gradient unchanged."""
     klen = mlen + qlen
     x = torch.randn(2, 3, qlen, klen + qlen - 1, dtype=torch.bfloat16, requires_grad=True)
     view = shift_bidirectional(x, klen)
-    assert view.storage_offset() % 16 or view.stride(-2) % 16  # the view is misaligned: what the fix is for
+    assert view.storage_offset() % 16 or view.stride(-2) % 16  # the view is misaligned: what `aligned_rows` is for
     out = aligned_rows(view)
     assert out.storage_offset() == 0 and out.stride(-1) == 1 and out.stride(-2) % 16 == 0
     assert torch.equal(out, view)

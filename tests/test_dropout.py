@@ -81,7 +81,7 @@ def test_attention_dropout_averages_to_the_attention_without_it():
 
 
 def _unfused(score, v, p, key_len=None):
-    """What the training attention computed before SoftmaxDropoutValues: softmax, Dropout, product."""
+    """The training attention in torch's separate ops: softmax, Dropout, product."""
     if key_len is not None:
         score = score.masked_fill(torch.arange(score.size(-1)) >= key_len[:, None, None, None], -3e38)
     probs = torch.softmax(score.float(), dim=-1).to(v.dtype)

@@ -95,7 +95,7 @@ def test_gpu_bf16_predictions_equal_cpu_float32(tmp_path):
 
 @GPU
 @pytest.mark.parametrize("bidirectional", [False, True])  # bidirectional: the MiniLM recipe's path, whose
-def test_gpu_bf16_step_gradients_equal_cpu_float32(bidirectional):  # attention bias once failed on CUDA
+def test_gpu_bf16_step_gradients_equal_cpu_float32(bidirectional):  # attention bias needs aligned rows on CUDA
     cpu = _trainer("cpu", multi_label=False, bidirectional=bidirectional)
     gpu = _trainer("cuda", multi_label=False, bidirectional=bidirectional)
     assert gpu.precision == "bf16"

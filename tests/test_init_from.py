@@ -300,7 +300,8 @@ def test_the_recipe_follows_the_start(tmp_path, monkeypatch, capsys):
 def _fresh_run(tmp_path: Path, out: str, *extra: str) -> int:
     return main(["train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / out), "--init",
                  str(tmp_path / "bert"), "--segment-len", "9", "--mem-len", "9", "--epochs", "2", "--batch-size",
-                 "6", "--lr", "1e-9", "--fresh-lr", "1e-2", "--ngrams", "off", "--save-every", "0", *extra])
+                 "6", "--lr", "1e-9", "--fresh-lr", "1e-2", "--ngrams", "off", "--save-every", "0", "--frozen", "off",
+                 *extra])
 
 
 def test_fresh_lr_moves_what_the_start_did_not_supply_and_survives_a_resume(tmp_path, monkeypatch):

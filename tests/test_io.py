@@ -100,22 +100,56 @@ def test_bom_is_dropped(tmp_path):
     assert read_table(path, columns=["text"])["text"].tolist() == ["hello"]
 
 
-def test_latin1_file_is_read_with_a_warning(tmp_path):
+def test_not_utf8_is_read_as_windows_1252_with_one_warning(tmp_path):
+    """Bytes that are not UTF-8 are Windows-1252 (the euro sign and curly quotes are 0x80 and 0x92 there, C1
+    controls in Latin-1), and Latin-1 for the bytes cp1252 leaves undefined (0x81)."""
     path = tmp_path / "latin.csv.gz"
     with gzip.open(path, "wb") as f:
-        f.write("text,label\nprice \u00a35,x\ncaf\u00e9,y\n".encode("latin-1"))
-    with pytest.warns(DataWarning, match="Latin-1"):
+        f.write(b"text,label\nprice \xa35 or \x805,x\ncaf\xe9 \x92ok\x92 \x81,y\n")
+    with pytest.warns(DataWarning, match=r"read 6 byte\(s\) as Windows-1252") as record:
         frame = read_table(path)
-    assert frame["text"].tolist() == ["price £5", "café"]
-    with pytest.warns(DataWarning, match="Latin-1"):
-        assert list(iter_table(path, chunk_rows=1))[1]["text"].tolist() == ["café"]
+    assert len(record) == 1
+    assert frame["text"].tolist() == ["price £5 or €5", "café ’ok’ \x81"]
+    with pytest.warns(DataWarning, match=r"read 6 byte\(s\) as Windows-1252") as record:
+        assert list(iter_table(path, chunk_rows=1))[1]["text"].tolist() == ["café ’ok’ \x81"]
+    assert len(record) == 1
 
 
-def test_mixed_utf8_and_latin1_keeps_both(tmp_path):
+def test_a_stream_warns_once_with_every_byte_that_fell_back(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"text\n" + b"".join(b"row %d caf\xe9\n" % i for i in range(50)))
+    with pytest.warns(DataWarning) as record:
+        rows = sum(len(c) for c in iter_table(path, chunk_rows=7))
+    assert rows == 50 and [str(w.message).split(" as ")[0] for w in record] == \
+        ["latin.csv is not valid UTF-8 (from about row 0): read 50 byte(s)"]
+
+
+def test_mixed_utf8_and_windows_1252_keeps_both(tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_bytes("text,label\ncafé,x\n".encode("utf-8") + b"\xa3 sign,y\n")
     with pytest.warns(DataWarning, match="1 byte"):
         assert read_table(path)["text"].tolist() == ["café", "£ sign"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "tsv", "jsonl", "csv.gz"])
+def test_utf16_with_a_bom_is_read(tmp_path, suffix):
+    path = tmp_path / f"data.{suffix}"
+    write(sample(), path)
+    plain = path.read_bytes() if not suffix.endswith(".gz") else gzip.decompress(path.read_bytes())
+    text = plain.decode("utf-8")
+    path.write_bytes(gzip.compress(text.encode("utf-16")) if suffix.endswith(".gz") else text.encode("utf-16"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_table(path, columns=["text"])["text"].tolist() == TEXTS
+        assert [t for c in iter_table(path, chunk_rows=3, text_column="text") for t in c["text"]] == TEXTS
+
+
+def test_utf16_without_a_bom_is_refused_as_binary(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes("text,label\nhello,x\n".encode("utf-16-le"))
+    with pytest.raises(UserError) as e:
+        read_table(path)
+    assert "looks like a binary file" in message(e)
 
 
 def test_clean_utf8_gives_no_warning(tmp_path):
@@ -145,11 +179,13 @@ def test_missing_column_in_a_stream_fails_before_reading(tmp_path):
 @pytest.mark.parametrize("suffix, sep, phrase", [("csv", ";", "semicolons"), ("csv", "\t", "name it .tsv"),
                                                  ("tsv", ",", "name it .csv")])
 def test_wrong_delimiter_is_named(tmp_path, suffix, sep, phrase):
+    """The delimiter comes from the name, never guessed: whatever column is asked for, or none."""
     path = tmp_path / f"data.{suffix}"
     sample().to_csv(path, sep=sep, index=False)
-    with pytest.raises(UserError) as e:
-        load_labeled(path)
-    assert "single column" in message(e) and phrase in message(e)
+    for read in (load_labeled, table_columns, lambda p: read_table(p, columns=["text;label"])):
+        with pytest.raises(UserError) as e:
+            read(path)
+        assert "single column" in message(e) and phrase in message(e)
 
 
 @pytest.mark.parametrize("content", [b"", b"  \n\n", gzip.compress(b"")])
@@ -212,10 +248,22 @@ def test_duplicated_header(tmp_path):
 def test_bad_quoting_and_bad_json_are_one_line(tmp_path):
     csv_path, json_path = tmp_path / "bad.csv", tmp_path / "bad.jsonl"
     csv_path.write_text("text,label\na,x\nb,y,z,w\n")
-    json_path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label"\n')
-    for path, phrase in ((csv_path, "Expected 2 fields"), (json_path, "JSON lines")):
+    json_path.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label"\n')
+    for path, phrase in ((csv_path, "Expected 2 fields"), (json_path, "line 3 is not valid JSON")):
         with pytest.raises(UserError) as e:
             read_table(path)
+        assert phrase in message(e)
+
+
+@pytest.mark.parametrize("lines, phrase", [(['{"text": "a"}', '["b"]'], "line 2 is an array, not an object"),
+                                           (['"a"', '"b"'], "line 1 is a string, not an object"),
+                                           (['{"text": "a"}', "", "3"], "line 3 is a number, not an object")])
+def test_a_json_line_that_is_not_an_object_is_named(tmp_path, lines, phrase):
+    path = tmp_path / "bad.jsonl.gz"
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+    for read in (read_table, lambda p: list(iter_table(p, chunk_rows=1))):
+        with pytest.raises(UserError) as e:
+            read(path)
         assert phrase in message(e)
 
 
@@ -269,7 +317,7 @@ def test_label_lists_become_multi_label_strings(tmp_path, suffix):
 
 
 def test_without_zstandard_every_other_format_reads_and_zst_says_what_to_install(tmp_path):
-    """A minimal image without zstandard (a lent GPU's had none): the package still imports and reads the rest;
+    """A minimal image without zstandard (as on some GPU machines): the package still imports and reads the rest;
     `txl` on a .zst file is a one-line error naming the package, not a traceback."""
     import subprocess
     import sys

@@ -105,7 +105,7 @@ def test_the_position_frequencies_stay_float32_in_a_bf16_encoder():
     assert half.inv_freq.dtype == torch.float32
     assert torch.equal(half(512, clamp_len=0).to(torch.bfloat16), exact.to(torch.bfloat16))
     rounded = PositionalEmbedding(64)
-    rounded.inv_freq = rounded.inv_freq.to(torch.bfloat16).float()  # what the cast used to leave
+    rounded.inv_freq = rounded.inv_freq.to(torch.bfloat16).float()  # what a plain bf16 cast would leave
     assert (rounded(512, clamp_len=0) - exact).abs().max() > 0.1  # so the test can fail
 
 

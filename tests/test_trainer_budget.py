@@ -71,7 +71,7 @@ def _learning_rates(trainer: Trainer) -> list[float]:
 
 def test_without_a_budget_the_schedule_is_warm_up_then_linear_decay_over_the_epochs(tmp_path):
     """3 epochs of 5 steps, warm-up 20% (3 steps): the rate rises to its peak, then falls linearly towards 0
-    at the end of the last epoch, step by step as torch's LambdaLR did it before the budget clock existed."""
+    at the end of the last epoch, step by step as torch's LambdaLR over the steps gives it."""
     trainer, _ = _trainer(tmp_path, stop_at=None, warmup=0.2, lr=1e-3)
     rates = _learning_rates(trainer)
     assert trainer.fit(lambda metrics: None).stopped == ""

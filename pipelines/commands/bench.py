@@ -136,7 +136,7 @@ def _reference(r: dict, fastest: dict) -> list[str]:
         if x.get("fast"):  # measured in the same rounds as the reference
             precision, f = max(x["fast"].items(), key=lambda item: item[1]["tokens_per_s"])
             rate, ratio = f["tokens_per_s"], f"{f['ratio']:.2f}x{spread(f['pair_ratios'])}"
-        else:  # runs before 2026-12-02: the fastest precision of the throughput table
+        else:  # an older bench.json (no fast paths in these rounds): the fastest precision of the throughput table
             rate, precision = fastest.get((x["doc_tokens"], b), (None, ""))
             ratio = f"{rate / x['reference']:.2f}x" if rate else ""
         rows.append([f"{x['doc_tokens']:,}", b, _n(x["reference"]), _n(x["ours"]),

@@ -12,21 +12,26 @@ the steps a single process would; add --nnodes for several machines. See docs/SC
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from pipelines.data.bpe_tokenizer import MIN_VOCAB
 from pipelines.data.labeled_texts import columns_of, load_split, load_train_valid
 from pipelines.data.labels import LabelSet
+from pipelines.data.writers import write_atomic
 from pipelines.errors import UserError, bounded
 from pipelines.model.inference import prepare
 from pipelines.model.model_dir import ModelDir, load_model_dir, save_model_dir
 from pipelines.runtime import distributed as dist
-from pipelines.runtime.device import cpu_has_native_bf16
+from pipelines.runtime.device import cpu_has_native_bf16, resolve_precision
+from pipelines.training.budget import budget_of, plan_line
+from pipelines.training.frozen_stage import FrozenResult, run_frozen_stage
 from pipelines.training.fusion_stage import fuse_ngrams, measure_test
 from pipelines.training.initial_model import start_model
 from pipelines.training.model_card import model_card
@@ -96,6 +101,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "training split beside the encoder, fuse the two with weights fit on the validation split, then "
                    "refit the n-grams on both splits (pipelines/model/ngrams.py, pipelines/commands/fuse.py); words: the same with "
                    "word n-grams only (the baseline's features; a smaller, faster part); off: the encoder alone")
+    p.add_argument("--frozen", choices=("auto", "off"), default="auto",
+                   help="auto (default, with a pre-trained --init): first read the training documents whole with the "
+                   "frozen encoder (at inference speed; a random sample of them when --max-minutes allows no more) "
+                   "and fit the head on their pooled vectors, then fine-tune from that model and keep the better "
+                   "one on validation; off: fine-tune from the start's weights at once")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
@@ -124,6 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "that ends before the epochs fits the learning-rate schedule: it decays to zero by the budget's end")
 
 
+FROZEN_FILE = "frozen.json"  # in the checkpoint folder: what the frozen stage read and fit
 SCRATCH_LR, START_LR = 2e-3, 3e-5  # a pre-trained start wants a small learning rate (imdb: 3e-5 beat 1e-4) ...
 START_FRESH_LR = 1e-4  # ... and what it did not supply (head, relative terms) a larger one (imdb: +0.9 encoder)
 SCRATCH_EPOCHS, START_EPOCHS = 8, 2  # ... and few passes (bbc_news: best validation after the second)
@@ -164,7 +175,8 @@ def plan_of(args: argparse.Namespace, device: torch.device) -> TrainPlan:
     init = _resolve_init(args)
     return TrainPlan(train=args.train, out=Path(args.out), recipe=_recipe(args, init, device), init=init,
                      valid=args.valid, test=args.test, columns=columns_of(args), positions=args.positions,
-                     ngrams=args.ngrams, resume=args.resume, arch={n: getattr(args, n) for n in ARCH_DEFAULTS})
+                     ngrams=args.ngrams, resume=args.resume, arch={n: getattr(args, n) for n in ARCH_DEFAULTS},
+                     frozen=args.frozen == "auto" and init is not None)
 
 
 def _targets(labels: list[str], label_set: LabelSet) -> torch.Tensor:
@@ -192,7 +204,32 @@ def _label_set(labels: list[str], vlabels: list[str]) -> LabelSet:
     return label_set
 
 
-def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, data) -> dict:
+def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budget) -> FrozenResult | None:
+    """The stage without back-propagation (`--frozen auto` from a pre-trained start, one process), or the one an
+    interrupted run already did (its result is kept in the checkpoint folder)."""
+    saved = checkpoint_dir(plan.out) / FROZEN_FILE
+    if plan.resume and saved.is_file():
+        return FrozenResult(**json.loads(saved.read_text()))
+    if not plan.frozen or dist.world() > 1:
+        return None
+    precision = resolve_precision("auto", device)  # reading runs at inference speed, whatever training uses
+
+    def announce(speed: float, planned: int, planned_tokens: int) -> None:
+        tqdm.write(plan_line(precision=precision, device=device.type, tokens_per_second=speed, planned=planned,
+                             n_train=len(ids), planned_tokens=planned_tokens, budget=budget), file=sys.stderr)
+
+    result = run_frozen_stage(md, ids, y, vtexts, vlabels, folder=checkpoint_dir(plan.out) / "features",
+                              seconds=budget.frozen, precision=precision, device=str(device),
+                              seed=plan.recipe.seed, announce=announce)
+    if result is not None:
+        write_atomic(saved, json.dumps(asdict(result)))
+        tqdm.write(f"txl train: head fit on {result.read:,} of {result.total:,} documents read whole in "
+                   f"{result.seconds / 60:.1f} min: validation accuracy {result.metrics['accuracy']:.4f} "
+                   f"macro-F1 {result.metrics['macro_f1']:.4f}", file=sys.stderr)
+    return result
+
+
+def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, data, spent: float) -> dict:
     """Fuse the n-gram component with the best model (unless --ngrams off), measure it on --test (each rank a
     shard), then rank 0 rewrites its card and metrics."""
     final = {"validation": state.best_metrics}
@@ -206,11 +243,15 @@ def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, data) -> di
     if stopped.startswith("time"):
         stopped += (f": {state.step} of {trainer.total} planned steps, the learning rate decayed to zero over the "
                     "budget")
-    summary.update(minutes=state.seconds / 60, stopped=stopped)
+    minutes = (spent + state.seconds) / 60
+    kept = "frozen encoder + fitted head" if summary.get("frozen") and state.best_metrics == summary[
+        "frozen_metrics"] else "fine-tuning"
+    summary.update(minutes=minutes, stopped=stopped, kept=kept)
     best.card = model_card(summary, final)
-    best.metrics = {**final, "training": {"minutes": round(state.seconds / 60, 2), "steps": state.step,
+    best.metrics = {**final, "training": {"minutes": round(minutes, 2), "steps": state.step,
                                           "planned_steps": trainer.total, "stopped": state.stopped or "completed",
-                                          "precision": trainer.precision, "device": str(trainer.device)}}
+                                          "precision": trainer.precision, "device": str(trainer.device),
+                                          "frozen": summary.get("frozen"), "kept": kept}}
     if dist.is_main():
         save_model_dir(plan.out, best)
     dist.barrier()
@@ -235,9 +276,14 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     keep = [i for i, x in enumerate(ids) if x]
     ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
-    trainer = Trainer(ModelDir(model, tokenizer, list(label_set.names)), recipe, train_ids=ids,
-                      train_y=_targets(labels, label_set), valid_texts=vtexts, valid_labels=vlabels, out=out,
-                      device=device, fresh=fresh)
+    y = _targets(labels, label_set)
+    budget = budget_of(recipe.max_minutes, sum(map(len, texts + vtexts)), ngrams=plan.ngrams)
+    md = ModelDir(model, tokenizer, list(label_set.names))
+    frozen = _frozen(plan, md, ids, y, vtexts, vlabels, device, budget)
+    spent = frozen.seconds if frozen else 0.0
+    tuning = replace(recipe, max_minutes=None if budget.total is None else budget.fine_tune(spent) / 60)
+    trainer = Trainer(md, tuning, train_ids=ids, train_y=y, valid_texts=vtexts, valid_labels=vlabels, out=out,
+                      device=device, fresh=fresh, head_fit=frozen is not None)
     if plan.resume and not trainer.load_checkpoint() and dist.is_main():
         print(f"txl train: no checkpoint in {out}; starting from scratch")
     summary = {"name": out.name, "train": str(plan.train), "n_train": len(ids), "n_valid": len(vtexts),
@@ -247,12 +293,16 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
                           + (f" x {dist.world()} processes" if dist.world() > 1 else "")}
 
     def on_best(metrics):
-        summary.update(minutes=trainer.state.seconds / 60, stopped="")
+        summary.update(minutes=(spent + trainer.state.seconds) / 60, stopped="")
         save_model_dir(out, ModelDir(trainer.model, tokenizer, list(label_set.names),
                                      model_card(summary, {"validation": metrics}), {"validation": metrics}))
 
+    if frozen is not None and trainer.state.step == 0 and trainer.state.best_f1 < 0:
+        summary["frozen"] = frozen.summary()
+        trainer.start_from(frozen.metrics, on_best)  # the model to beat, saved and checkpointed
     state = trainer.fit(on_best)
-    final = _finish(plan, state, summary, trainer, (texts, labels, vtexts, vlabels))
+    summary["frozen"], summary["frozen_metrics"] = (frozen.summary(), frozen.metrics) if frozen else (None, None)
+    final = _finish(plan, state, summary, trainer, (texts, labels, vtexts, vlabels), spent)
     if not dist.is_main():
         return 0
     line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items()

@@ -12,13 +12,19 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from pipelines.model.metrics import decide
 from pipelines.model.model_dir import ModelDir
-from pipelines.runtime.device import cpu_has_native_bf16, resolve_device, resolve_precision
+from pipelines.runtime.device import (
+    cpu_has_native_bf16,
+    resolve_device,
+    resolve_precision,
+)
 from pipelines.runtime.memory import FreeMemoryEvery, tune_cpu_allocator
 from txl_core.fast import packed_linear
+from txl_core.pooling import finalize
 
 
 @dataclass
@@ -134,6 +140,30 @@ def predict(md: ModelDir, texts: Sequence[str], *, batch_size: int = 16, max_tok
     if progress and len(todo) < len(texts):
         progress(len(texts) - len(todo))
     return results
+
+
+def pooled_features(md: ModelDir, ids: Sequence[Sequence[int]], *, batch_size: int = 16,
+                    max_tokens: int = 65536) -> np.ndarray:
+    """The pooled vectors (N, C), float32, that the classifier's head reads: each document of token `ids` read
+    whole, segment by segment with memory, on `md`'s device and precision (`prepare`)."""
+    lengths = [len(x) for x in ids]
+    out = np.zeros((len(ids), md.model.config.d_model), dtype=np.float32)
+    for batch in _batches(lengths, batch_size=batch_size, max_tokens=max_tokens):
+        out[batch] = _pooled_batch(md, [ids[i] for i in batch])
+        if md.device.type == "cpu":
+            _FREE_MEMORY.tick()
+    return out
+
+
+@torch.inference_mode()
+def _pooled_batch(md: ModelDir, ids: list[Sequence[int]]) -> np.ndarray:
+    lengths = torch.tensor([len(x) for x in ids])
+    padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+    for row, x in enumerate(ids):
+        padded[row, : len(x)] = torch.as_tensor(x)
+    with _autocast(md):
+        state, _ = md.model.read(padded.to(md.device), lengths.to(md.device))
+    return finalize(md.model.config.pooling, state).float().cpu().numpy()  # (B, C)
 
 
 @torch.inference_mode()

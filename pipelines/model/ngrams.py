@@ -100,7 +100,7 @@ class NgramModel:
         if self._vectorizer is None:  # rebuilt from plain data: the terms' order is the column order
             parts, n = [], self.n_word_terms
             for chars, cols in ((False, slice(0, n)), (True, slice(n, len(self.terms)))):
-                if chars and n == len(self.terms):  # a words-only model (all before 2026-12-04, late)
+                if chars and n == len(self.terms):  # a words-only model
                     continue
                 vec = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(self.terms[cols])},
                                       **_settings(fit=False, chars=chars))

@@ -126,7 +126,7 @@ def _better_part(out: dict, *, multi_label: bool) -> str:
 
 
 def features(fusion: dict) -> str:
-    """What the card calls the n-gram part, from its metrics (models fused before 2026-12-04, late: words only)."""
+    """What the card calls the n-gram part, from its metrics (words only when it has no character n-grams)."""
     n, words = fusion["n_terms"], fusion.get("n_word_terms", fusion["n_terms"])
     if words == n:
         return f"a TF-IDF 1-2-gram linear SVM ({n:,} terms)"

@@ -15,7 +15,7 @@ def model_card(summary: dict, metrics: dict) -> str:
              + ", ".join(f"{k} ({v})" for k, v in summary["label_counts"].items()), "",
              "## Recipe", "", "```json", json.dumps(summary["recipe"], indent=1), "```", "",
              f"Trained for {summary['minutes']:.1f} min on {summary['machine']} ({summary['stopped'] or 'completed'}).",
-             "", "## Metrics", "", "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|"]
+             *_stages(summary), "", "## Metrics", "", "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|"]
     names = {"validation_encoder": "validation, encoder alone", "validation_ngram": "validation, n-grams alone",
              "test_encoder": "test, encoder alone", "test_ngram": "test, n-grams alone"}
     for split, m in metrics.items():
@@ -29,3 +29,17 @@ def model_card(summary: dict, metrics: dict) -> str:
                   f"{f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
                   "(`txl train --ngrams`, pipelines/model/ngrams.py, pipelines/model/fusion.py)."]
     return "\n".join(lines) + "\n"
+
+
+def _stages(summary: dict) -> list[str]:
+    """What the reading stage did and which stage produced the kept model."""
+    frozen, lines = summary.get("frozen"), []
+    if frozen:
+        whole = "all" if frozen["read"] == frozen["total"] else f"a random {frozen['read']:,} of the"
+        lines += ["", f"Read {whole} {frozen['total']:,} training documents whole with the frozen encoder "
+                  f"({frozen['tokens']:,} tokens at {frozen['tokens_per_second']:,} tokens/s, "
+                  f"{frozen['seconds'] / 60:.1f} min) and fit the head on their pooled vectors (C {frozen['c']:g}); "
+                  "fine-tuning then started from that model."]
+    if summary.get("kept"):
+        lines += ["", f"Kept: the model from {summary['kept']} (the best on validation macro-F1)."]
+    return lines

@@ -37,6 +37,7 @@ class TrainPlan:
     positions: str = "segment"
     ngrams: str = "fuse"
     resume: bool = False
+    frozen: bool = False  # read with the frozen encoder and fit the head before fine-tuning
     arch: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self):

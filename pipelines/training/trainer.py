@@ -155,7 +155,7 @@ def param_groups(model: torch.nn.Module, recipe: Recipe, fresh: set[str]) -> lis
 class Trainer:
     def __init__(self, md: ModelDir, recipe: Recipe, *, train_ids: list[list[int]], train_y: torch.Tensor,
                  valid_texts: list[str], valid_labels: list[str], out: Path, device: torch.device,
-                 fresh: list[str] = ()):
+                 fresh: list[str] = (), head_fit: bool = False):
         self.md, self.recipe, self.out, self.device = md, recipe, Path(out), device
         self.ids, self.y = train_ids, train_y
         self.valid_texts, self.valid_labels = valid_texts, valid_labels
@@ -165,7 +165,7 @@ class Trainer:
             tune_cpu_allocator()
         self.precision = resolve_precision(recipe.precision, device, training=True)
         self.weights = class_weight_tensor(train_y, md.model.config.num_labels, recipe.class_weights)
-        if md.multi_label:  # a resumed run loads its trained bias over this one
+        if md.multi_label and not head_fit:  # a fitted head keeps its bias; a resumed run loads its own
             with torch.no_grad():
                 md.model.head.bias.copy_(prior_bias(train_y, self.weights))
         # DDP checks that every rank holds the same shapes and copies rank 0's weights to the others; the
@@ -281,6 +281,15 @@ class Trainer:
         rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
         torch.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world() else rngs[0])
         return True
+
+    def start_from(self, metrics: dict, on_best) -> None:
+        """Take the current model, validated elsewhere with `metrics`, as the best so far: saved by `on_best`
+        and checkpointed, so fine-tuning keeps a later model only when it does better on validation."""
+        st = self.state
+        st.best_f1, st.best_metrics, st.validated_at = metrics["macro_f1"], metrics, st.step
+        if dist.is_main():
+            on_best(metrics)
+        self.save_checkpoint()
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def elapsed(self, started: float) -> float:

@@ -21,7 +21,7 @@ class PackedLinear(torch.nn.Module):
     """An `nn.Linear` for bf16 CPU inference whose weight is reordered once into oneDNN's blocked layout
     (`torch.ops.mkldnn._reorder_linear_weight`, multiplied by `torch.ops.mkldnn._linear_pointwise`, the pair
     torch's own compiler uses for frozen CPU models): the plain bf16 `F.linear` reorders the weight on every
-    call. Same results (tested equal), 1.25-1.35x faster at this project's sizes (benchmarks/RESULTS.md).
+    call. Same results (tested equal), faster at this project's sizes (benchmarks/RESULTS.md).
     Inference only: it has no gradient, and no `weight` to cast or move (`dense_weight()` gives it back)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows_hint: int = 256, relu: bool = False):

@@ -1,0 +1,214 @@
+"""The stage without back-propagation: the pre-trained encoder reads training documents whole, at inference
+speed, and the classifier's head is fit on their pooled vectors.
+
+The head is linear on the pooled vector, so a logistic regression on the pooled vectors of the training
+documents is exactly a head for the classifier: a useful model exists after one reading pass, which costs
+about a third of a fine-tuning pass per token. Documents are read in a seeded random order, in chunks whose
+pooled vectors are cached on disk (keyed by the encoder's weights and the documents), so a killed run reads
+each document once; when the time allowed runs out, the head is fit on the random sample read so far, never
+on truncated documents.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from sklearn.linear_model import LogisticRegression
+from tqdm import tqdm
+
+from pipelines.data.labels import LabelSet
+from pipelines.model.inference import pooled_features, prepare
+from pipelines.model.metrics import compute_metrics, decide, multi_hot, tune_thresholds
+from pipelines.model.model_dir import ModelDir
+
+CHUNK_DOCS = 64  # documents per cached chunk: what a kill can lose
+C_GRID = (0.1, 1.0, 10.0)  # inverse regularisation of the head, chosen on validation
+
+
+@dataclass(frozen=True)
+class FrozenResult:
+    """What the stage read and the head it fit: `metrics` on the validation split."""
+
+    read: int
+    total: int
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    c: float
+    metrics: dict
+
+    def summary(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "metrics"}
+
+
+def cache_key(md: ModelDir, ids: list[list[int]]) -> str:
+    """Names the encoder's weights, its reading settings and the documents: a cache under another key is ignored."""
+    h = hashlib.sha256(json.dumps(md.model.config.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(md.model.transformer.state_dict().items()):
+        h.update(name.encode() + t.detach().float().cpu().numpy().tobytes())
+    for x in ids:
+        h.update(np.asarray(x, dtype=np.int64).tobytes() + b"|")
+    return h.hexdigest()[:16]
+
+
+class FeatureReader:
+    """Reads pooled vectors with a frozen copy of the encoder, on `precision` (the machine's inference one)."""
+
+    def __init__(self, md: ModelDir, *, precision: str, device: str):
+        frozen = ModelDir(copy.deepcopy(md.model), md.tokenizer, md.labels)
+        self.md = prepare(frozen, precision=precision, device=device)
+        self.tokens = 0
+        self.seconds = 0.0
+
+    def read(self, ids: list[list[int]]) -> np.ndarray:
+        started = time.perf_counter()
+        out = pooled_features(self.md, ids)
+        self.seconds += time.perf_counter() - started
+        self.tokens += sum(map(len, ids))
+        return out
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def read_cached(reader: FeatureReader, ids: list[list[int]], order: list[int], folder: Path, *,
+                deadline: float, on_chunk=None) -> dict[int, np.ndarray]:
+    """Pooled vectors of the documents `order` names, chunk by chunk, until `deadline` (time.monotonic());
+    chunks already in `folder` are loaded, new ones written there. Returns {document index: vector}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    found: dict[int, np.ndarray] = {}
+    for k, start in enumerate(range(0, len(order), CHUNK_DOCS)):
+        docs = order[start:start + CHUNK_DOCS]
+        path = folder / f"chunk-{k:05d}.safetensors"
+        if path.is_file():
+            saved = load_file(str(path))
+            found.update(zip(saved["index"].tolist(), saved["features"]))
+        elif time.monotonic() < deadline:
+            features = reader.read([ids[i] for i in docs])
+            tmp = path.with_suffix(".tmp")
+            save_file({"index": np.asarray(docs, dtype=np.int64), "features": features}, str(tmp))
+            tmp.replace(path)  # a chunk appears whole or not at all
+            found.update(zip(docs, features))
+        else:
+            break
+        if on_chunk is not None:
+            on_chunk(len(docs))
+    return found
+
+
+def _fit_head(x: np.ndarray, y: np.ndarray, *, multi_label: bool, n_labels: int, c: float):
+    """(W (L, C), b (L,)) of a logistic regression on standardised vectors, mapped back to raw ones."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    if multi_label:
+        w, b = np.zeros((n_labels, x.shape[1])), np.zeros(n_labels)
+        for j in range(n_labels):
+            column = y[:, j]
+            if column.min() == column.max():  # a label always or never present: its bias says so
+                b[j] = 8.0 if column[0] else -8.0
+                continue
+            lr = LogisticRegression(C=c, max_iter=2000).fit(z, column)
+            w[j], b[j] = lr.coef_[0], lr.intercept_[0]
+    else:
+        lr = LogisticRegression(C=c, max_iter=2000).fit(z, y)
+        w, b = _full_rows(lr, n_labels, x.shape[1])
+    w_raw = w / std
+    return w_raw.astype(np.float32), (b - w_raw @ mean).astype(np.float32)
+
+
+def _full_rows(lr: LogisticRegression, n_labels: int, width: int):
+    """One row per label: binary sklearn models have one row, and labels absent from the read sample none."""
+    w, b = np.zeros((n_labels, width)), np.full(n_labels, -30.0)
+    if len(lr.classes_) == 2:
+        w[lr.classes_[1]], b[lr.classes_[1]] = lr.coef_[0], lr.intercept_[0]
+        w[lr.classes_[0]], b[lr.classes_[0]] = 0.0, 0.0
+    else:
+        w[lr.classes_], b[lr.classes_] = lr.coef_, lr.intercept_
+    return w, b
+
+
+def _decisions(md: ModelDir, logits: np.ndarray, labels: list[str]) -> tuple[list[str], list[float] | None]:
+    """Predicted label strings on the validation split (multi-label: with thresholds tuned there)."""
+    if not md.multi_label:
+        return [md.labels[i] for i in logits.argmax(1)], None
+    probs = 1 / (1 + np.exp(-logits))
+    truth = multi_hot([LabelSet(md.labels, True).split(y) for y in labels], md.labels)
+    thresholds = tune_thresholds(probs, truth)
+    chosen = decide(probs, thresholds)
+    return ["|".join(n for n, c in zip(md.labels, row) if c) for row in chosen], thresholds
+
+
+def fit_head(md: ModelDir, train_x: np.ndarray, train_y: torch.Tensor, valid_x: np.ndarray,
+             valid_labels: list[str]) -> tuple[float, dict]:
+    """Fit the head on the pooled training vectors, choosing C on validation by macro-F1 (what training keeps
+    its best model by); writes the head (and multi-label thresholds) into `md.model`. Returns (C, metrics)."""
+    y = train_y.numpy()
+    best = None
+    for c in C_GRID:
+        w, b = _fit_head(train_x, y, multi_label=md.multi_label, n_labels=len(md.labels), c=c)
+        predicted, thresholds = _decisions(md, valid_x @ w.T + b, valid_labels)
+        metrics = compute_metrics(valid_labels, predicted, md.labels, multi_label=md.multi_label)
+        if best is None or metrics["macro_f1"] > best[1]["macro_f1"]:
+            best = (c, metrics, w, b, thresholds)
+    c, metrics, w, b, thresholds = best
+    with torch.no_grad():
+        md.model.head.weight.copy_(torch.from_numpy(w))
+        md.model.head.bias.copy_(torch.from_numpy(b))
+    if md.multi_label:
+        md.model.config.thresholds = thresholds
+    return c, metrics
+
+
+def planned(lengths: list[int], order: list[int], *, seconds: float | None, tokens_per_second: float) -> int:
+    """How many documents of `order` a reading at `tokens_per_second` gets through in `seconds` (None: all)."""
+    if seconds is None:
+        return len(order)
+    budget, n = seconds * tokens_per_second, 0
+    for i in order:
+        budget -= lengths[i]
+        if budget < 0:
+            break
+        n += 1
+    return n
+
+
+def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Tensor, valid_texts: list[str],
+                     valid_labels: list[str], *, folder: Path, seconds: float | None, precision: str, device: str,
+                     seed: int, announce=None) -> FrozenResult | None:
+    """Read the validation documents, then training documents in a seeded random order for at most `seconds`
+    from the start (None: all of them), and fit the head. `announce(tokens_per_second, planned documents, their
+    tokens)` is called once the validation reading has measured the speed. None when too little could be read."""
+    started = time.monotonic()
+    deadline = float("inf") if seconds is None else started + seconds
+    reader = FeatureReader(md, precision=precision, device=device)
+    key = cache_key(md, train_ids)
+    valid_ids = [e.ids or [0] for e in md.tokenizer.encode_batch(valid_texts, add_special_tokens=False)]
+    order = np.random.default_rng(seed).permutation(len(train_ids)).tolist()
+    with tqdm(total=len(train_ids) + len(valid_ids), unit="doc", desc="reading with the frozen encoder",
+              dynamic_ncols=True) as bar:
+        valid = read_cached(reader, valid_ids, list(range(len(valid_ids))), folder / key / "valid",
+                            deadline=float("inf"), on_chunk=bar.update)
+        if announce is not None:
+            left = None if seconds is None else max(0.0, deadline - time.monotonic())
+            speed = reader.tokens_per_second if reader.tokens else 0.0
+            n = planned([len(x) for x in train_ids], order, seconds=left, tokens_per_second=speed) if speed \
+                else len(order)
+            announce(speed, n, sum(len(train_ids[i]) for i in order[:n]))
+        found = read_cached(reader, train_ids, order, folder / key / "train", deadline=deadline, on_chunk=bar.update)
+    read = sorted(found)
+    if len(read) < 2 or (train_y.dim() == 1 and len({int(train_y[i]) for i in read}) < 2):
+        return None
+    x = np.stack([found[i] for i in read])
+    valid_x = np.stack([valid[i] for i in range(len(valid_ids))])
+    c, metrics = fit_head(md, x, train_y[read], valid_x, valid_labels)
+    return FrozenResult(read=len(read), total=len(train_ids), tokens=sum(len(train_ids[i]) for i in read),
+                        seconds=round(time.monotonic() - started, 1),
+                        tokens_per_second=round(reader.tokens_per_second), c=c, metrics=metrics)

@@ -1,0 +1,140 @@
+"""The stage without back-propagation: pooled vectors read with the frozen encoder, cached, and a head fit on
+them that is exactly the classifier's head."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.cli import main
+from pipelines.data.labels import LabelSet
+from pipelines.model.inference import pooled_features, predict, prepare
+from pipelines.model.metrics import compute_metrics
+from pipelines.model.model_dir import ModelDir, load_model_dir
+from pipelines.training import frozen_stage
+from pipelines.training.budget import budget_of, ngram_seconds
+from tests.synth import make_corpus
+from tests.test_init_from import bert_dir
+from tests.tiny_model import make_model_dir
+
+
+def _model(tmp_path, labels=("politics", "sport", "tech")):
+    return make_model_dir(tmp_path / "tiny", labels=list(labels))
+
+
+def test_the_fitted_head_is_the_classifiers_head(tmp_path):
+    """Validation metrics computed from the pooled vectors equal those of the model that predicts with the head
+    written into it (float32 both ways)."""
+    frame = make_corpus(90, seed=4)
+    md = prepare(load_model_dir(_model(tmp_path)), precision="float32")
+    ids = [e.ids for e in md.tokenizer.encode_batch(list(frame.text), add_special_tokens=False)]
+    labels = LabelSet(md.labels, False)
+    y = torch.as_tensor(labels.encode(list(frame.label)))
+    x = pooled_features(md, ids)
+    vtexts, vlabels = list(frame.text[60:]), list(frame.label[60:])
+    c, metrics = frozen_stage.fit_head(md, x[:60], y[:60], x[60:], vlabels)
+    assert c in frozen_stage.C_GRID
+    predicted = [p.label for p in predict(md, vtexts)]
+    assert compute_metrics(vlabels, predicted, md.labels, multi_label=False) == metrics
+
+
+def test_pooled_vectors_do_not_depend_on_the_batch(tmp_path):
+    md = prepare(load_model_dir(_model(tmp_path)), precision="float32")
+    ids = [e.ids for e in md.tokenizer.encode_batch(list(make_corpus(12, seed=5, long_every=3).text),
+                                                    add_special_tokens=False)]
+    together = pooled_features(md, ids)
+    alone = np.concatenate([pooled_features(md, [x]) for x in ids])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+
+
+def test_the_cache_is_read_back_and_a_deadline_reads_a_random_sample(tmp_path):
+    md = load_model_dir(_model(tmp_path))
+    ids = [e.ids for e in md.tokenizer.encode_batch(list(make_corpus(150, seed=6).text), add_special_tokens=False)]
+    reader = frozen_stage.FeatureReader(md, precision="float32", device="cpu")
+    order = np.random.default_rng(0).permutation(len(ids)).tolist()
+    first = frozen_stage.read_cached(reader, ids, order, tmp_path / "cache", deadline=float("inf"))
+    assert sorted(first) == list(range(150)) and reader.tokens == sum(map(len, ids))
+    again = frozen_stage.FeatureReader(md, precision="float32", device="cpu")
+    second = frozen_stage.read_cached(again, ids, order, tmp_path / "cache", deadline=float("inf"))
+    assert again.tokens == 0 and all(np.array_equal(first[i], second[i]) for i in first)  # nothing read twice
+    late = frozen_stage.FeatureReader(md, precision="float32", device="cpu")
+    part = frozen_stage.read_cached(late, ids, order, tmp_path / "other", deadline=time.monotonic() - 1)
+    assert part == {} and late.tokens == 0
+    assert frozen_stage.planned([len(x) for x in ids], order, seconds=None, tokens_per_second=1) == 150
+    n = frozen_stage.planned([len(x) for x in ids], order, seconds=1.0, tokens_per_second=sum(map(len, ids)) / 3)
+    assert 0 < n < 150
+
+
+def test_a_key_changes_with_the_weights_and_the_documents(tmp_path):
+    md = load_model_dir(_model(tmp_path))
+    ids = [[5, 6, 7], [8, 9]]
+    key = frozen_stage.cache_key(md, ids)
+    assert frozen_stage.cache_key(md, [[5, 6, 7], [8, 10]]) != key
+    with torch.no_grad():
+        next(md.model.transformer.parameters()).add_(1e-3)
+    assert frozen_stage.cache_key(md, ids) != key
+
+
+def test_multi_label_heads_are_fit_per_label(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 16)).astype(np.float32)  # d_model 16
+    y = np.stack([x[:, 0] > 0, x[:, 1] > 0, np.zeros(80, bool)], 1)  # the third label never occurs
+    md = load_model_dir(_model(tmp_path, labels=("a", "b", "c")))
+    md.model.config.multi_label = True
+    names = ["|".join(n for n, on in zip("abc", row) if on) or "a" for row in y]
+    c, metrics = frozen_stage.fit_head(md, x[:60], torch.as_tensor(y[:60].astype(np.float32)), x[60:], names[60:])
+    assert metrics["micro_f1"] > 0.8 and md.model.config.thresholds is not None
+    assert float(md.model.head.bias[2].detach()) < -5  # a label never seen is never predicted
+
+
+def test_the_budget_sets_the_ngrams_time_aside_first():
+    assert ngram_seconds(10_000_000, ngrams="off") == 0
+    b = budget_of(30, 10_000_000, ngrams="fuse")
+    assert 0 < b.ngrams < 0.4 * 1800 and b.frozen == pytest.approx(0.5 * (1800 - b.ngrams))
+    assert b.fine_tune(b.frozen) == pytest.approx(1800 - b.ngrams - b.frozen)
+    assert budget_of(None, 10, ngrams="fuse").frozen is None
+    assert budget_of(1, 10**9, ngrams="fuse").ngrams == pytest.approx(24)  # at most 40% of a tiny budget
+
+
+def _train(tmp_path, out: str, *extra: str) -> int:
+    return main(["train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / out), "--init",
+                 str(bert_dir(tmp_path) if not (tmp_path / "bert").exists() else tmp_path / "bert"),
+                 "--segment-len", "9", "--mem-len", "9", "--epochs", "1", "--batch-size", "6", "--ngrams", "off",
+                 *extra])
+
+
+def test_train_reads_first_plans_aloud_and_records_which_stage_it_kept(tmp_path, capsys):
+    make_corpus(60, seed=3).to_csv(tmp_path / "train.csv", index=False)
+    assert _train(tmp_path, "model") == 0
+    err = capsys.readouterr().err
+    assert "txl train: plan (" in err and "read all 54 training documents whole" in err
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    frozen = metrics["training"]["frozen"]
+    assert frozen["read"] == frozen["total"] == 54 and frozen["tokens"] > 0
+    assert metrics["training"]["kept"] in ("frozen encoder + fitted head", "fine-tuning")
+    assert "Kept:" in (tmp_path / "model" / "README.md").read_text()
+
+
+def test_a_tiny_budget_reads_a_random_sample_whole(tmp_path, monkeypatch, capsys):
+    """The reading stage stops at its share of the budget and fits the head on the documents read."""
+    make_corpus(200, seed=3).to_csv(tmp_path / "train.csv", index=False)
+    monkeypatch.setattr(frozen_stage, "CHUNK_DOCS", 8)
+    clock = {"t": 0.0}
+
+    def fake_monotonic():  # each call moves a tenth of a second: the budget ends after a few chunks
+        clock["t"] += 0.1
+        return clock["t"]
+    monkeypatch.setattr(frozen_stage.time, "monotonic", fake_monotonic)
+    assert _train(tmp_path, "model", "--max-minutes", "0.1", "--frozen", "auto") == 0
+    frozen = json.loads((tmp_path / "model" / "metrics.json").read_text())["training"]["frozen"]
+    assert 0 < frozen["read"] < frozen["total"]
+
+
+def test_frozen_off_fine_tunes_at_once(tmp_path, capsys):
+    make_corpus(30, seed=3).to_csv(tmp_path / "train.csv", index=False)
+    assert _train(tmp_path, "model", "--frozen", "off") == 0
+    assert "plan (" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["training"]["frozen"] is None
