@@ -285,8 +285,8 @@ def _sample(plan: Plan, quick: bool) -> tuple[list[str], list[str]] | None:
 
 def _model_dir(plan: Plan, texts: list[str], labels: list[str]):
     """A random-init classifier of the plan's size with a tokenizer trained on the sample: speed, not accuracy."""
-    from pipelines.model.model_dir import ModelDir
     from pipelines.data.bpe_tokenizer import train_tokenizer
+    from pipelines.model.model_dir import ModelDir
     tok, names = train_tokenizer(texts, vocab_size=plan.vocab), sorted(set(labels))
     config = TXLConfig(**plan.model | dict(vocab_size=tok.get_vocab_size(), num_labels=len(names), labels=names))
     torch.manual_seed(0)
@@ -305,7 +305,8 @@ def _classify_rate(md, texts: list[str], precision: str, n_tokens: int) -> dict:
 
 def _train_rate(md, ids: list[list[int]], budget: float) -> dict:
     """`Trainer.step` on batches of 8 with arbitrary targets for about `budget` seconds."""
-    from pipelines.training.trainer import Recipe, Trainer, bucketed_batches
+    from pipelines.training.recipe import Recipe, bucketed_batches
+    from pipelines.training.trainer import Trainer
     n_labels = md.model.config.num_labels
     y = torch.zeros(len(ids), n_labels) if md.multi_label else torch.arange(len(ids)) % n_labels
     with tempfile.TemporaryDirectory() as tmp:
@@ -342,6 +343,7 @@ def section_accuracy(quick: bool) -> dict:
     if not BBC.is_file() or not (BUNDLED / "config.json").is_file():
         return {"skipped": f"{BBC} or {BUNDLED} is absent"}
     import pandas as pd
+
     from pipelines.model.inference import predict, prepare
     from pipelines.model.model_dir import load_model_dir
     frame = pd.read_csv(BBC, keep_default_na=False)

@@ -1,7 +1,9 @@
 """Fine-tuning speed of the default start (all-MiniLM-L6-v2, bidirectional, bf16 autocast on a CPU with bf16
-units, batches of 16 bbc_news documents), the training steps alone: no validation, no data loading.
+units, batches of 16 documents, the first of a shared data set, bbc_news by default), the training steps
+alone: no validation, no data loading. Tokens/s counts every document token a step reads.
 
-    python -m benchmarks.train_speed [--data ../shared/data] [--steps 4] [--dropatt 0.1] [--profile]
+    python -m benchmarks.train_speed [--data ../shared/data] [--dataset ungdc] [--steps 4] [--batch-size 16]
+        [--precision float32] [--backprop-segments 0] [--dropatt 0.1] [--profile]
 
 Prints one JSON line (tokens/s over the timed steps, after one warm-up step; peak resident memory, and on glibc
 how much of the heap is in use vs kept free by the allocator setting); `--profile` also prints torch's
@@ -20,10 +22,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipelines.training.starts import load_start
-from pipelines.runtime.device import cpu_has_native_bf16
+from pipelines.data.token_ids import encode
 from pipelines.model.model_dir import ModelDir
-from pipelines.training.trainer import Recipe, Trainer
+from pipelines.runtime.device import cpu_has_native_bf16
+from pipelines.training.recipe import Recipe
+from pipelines.training.starts import load_start
+from pipelines.training.trainer import Trainer
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
 
@@ -57,6 +61,9 @@ def main() -> None:
     p.add_argument("--dropatt", type=float, default=None, help="attention dropout (default: the start's, 0.1)")
     p.add_argument("--precision", choices=["auto", "bf16", "float32"], default="auto",
                    help="auto: bf16 autocast on a CPU with bf16 units, else float32 (as `txl train`)")
+    p.add_argument("--dataset", default="bbc_news", help="a folder of --data (its first .csv.xz); e.g. ungdc, oyez")
+    p.add_argument("--backprop-segments", type=int, default=Recipe.backprop_segments,
+                   help="as `txl train --backprop-segments` (0: every segment, the exact two-pass gradient)")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     start = load_start("minilm", segment_len=256)
@@ -67,13 +74,15 @@ def main() -> None:
     model = TXLDocumentClassifier(TXLConfig.from_dict(start.config | overrides))
     model.transformer.load_state_dict(start.encoder)
     n_docs = args.batch_size * (args.steps + 1)
-    texts = pd.read_csv(args.data / "bbc_news" / "bbc_news.csv.xz")["text"].head(n_docs).tolist()
-    ids = [e.ids for e in start.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    table = sorted((args.data / args.dataset).glob("*.csv*"))[0]
+    texts = pd.read_csv(table)["text"].head(n_docs).tolist()
+    ids = [e.ids for e in encode(start.tokenizer, texts)]
     torch.manual_seed(0)
     precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "float32"
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(ModelDir(model, start.tokenizer, list("abcde")),
-                          Recipe(precision=precision, batch_size=args.batch_size), train_ids=ids,
+                          Recipe(precision=precision, batch_size=args.batch_size,
+                                 backprop_segments=args.backprop_segments), train_ids=ids,
                           train_y=torch.randint(0, 5, (len(ids),)), valid_texts=[], valid_labels=[], out=Path(out),
                           device=torch.device("cpu"))
         batches = [list(range(i, i + args.batch_size)) for i in range(0, n_docs, args.batch_size)]
@@ -84,7 +93,8 @@ def main() -> None:
             tokens += sum(len(ids[i]) for i in batch)
         seconds = time.perf_counter() - started
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-        print(json.dumps({"precision": precision, "threads": torch.get_num_threads(), "steps": args.steps,
+        print(json.dumps({"dataset": args.dataset, "backprop_segments": args.backprop_segments,
+                          "precision": precision, "threads": torch.get_num_threads(), "steps": args.steps,
                           "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
                           "page_faults_per_step": round(faults / args.steps),
                           "dropatt": model.config.dropatt} | memory_mb()))

@@ -17,7 +17,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from pipelines.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DataWarning, Interrupted, UserError
+from pipelines.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    DataWarning,
+    Interrupted,
+    UserError,
+)
 from pipelines.runtime.memory import use_huge_pages
 from pipelines.runtime.threads import choose_wait_policy
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pipelines.runtime import distributed as dist
 from pipelines.cli import main as txl
 from pipelines.model.model_dir import ModelDir
-from pipelines.training.trainer import Recipe, Trainer
+from pipelines.runtime import distributed as dist
+from pipelines.training.recipe import Recipe
+from pipelines.training.trainer import Trainer
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier
 

@@ -7,8 +7,8 @@ import random
 import pandas as pd
 import pytest
 
-from pipelines.commands.baseline import fit_predict
 from pipelines.cli import main
+from pipelines.commands.baseline import fit_predict
 
 TOPICS = {"sport": "goal match team coach league", "tech": "chip code cloud robot data",
           "food": "bread spice soup oven recipe"}

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pipelines.commands.bench import END, HEADING, START, load_bench, write_markdown
 from pipelines.cli import main
+from pipelines.commands.bench import END, HEADING, START, load_bench, write_markdown
 
 OTHER_SECTIONS = "# Benchmarks\n\n## Accuracy\n\nkept above\n"
 
@@ -98,6 +98,7 @@ def test_the_flop_count_is_what_a_segment_with_full_memory_runs():
     (attention computed explicitly so that every product is visible to the counter)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
     from txl_core import TXLConfig, TXLModel
 
     bench = load_bench()

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import perturb, random_ids, tiny_config
 
 from txl_core import TXLConfig, TXLLMHeadModel
 from txl_core.attention import RelMultiHeadAttn, aligned_rows, shift_bidirectional
 from txl_core.classifier import TXLDocumentClassifier
 from txl_core.embedding import PositionalEmbedding
-from conftest import perturb, random_ids, tiny_config
 
 
 @pytest.mark.parametrize("qlen,mlen", [(1, 0), (1, 4), (5, 0), (5, 3), (4, 9)])

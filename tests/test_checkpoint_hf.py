@@ -6,10 +6,10 @@ import json
 import shutil
 
 import torch
+from conftest import FIXTURE_GOLDEN
 from safetensors.torch import load_file
 
 import txl_core
-from conftest import FIXTURE_GOLDEN
 
 
 def test_generic_hf_config_keys_are_ignored(tmp_path):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import die_in_step
 from safetensors.torch import load_file
 
 import pipelines.training.trainer as trainer_module
-from pipelines.training.resume import checkpoint_dir, write_checkpoint
 from pipelines.cli import main
-from conftest import die_in_step
+from pipelines.training.resume import checkpoint_dir, write_checkpoint
 from tests.synth import make_corpus
 
 TINY = ["--d-model", "32", "--n-head", "2", "--d-inner", "64", "--n-layer", "1", "--segment-len", "32",

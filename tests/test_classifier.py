@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import perturb, random_ids, tiny_config
 
 from txl_core.classifier import TXLDocumentClassifier
 from txl_core.recompute import backward_document
-from conftest import perturb, random_ids, tiny_config
 
 POOLINGS = ["mean", "max", "attention", "last"]
 N_LABELS = 6
@@ -232,3 +232,69 @@ def test_classifier_learns_a_two_class_task():
         predictions = model.eval()(ids, lengths).logits.argmax(-1)
     assert losses[-1] < 0.1 * losses[0], losses
     assert torch.equal(predictions, labels)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_a_window_back_propagates_exactly_its_segments_shares(pooling):
+    """`window`: pass 2 restarts from the memory and random state pass 1 had at the window's start and
+    back-propagates those segments' shares only; they equal the shares a full re-read gives (dropout on)."""
+    from txl_core.pooling import PoolState
+    from txl_core.recompute import _rng_state, _set_rng_state, _surrogate
+
+    model = classifier(pooling, dropout=0.2, dropatt=0.2).train()
+    ids, lens = batch([40, 13, 26], seed=4)  # 4, 2 and 3 segments of SEG = 11
+    loss_fn = LOSSES["single-label-ce"]
+    window, gen_seed = 2, 3
+    first = int(torch.randint(0, 4 - window + 1, (1,), generator=torch.Generator().manual_seed(gen_seed)))
+
+    torch.manual_seed(7)
+    model.zero_grad()
+    before = _rng_state(ids.device)
+    with torch.no_grad():
+        final, _ = model.read(ids, lens)
+    total = final.total.detach().requires_grad_()
+    norm = final.norm.detach().requires_grad_(pooling == "attention")
+    loss = loss_fn(model.classify(PoolState(total, norm, final.ref)))
+    loss.backward()
+    _set_rng_state(before, ids.device)
+    for index, seg in enumerate(model.iter_segments(ids, lens)):
+        part = model.segment_state(seg, ref=final.ref[seg.rows])
+        s = _surrogate(pooling, part, final.select(seg.rows), seg.is_last, total.grad[seg.rows],
+                       None if norm.grad is None else norm.grad[seg.rows])
+        if first <= index < first + window and s.requires_grad:
+            s.backward()
+    expected = _grads(model)
+
+    torch.manual_seed(7)
+    model.zero_grad()
+    loss2, _ = backward_document(model, ids, lens, loss_fn, window=window, first=first)
+    got = _grads(model)
+    torch.testing.assert_close(loss2, loss.detach(), rtol=0, atol=1e-6)
+    assert first > 0 and got.keys() == expected.keys()
+    for name in expected:
+        atol = 1e-6 * max(1.0, expected[name].abs().max().item())
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=atol, msg=name)
+
+    model.zero_grad()  # a window as long as the longest document is the exact gradient
+    torch.manual_seed(7)
+    backward_document(model, ids, lens, loss_fn, window=4)
+    wide = _grads(model)
+    model.zero_grad()
+    torch.manual_seed(7)
+    backward_document(model, ids, lens, loss_fn)
+    for name, g in _grads(model).items():
+        torch.testing.assert_close(wide[name], g, rtol=0, atol=0)
+
+
+def test_documents_that_end_before_the_window_add_no_gradient():
+    """Under torchrun a rank's documents may all end before the step's window: the loss is still computed
+    (the ranks' losses add up) and the head, which reads the pooled state, gets its gradient; nothing reaches
+    the encoder."""
+    model = classifier("mean").train()
+    ids, lens = batch([13, 20], seed=2)  # 2 segments each
+    model.zero_grad()
+    loss, logits = backward_document(model, ids, lens, lambda z: F.cross_entropy(z, torch.tensor([0, 1])),
+                                     window=2, first=3)
+    assert torch.isfinite(loss) and logits.shape == (2, N_LABELS)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.transformer.parameters())
+    assert model.head.weight.grad.abs().sum() > 0

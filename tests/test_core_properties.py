@@ -10,13 +10,13 @@ import math
 
 import pytest
 import torch
+from conftest import BSZ, QLEN, perturb, random_ids, tiny_config
 
 import txl_core
 from txl_core import CheckpointError, TXLConfig, TXLLMHeadModel, TXLModel, load_pretrained
 from txl_core.attention import attention_mask, rel_shift
 from txl_core.classifier import TXLDocumentClassifier
 from txl_core.embedding import PositionalEmbedding
-from conftest import BSZ, QLEN, perturb, random_ids, tiny_config
 
 
 def lm(**overrides) -> TXLLMHeadModel:

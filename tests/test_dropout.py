@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_config
+
 from txl_core.attention import RelMultiHeadAttn, attention_mask
 from txl_core.fast.dropout import Dropout, dropout, keep_mask
 

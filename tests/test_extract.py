@@ -12,11 +12,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pypdf import PdfReader, PdfWriter
 
-from app.extract import (MAX_UPLOAD_BYTES, SUPPORTED_SUFFIXES, UPLOAD_LIMIT_ENV, Document, ExtractError,
-                         check_zip, extract_documents, max_upload_bytes)
+from app.extract import (
+    MAX_UPLOAD_BYTES,
+    SUPPORTED_SUFFIXES,
+    UPLOAD_LIMIT_ENV,
+    Document,
+    ExtractError,
+    check_zip,
+    extract_documents,
+    max_upload_bytes,
+)
 
 
 def make_pdf(contents: list[bytes]) -> bytes:

@@ -13,7 +13,7 @@ from pipelines.cli import main
 from pipelines.data.labels import LabelSet
 from pipelines.model.inference import pooled_features, predict, prepare
 from pipelines.model.metrics import compute_metrics
-from pipelines.model.model_dir import ModelDir, load_model_dir
+from pipelines.model.model_dir import load_model_dir
 from pipelines.training import frozen_stage
 from pipelines.training.budget import budget_of, ngram_seconds
 from tests.synth import make_corpus

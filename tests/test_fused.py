@@ -10,11 +10,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import perturb, random_ids, tiny_config
-from txl_core.fast import fused, packed_linear
+
 from txl_core.attention import RelMultiHeadAttn, attention_mask, shift_bidirectional, shift_padded
 from txl_core.classifier import TXLDocumentClassifier
+from txl_core.fast import fused, packed_linear
 
 
 @pytest.fixture(scope="module")

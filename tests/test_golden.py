@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FIXTURE_GOLDEN, SHARED_REFERENCE
 from safetensors.torch import load_file
 
 import txl_core
 from txl_core.attention import attention_mask
-from conftest import FIXTURE_GOLDEN, SHARED_REFERENCE
 
 ATOL = 1e-4
 N_SEG = 3

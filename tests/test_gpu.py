@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.runtime import device as device_module
 from pipelines.model.inference import predict, prepare
-from pipelines.runtime.device import resolve_device, resolve_precision
 from pipelines.model.model_dir import ModelDir, load_model_dir
-from pipelines.training.trainer import Recipe, Trainer
+from pipelines.runtime import device as device_module
+from pipelines.runtime.device import resolve_device, resolve_precision
+from pipelines.training.recipe import Recipe
+from pipelines.training.trainer import Trainer
 from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 from txl_core import TXLConfig

@@ -3,17 +3,18 @@ up: the tokenizer (any text), the segmenter (any length) and the batchers (any b
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 import tempfile
+from pathlib import Path
 
 import torch
-from hypothesis import given, settings, strategies as st
-
 from conftest import tiny_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipelines.data.bpe_tokenizer import SPECIAL, encode_batch, train_tokenizer
 from pipelines.model.inference import _batches, predict
 from pipelines.model.model_dir import load_model_dir
-from pipelines.data.bpe_tokenizer import SPECIAL, encode_batch, train_tokenizer
-from pipelines.training.trainer import bucketed_batches
+from pipelines.training.recipe import bucketed_batches
 from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 from txl_core.classifier import TXLDocumentClassifier

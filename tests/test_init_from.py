@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import die_in_step
 from safetensors.torch import save_file
 
 from pipelines.cli import main
-from pipelines.training.starts import bert_to_txl, load_start
-from pipelines.model.model_dir import load_model_dir
 from pipelines.data.word_tokenizer import WordLevelTokenizer, load_tokenizer
-from conftest import die_in_step
+from pipelines.model.model_dir import load_model_dir
+from pipelines.training.starts import bert_to_txl, load_start
 from tests.synth import FILLER, TOPICS, make_corpus
 from txl_core import TXLConfig, TXLModel
 from txl_core.lm_head import TXLLMHeadModel
@@ -337,7 +337,7 @@ def test_fresh_lr_moves_what_the_start_did_not_supply_and_survives_a_resume(tmp_
 def test_without_fresh_lr_every_parameter_keeps_one_rate():
     """The optimiser's groups: matrices with weight decay first, then the rest, every parameter once; a fresh
     group only when --fresh-lr is given."""
-    from pipelines.training.trainer import Recipe, param_groups
+    from pipelines.training.recipe import Recipe, param_groups
 
     model = TXLModel(TXLConfig.from_dict({"vocab_size": 50, "d_model": 16, "n_head": 2, "d_head": 8, "d_inner": 32,
                                           "n_layer": 2, "segment_len": 8, "mem_len": 8, "cutoffs": []}))

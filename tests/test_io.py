@@ -10,9 +10,9 @@ import warnings
 import pandas as pd
 import pytest
 
-from pipelines.errors import DataWarning, UserError
-from pipelines.data.tables import iter_table, read_table, table_columns
 from pipelines.data.labeled_texts import load_labeled
+from pipelines.data.tables import iter_table, read_table, table_columns
+from pipelines.errors import DataWarning, UserError
 
 # texts that break naive readers: the delimiter, quotes, newlines, "NA", a number with a leading zero, unicode
 TEXTS = ['plain words', 'a, comma', 'say "hi"', 'two\nlines', 'NA', '007', 'naïve café 東京 😀', 'tab\there']

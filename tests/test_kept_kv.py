@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import perturb, random_ids, tiny_config
 
 from txl_core import TXLModel
 from txl_core.classifier import TXLDocumentClassifier
-from conftest import perturb, random_ids, tiny_config
 
 
 def kept_layers(mems) -> int:

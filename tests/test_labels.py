@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.errors import UserError
 from pipelines.data.labels import LabelSet, is_multi_label, normalize_label, stratified_split
+from pipelines.errors import UserError
 
 
 def test_single_label_set_is_sorted_and_encodes_indices():

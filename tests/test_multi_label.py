@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.model.metrics import MIN_POSITIVES, THRESHOLD_GRID, decide, tune_thresholds
-from pipelines.training.trainer import class_weight_tensor, prior_bias
+from pipelines.training.recipe import class_weight_tensor, prior_bias
 from txl_core import TXLConfig
 
 

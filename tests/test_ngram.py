@@ -10,13 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
-from pipelines.model import fusion as fusion_module
-
-from pipelines.model import ngrams as ngram_module
 from pipelines.errors import UserError
+from pipelines.model import fusion as fusion_module
+from pipelines.model import ngrams as ngram_module
 from pipelines.model.fusion import fit_fusion, fused_logits
 from pipelines.model.ngrams import NgramModel, fit_ngram, fit_sample
 from tests.synth import make_corpus
@@ -273,3 +274,31 @@ def test_the_card_says_what_the_ngrams_read():
         "a random 40 documents of the training and validation splits"
     _, weights = fit_phrase({"fit_documents": 100, "fit_on": SPLITS[True], "prior_ratio": 7.25}, 90, 10)
     assert weights.endswith("under a prior toward each part's own calibration (b / a 7.25)")
+
+
+@settings(max_examples=40, deadline=None)
+@given(words=st.lists(st.sampled_from(["alpha", "beta", "Gamma", "déjà-vu", "x", "42", "a.b", "ü", "tax"]),
+                      min_size=1, max_size=120),
+       spaces=st.lists(st.sampled_from([" ", "  ", "\n", "\t", " \n ", "\u3000"]), min_size=1, max_size=120),
+       chunk=st.integers(min_value=1, max_value=60))
+def test_long_texts_are_counted_in_pieces_exactly(words, spaces, chunk):
+    """Counting a text piece by piece (each piece starting with the previous one's last word, whose counts
+    are subtracted) gives the whole text's counts, for the word 1-2-grams and the character n-grams alike."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    ngrams = ngram_module
+
+    text = "".join(w + spaces[i % len(spaces)] for i, w in enumerate(words))
+    corpus = [text, "alpha beta gamma déjà-vu tax 42 x a.b ü"]
+    for chars in (False, True):
+        vec = TfidfVectorizer(**ngrams._settings(fit=False, chars=chars)).fit(corpus)
+        whole = CountVectorizer.transform(vec, [text]).toarray()
+        original = ngrams.CHUNK_CHARS
+        try:
+            ngrams.CHUNK_CHARS = chunk
+            pieces = ngrams._counts(vec, text).toarray()
+            scored = ngrams._Features._part(vec, [text]).toarray()
+        finally:
+            ngrams.CHUNK_CHARS = original
+        np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(scored, vec.transform([text]).toarray(), rtol=1e-5, atol=1e-6)

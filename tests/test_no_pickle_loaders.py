@@ -15,9 +15,9 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from pipelines.cli import main
+from pipelines.data.word_tokenizer import load_tokenizer
 from pipelines.errors import UserError
 from pipelines.model.model_dir import load_model_dir
-from pipelines.data.word_tokenizer import load_tokenizer
 from tests.tiny_model import make_model_dir
 from txl_core import CheckpointError, WordTokenizer, load_pretrained
 from txl_core.safe_pickle import is_inert

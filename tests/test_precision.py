@@ -8,12 +8,13 @@ import json
 
 import pytest
 import torch
+from conftest import perturb, random_ids, tiny_config
 from safetensors import safe_open
 
-from conftest import perturb, random_ids, tiny_config
 from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import ModelDir, load_model_dir
-from pipelines.training.trainer import Recipe, Trainer
+from pipelines.training.recipe import Recipe
+from pipelines.training.trainer import Trainer
 from tests.tiny_model import make_model_dir
 from txl_core.classifier import TXLDocumentClassifier
 

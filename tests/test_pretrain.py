@@ -16,12 +16,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pipelines.training import lm_trainer
 from pipelines.cli import main
-from pipelines.data.lm_stream import batchify, encode_stream, n_segments, perplexity, read_documents, segment
-from pipelines.training.lm_trainer import LMRecipe, LMTrainer
-from pipelines.model.model_dir import load_lm_dir
 from pipelines.commands.pretrain import lm_config
+from pipelines.data.lm_stream import batchify, encode_stream, n_segments, perplexity, read_documents, segment
+from pipelines.model.model_dir import load_lm_dir
+from pipelines.training import lm_trainer
+from pipelines.training.lm_trainer import LMRecipe, LMTrainer
 from txl_core import TXLConfig, TXLLMHeadModel, load_pretrained
 from txl_core.classifier import TXLDocumentClassifier
 

@@ -17,10 +17,11 @@ from collections import Counter, OrderedDict
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import SHARED_REFERENCE
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txl_core.safe_pickle import Inert, is_inert, safe_load
-from conftest import SHARED_REFERENCE
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "tokenizer"
 DATA = {"list": [1, 2.5, None, True], "tuple": (1, "a"), "set": {3, 4}, "frozen": frozenset({"x"}),

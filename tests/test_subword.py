@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.errors import UserError
 from pipelines.data.bpe_tokenizer import encode_batch, load, save, train_tokenizer
+from pipelines.errors import UserError
 
 CORPUS = ["the match ended with a late goal for the home team",
           "the new chip runs the code in the cloud",

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from pipelines.model.model_dir import load_model_dir
-from pipelines.training.trainer import Recipe, Trainer, minutes_text, schedule_step
+from pipelines.training.recipe import Recipe, minutes_text, schedule_step
+from pipelines.training.trainer import Trainer
 from tests.synth import make_corpus
 from tests.tiny_model import make_model_dir
 

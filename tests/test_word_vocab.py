@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import REPO, SHARED_REFERENCE
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txl_core.word_vocab import WordTokenizer, detokenize_numbers, tokenize_numbers
-from conftest import REPO, SHARED_REFERENCE
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tokenizer"
 GOLDEN = json.loads((FIXTURES / "golden_tokenizer.json").read_text())

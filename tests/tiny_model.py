@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from pipelines.model.model_dir import ModelDir, save_model_dir
 from pipelines.data.bpe_tokenizer import train_tokenizer
+from pipelines.model.model_dir import ModelDir, save_model_dir
 from tests.synth import make_corpus
 from txl_core import TXLConfig
 from txl_core.classifier import TXLDocumentClassifier

@@ -32,6 +32,7 @@ class Segment:
     hidden: torch.Tensor
     valid: torch.Tensor
     is_last: torch.Tensor
+    mems: Mems | None = None  # the memory the next segment reads (before finished documents leave it)
 
 
 @dataclass
@@ -58,11 +59,17 @@ class TXLDocumentClassifier(PretrainedMixin, nn.Module):
         nn.init.normal_(self.head.weight, 0.0, config.init_std)
         nn.init.zeros_(self.head.bias)
 
-    def iter_segments(self, input_ids: torch.Tensor, lengths: torch.Tensor, *,
-                      mems: Mems | None = None) -> Iterator[Segment]:
-        """Read the batch segment by segment; finished documents leave the batch (their memory too)."""
-        seg_len, active = self.config.segment_len, torch.arange(input_ids.size(0), device=input_ids.device)
-        for start in range(0, int(lengths.max()), seg_len):
+    def iter_segments(self, input_ids: torch.Tensor, lengths: torch.Tensor, *, mems: Mems | None = None,
+                      first: int = 0, rows: torch.Tensor | None = None, count: int | None = None) -> Iterator[Segment]:
+        """Read the batch segment by segment; finished documents leave the batch (their memory too).
+
+        `first`, `rows`, `mems`: start at segment `first` with the rows still reading there and the memory they
+        read (a previous reading's `Segment.rows` / `.mems` one segment earlier); `count`: read at most that many.
+        """
+        seg_len = self.config.segment_len
+        active = torch.arange(input_ids.size(0), device=input_ids.device) if rows is None else rows
+        starts = range(first * seg_len, int(lengths.max()), seg_len)
+        for start in starts if count is None else starts[:count]:
             alive = lengths[active] > start
             if not bool(alive.all()):
                 active = active[alive]
@@ -72,7 +79,7 @@ class TXLDocumentClassifier(PretrainedMixin, nn.Module):
             valid = steps[None, :] < lengths[active, None]  # (R, T)
             out = self.transformer(ids, mems=mems, valid=valid)
             mems = out.mems
-            yield Segment(start, active, out.last_hidden_state, valid, lengths[active] <= start + seg_len)
+            yield Segment(start, active, out.last_hidden_state, valid, lengths[active] <= start + seg_len, mems)
 
     def segment_state(self, seg: Segment, *, ref: torch.Tensor | None = None) -> PoolState:
         scores = seg.hidden @ self.pool_query if self.config.pooling == "attention" else None  # (R, T)
@@ -82,10 +89,13 @@ class TXLDocumentClassifier(PretrainedMixin, nn.Module):
         zeros = torch.zeros(batch_size, device=device)
         return PoolState(torch.zeros(batch_size, self.config.d_model, device=device), zeros, zeros - 1e30)
 
-    def read(self, input_ids, lengths, *, mems=None, keep_parts=False):
-        """Pool the whole documents: returns (final PoolState over B, [(Segment rows, is_last, part state)])."""
+    def read(self, input_ids, lengths, *, mems=None, keep_parts=False, on_segment=None):
+        """Pool the whole documents: returns (final PoolState over B, [(Segment rows, is_last, part state)]).
+        `on_segment(index, segment)` is called after each segment, before the next one is read."""
         kind, state, parts = self.config.pooling, self.empty_state(input_ids.size(0), input_ids.device), []
-        for seg in self.iter_segments(input_ids, lengths, mems=mems):
+        for index, seg in enumerate(self.iter_segments(input_ids, lengths, mems=mems)):
+            if on_segment is not None:
+                on_segment(index, seg)
             part = self.segment_state(seg)
             merged = combine(kind, state.select(seg.rows), part)
             state = PoolState(*(full.index_put((seg.rows,), new) for full, new in

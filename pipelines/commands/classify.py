@@ -25,7 +25,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipelines.data.tables import iter_table
-from pipelines.data.writers import job_folder, output_format, result_columns, write_frame
+from pipelines.data.writers import (
+    job_folder,
+    output_format,
+    result_columns,
+    write_frame,
+)
 from pipelines.errors import UserError, int_at_least
 from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import load_model_dir

@@ -17,7 +17,12 @@ from pipelines.errors import UserError
 from pipelines.model.inference import prepare
 from pipelines.model.model_dir import load_model_dir, save_model_dir
 from pipelines.runtime.device import PRECISIONS
-from pipelines.training.fusion_stage import features, fit_phrase, fuse_ngrams, measure_test
+from pipelines.training.fusion_stage import (
+    features,
+    fit_phrase,
+    fuse_ngrams,
+    measure_test,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

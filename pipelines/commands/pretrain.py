@@ -21,7 +21,13 @@ import torch
 
 from pipelines.commands.train import FLAG_BOUNDS
 from pipelines.data.bpe_tokenizer import train_tokenizer
-from pipelines.data.lm_stream import EOS, count_words, encode_stream, perplexity, read_documents
+from pipelines.data.lm_stream import (
+    EOS,
+    count_words,
+    encode_stream,
+    perplexity,
+    read_documents,
+)
 from pipelines.data.word_tokenizer import load_tokenizer
 from pipelines.errors import UserError, bounded
 from pipelines.model.model_dir import load_lm_dir

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipelines.data import token_ids
 from pipelines.data.bpe_tokenizer import MIN_VOCAB
 from pipelines.data.labeled_texts import columns_of, load_split, load_train_valid
 from pipelines.data.labels import LabelSet
@@ -36,9 +37,10 @@ from pipelines.training.fusion_stage import fuse_ngrams, measure_test
 from pipelines.training.initial_model import start_model
 from pipelines.training.model_card import model_card
 from pipelines.training.plan import ARCH_DEFAULTS, ATTENTIONS, SHAPE_FLAGS, TrainPlan
+from pipelines.training.recipe import Recipe
 from pipelines.training.resume import checkpoint_dir
 from pipelines.training.starts import minilm_available
-from pipelines.training.trainer import Recipe, Trainer
+from pipelines.training.trainer import Trainer
 
 POSITIONS = ("segment", "relative")
 RECIPE_HELP = {  # Recipe field: (help, choices)
@@ -55,6 +57,9 @@ RECIPE_HELP = {  # Recipe field: (help, choices)
     "precision": ("auto (bf16 autocast on a GPU, and on a CPU with bf16 units when fine-tuning a start; "
                   "float32 otherwise), float32 or bf16", ["auto", "float32", "bf16"]),
     "seed": ("random seed (split, initialisation, batches, dropout)", None),
+    "backprop_segments": ("back-propagate through at most this many consecutive segments of each step's documents "
+                          "(a window drawn at random each step; the loss still reads the documents whole, and the "
+                          "window's gradients are exact); 0: every segment, the exact gradient", None),
 }
 # Bounds of the numeric flags: a value outside is a one-line usage error, not a failure deep in training.
 FLAG_BOUNDS = {"d_model": dict(at_least=1), "n_layer": dict(at_least=1), "n_head": dict(at_least=1),
@@ -62,8 +67,8 @@ FLAG_BOUNDS = {"d_model": dict(at_least=1), "n_layer": dict(at_least=1), "n_head
                "vocab_size": dict(at_least=MIN_VOCAB), "dropout": dict(at_least=0, below=1),
                "batch_size": dict(at_least=1), "weight_decay": dict(at_least=0), "warmup": dict(at_least=0, below=1),
                "clip": dict(above=0), "patience": dict(at_least=1), "evals_per_epoch": dict(at_least=1),
-               "save_every": dict(at_least=0), "lr": dict(above=0), "epochs": dict(at_least=1),
-               "max_minutes": dict(above=0)}
+               "save_every": dict(at_least=0), "backprop_segments": dict(at_least=0), "lr": dict(above=0),
+               "epochs": dict(at_least=1), "max_minutes": dict(above=0)}
 
 
 def _kind(name: str, default):
@@ -273,8 +278,8 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     model, tokenizer, fresh = start_model(plan, label_set, texts)
     if dist.world() > 1:  # one dropout stream per rank: equal masks on every rank would correlate the noise
         torch.manual_seed(args.seed + 1 + dist.rank())
-    ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    keep = [i for i, x in enumerate(ids) if x]
+    ids = [e.ids for e in token_ids.encode(tokenizer, texts)]  # int32 arrays: no Encoding objects kept
+    keep = [i for i, x in enumerate(ids) if len(x)]
     ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
     y = _targets(labels, label_set)
     budget = budget_of(recipe.max_minutes, sum(map(len, texts + vtexts)), ngrams=plan.ngrams)
@@ -288,7 +293,8 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
         print(f"txl train: no checkpoint in {out}; starting from scratch")
     summary = {"name": out.name, "train": str(plan.train), "n_train": len(ids), "n_valid": len(vtexts),
                "train_tokens": sum(map(len, ids)), "labels": list(label_set.names), "multi_label": label_set.multi_label,
-               "label_counts": label_set.counts(labels), "recipe": {**asdict(recipe), "ngrams": plan.ngrams, **model.config.to_dict()},
+               "label_counts": label_set.counts(labels),
+               "recipe": {**asdict(recipe), "ngrams": plan.ngrams, **model.config.to_dict()},
                "machine": f"{platform.machine()} {device.type}, {torch.get_num_threads()} threads"
                           + (f" x {dist.world()} processes" if dist.world() > 1 else "")}
 

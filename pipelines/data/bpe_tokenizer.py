@@ -13,7 +13,15 @@ import random
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from pipelines.errors import UserError
 

@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 
 from pipelines.data.bpe_tokenizer import SPECIAL, encode_batch
-from pipelines.data.tables import DAMAGED, ENCODING, FALLBACK, FORMATS, OPENERS, iter_table
+from pipelines.data.tables import (
+    DAMAGED,
+    ENCODING,
+    FALLBACK,
+    FORMATS,
+    OPENERS,
+    iter_table,
+)
 from pipelines.errors import UserError
 from txl_core import TXLLMHeadModel
 from txl_core.memory import Mems

@@ -18,11 +18,34 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipelines.data.decoding import (ENCODING, FALLBACK, check_not_binary, decode, encoding_of, fallback_bytes,
-                                     fallback_note, text_lines)
-from pipelines.data.sources import DAMAGED, FORMATS, OPENERS, SUPPORTED, Source, checked, opened, table_format
-from pipelines.data.table_errors import (check_columns, check_delimiter, check_repeats, first_bad_json_line,
-                                         objects_only, reading)
+from pipelines.data.decoding import (
+    ENCODING,
+    FALLBACK,
+    check_not_binary,
+    decode,
+    encoding_of,
+    fallback_bytes,
+    fallback_note,
+    text_lines,
+)
+from pipelines.data.sources import (
+    DAMAGED,
+    FORMATS,
+    OPENERS,
+    SUPPORTED,
+    Source,
+    checked,
+    opened,
+    table_format,
+)
+from pipelines.data.table_errors import (
+    check_columns,
+    check_delimiter,
+    check_repeats,
+    first_bad_json_line,
+    objects_only,
+    reading,
+)
 from pipelines.errors import DataWarning, UserError
 
 __all__ = ["DAMAGED", "DEFAULT_CHUNK_ROWS", "ENCODING", "FALLBACK", "FORMATS", "OPENERS", "SUPPORTED", "Source",

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from pipelines.data import token_ids
 from pipelines.model.metrics import decide
 from pipelines.model.model_dir import ModelDir
 from pipelines.runtime.device import (
@@ -120,9 +121,9 @@ def predict(md: ModelDir, texts: Sequence[str], *, batch_size: int = 16, max_tok
     if md.device is None:
         prepare(md, precision="float32", device="cpu")
     # whitespace alone is no document (as in training, `labeled.load_labeled`), though byte-level BPE would encode it
-    encodings = md.tokenizer.encode_batch([t if isinstance(t, str) and t.strip() else "" for t in texts],
-                                          add_special_tokens=False)
-    lengths = [len(e.ids) for e in encodings]
+    encodings = token_ids.encode(md.tokenizer, [t if isinstance(t, str) and t.strip() else "" for t in texts],
+                                 offsets=explain)
+    lengths = [len(e) for e in encodings]
     results: list[Prediction | None] = [None] * len(texts)
     for i, n in enumerate(lengths):
         if n == 0:
@@ -160,18 +161,19 @@ def _pooled_batch(md: ModelDir, ids: list[Sequence[int]]) -> np.ndarray:
     lengths = torch.tensor([len(x) for x in ids])
     padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
     for row, x in enumerate(ids):
-        padded[row, : len(x)] = torch.as_tensor(x)
+        padded[row, : len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
     with _autocast(md):
         state, _ = md.model.read(padded.to(md.device), lengths.to(md.device))
     return finalize(md.model.config.pooling, state).float().cpu().numpy()  # (B, C)
 
 
 @torch.inference_mode()
-def _predict_batch(md: ModelDir, encodings, texts: list[str], *, explain: bool) -> list[Prediction]:
-    lengths = torch.tensor([len(e.ids) for e in encodings])
+def _predict_batch(md: ModelDir, encodings: list[token_ids.Tokens], texts: list[str], *,
+                   explain: bool) -> list[Prediction]:
+    lengths = torch.tensor([len(e) for e in encodings])
     ids = torch.zeros(len(encodings), int(lengths.max()), dtype=torch.long)
     for row, e in enumerate(encodings):
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        ids[row, : len(e)] = torch.from_numpy(e.ids)
     with _autocast(md):
         out = md.model(ids.to(md.device), lengths.to(md.device), explain=explain)
     encoder_logits = out.logits.float().cpu()
@@ -180,7 +182,7 @@ def _predict_batch(md: ModelDir, encodings, texts: list[str], *, explain: bool) 
     probs = _probabilities(md, logits)
     preds = []
     for row, e in enumerate(encodings):
-        pred = _prediction(md, probs[row], len(e.ids))
+        pred = _prediction(md, probs[row], len(e))
         if scores is not None:
             pred.encoder_label = _label_of(md, _probabilities(md, encoder_logits[row:row + 1])[0],
                                            md.model.config.thresholds)
@@ -222,10 +224,10 @@ def _explain(md: ModelDir, segment_logits: torch.Tensor, encoding, probs: torch.
     target = int(probs.argmax())
     contrib = segment_logits[:, target]  # (S,)
     total = float(contrib.abs().sum()) or 1.0
-    seg_len, n = md.model.config.segment_len, len(encoding.ids)
+    seg_len, n = md.model.config.segment_len, len(encoding)
     out = []
     for s, value in enumerate(contrib.tolist()):
         start, end = s * seg_len, min(n, (s + 1) * seg_len)
-        out.append(SegmentExplanation(start, end, encoding.offsets[start][0], encoding.offsets[end - 1][1],
+        out.append(SegmentExplanation(start, end, int(encoding.offsets[start][0]), int(encoding.offsets[end - 1][1]),
                                       value, abs(value) / total))
     return out

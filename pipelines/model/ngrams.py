@@ -21,6 +21,7 @@ fusion weights and thresholds) and `ngram.safetensors` (idf, SVM weights in floa
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,9 @@ FILES = ("ngram.json", "ngram.safetensors")
 SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}
 # character 2-5-grams within words: spelling variants, names and word parts the word n-grams split apart
 CHAR_SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 5], "sublinear_tf": True, "min_df": 2, "lowercase": True}
+CHUNK_CHARS = 20_000  # a longer text is counted in pieces: memory bounded by this, not by the text
+_SPACE = re.compile(r"\s")
+_LAST_WORD = re.compile(r"\s\S+\s*\Z")
 FIT_ONLY = {"min_df"}  # a setting of the fit; a loaded vectorizer has its vocabulary
 MAX_TERMS = 1_000_000  # the most frequent n-grams kept: bounds the component's size (imdb has 439k, 20newsgroups 386k)
 MAX_CHAR_TERMS = 300_000  # the most frequent character n-grams kept (the weights are (labels, terms) float16)
@@ -54,7 +58,14 @@ def _settings(*, fit: bool, chars: bool = False) -> dict:
 
 
 class _Features:
-    """The word vectorizer, and the character one after it when the model has one: one sparse row per text."""
+    """The word vectorizer, and the character one after it when the model has one: one sparse row per text.
+
+    A text longer than `CHUNK_CHARS` is counted piece by piece, so memory stays bounded whatever its length:
+    sklearn lists every n-gram of a text before counting it (a 6 MB text made gigabytes of strings). Pieces
+    end at whitespace and each starts with the previous piece's last word, whose own counts are subtracted
+    again: both analyzers' n-grams never cross more than one word boundary (word 1-2-grams, character n-grams
+    within words), so the summed counts equal the whole text's exactly.
+    """
 
     def __init__(self, parts: list):
         self.parts = parts
@@ -62,8 +73,66 @@ class _Features:
     def transform(self, texts: list[str]):
         import scipy.sparse as sp
 
-        rows = [v.transform(texts) for v in self.parts]
+        rows = [self._part(v, texts) for v in self.parts]
         return rows[0] if len(rows) == 1 else sp.hstack(rows, format="csr")
+
+    @staticmethod
+    def _part(vec, texts: list[str]):
+        if all(len(t) <= CHUNK_CHARS for t in texts):
+            return vec.transform(texts)
+        import scipy.sparse as sp
+
+        counts = sp.vstack([_counts(vec, t) for t in texts], format="csr")
+        return vec._tfidf.transform(counts, copy=False)
+
+
+def _counts(vec, text: str):
+    """The raw n-gram counts of one text (1, F), read in pieces of about `CHUNK_CHARS` characters."""
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    count = CountVectorizer.transform.__get__(vec)  # the counts a TfidfVectorizer weighs
+    if len(text) <= CHUNK_CHARS:
+        return count([text])
+    unit = _LAST_WORD if vec.analyzer == "char_wb" else re.compile(vec.token_pattern)
+    total = np.zeros(len(vec.vocabulary_), dtype=np.float64)
+    for piece, overlap in _pieces(text, unit):
+        total += count([piece]).toarray()[0]
+        if overlap:
+            total -= count([overlap]).toarray()[0]
+    return sp.csr_matrix(total.astype(np.float32))
+
+
+def _pieces(text: str, unit: re.Pattern):
+    """(piece, the part it shares with the previous piece or ""): pieces of about CHUNK_CHARS characters that
+    end at whitespace, each starting where the previous one's last unit starts: its last word for character
+    n-grams within words, its last token for word n-grams (a bigram joins tokens across words that hold none).
+    A piece always reaches past the previous one's end, so the reading moves on whatever the words' lengths."""
+    start, shared, reached = 0, "", 0
+    while True:
+        end = len(text) if len(text) - start <= CHUNK_CHARS else _word_end(text, max(start + CHUNK_CHARS, reached + 1))
+        yield text[start:end], shared
+        if end >= len(text):
+            return
+        unit_start = _last_start(unit, text, start, end)
+        start, shared, reached = unit_start, text[unit_start:end], end
+
+
+def _last_start(unit: re.Pattern, text: str, start: int, end: int) -> int:
+    """Where the last unit of text[start:end] starts (`start` when it holds none)."""
+    if unit is _LAST_WORD:
+        match = unit.search(text, start, end)
+        return start if match is None else match.start() + 1
+    last = start
+    for match in unit.finditer(text, start, end):
+        last = match.start()
+    return last
+
+
+def _word_end(text: str, at: int) -> int:
+    """The end of the word running at `at` (the next whitespace), or the text's end."""
+    match = _SPACE.search(text, at)
+    return len(text) if match is None else match.start()
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pipelines.model.ngrams import fit_limit
 NGRAM_CHARS_PER_SECOND = 400_000  # the n-gram fit with characters, measured 0.45M/s (benchmarks/RESULTS.md)
 NGRAM_FITS = 2.2  # the fit on the training split, the refit on both, and scoring the validation split
 FROZEN_SHARE = 0.5  # of the budget left after the n-grams: reading and the head's fit, the rest fine-tuning
-FINE_TUNE_COST = 3.5  # a token back-propagated costs about this many tokens read (forward, recompute, backward)
+FINE_TUNE_COST = 9.0  # a token back-propagated costs about this many read (MiniLM, bf16 CPU: 21,600 vs ~2,300/s)
 
 
 def ngram_seconds(n_chars: int, *, ngrams: str) -> float:

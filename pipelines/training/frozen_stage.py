@@ -23,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
+from pipelines.data import token_ids
 from pipelines.data.labels import LabelSet
 from pipelines.model.inference import pooled_features, prepare
 from pipelines.model.metrics import compute_metrics, decide, multi_hot, tune_thresholds
@@ -190,7 +191,7 @@ def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Te
     deadline = float("inf") if seconds is None else started + seconds
     reader = FeatureReader(md, precision=precision, device=device)
     key = cache_key(md, train_ids)
-    valid_ids = [e.ids or [0] for e in md.tokenizer.encode_batch(valid_texts, add_special_tokens=False)]
+    valid_ids = [e.ids if len(e) else np.zeros(1, np.int32) for e in token_ids.encode(md.tokenizer, valid_texts)]
     order = np.random.default_rng(seed).permutation(len(train_ids)).tolist()
     with tqdm(total=len(train_ids) + len(valid_ids), unit="doc", desc="reading with the frozen encoder",
               dynamic_ncols=True) as bar:

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from pipelines.data.lm_stream import batchify, n_segments, segment, segment_nll
 from pipelines.data.writers import write_atomic
 from pipelines.training.interrupt import StopRequests
+from pipelines.training.recipe import minutes_text, schedule_step
 from pipelines.training.resume import checkpoint_dir, write_checkpoint
-from pipelines.training.trainer import minutes_text, schedule_step
 from txl_core import TXLLMHeadModel
 
 

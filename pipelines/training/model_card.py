@@ -15,7 +15,8 @@ def model_card(summary: dict, metrics: dict) -> str:
              + ", ".join(f"{k} ({v})" for k, v in summary["label_counts"].items()), "",
              "## Recipe", "", "```json", json.dumps(summary["recipe"], indent=1), "```", "",
              f"Trained for {summary['minutes']:.1f} min on {summary['machine']} ({summary['stopped'] or 'completed'}).",
-             *_stages(summary), "", "## Metrics", "", "| split | documents | accuracy | macro-F1 | micro-F1 |", "|---|---:|---:|---:|---:|"]
+             *_stages(summary), "", "## Metrics", "", "| split | documents | accuracy | macro-F1 | micro-F1 |",
+             "|---|---:|---:|---:|---:|"]
     names = {"validation_encoder": "validation, encoder alone", "validation_ngram": "validation, n-grams alone",
              "test_encoder": "test, encoder alone", "test_ngram": "test, n-grams alone"}
     for split, m in metrics.items():

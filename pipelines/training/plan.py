@@ -8,7 +8,7 @@ from typing import Mapping
 
 from pipelines.data.labeled_texts import Columns
 from pipelines.errors import UserError
-from pipelines.training.trainer import Recipe
+from pipelines.training.recipe import Recipe
 
 # The model from random weights (`--init none`, or any shape flag): small enough to train from scratch on a
 # 2-core CPU in minutes per epoch on a few thousand documents; larger on a GPU.

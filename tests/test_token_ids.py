@@ -1,0 +1,59 @@
+"""Long texts are tokenized in pieces cut at spaces: the ids and offsets equal those of the whole text."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipelines.data.bpe_tokenizer import train_tokenizer
+from pipelines.data.token_ids import cuts, encode
+from pipelines.training.starts import _bert_tokenizer
+from tests.synth import make_corpus
+from tests.test_init_from import bert_dir
+
+BPE = train_tokenizer(make_corpus(60, seed=0)["text"], vocab_size=300)
+WORDS = ["alpha", "beta", "déjà", "Vu", "naïve", "x", "42", "3.5", "a.b", "e-mail", "ü", "ﬁle", "tax", "!!", "don't"]
+SPACES = [" ", "  ", "\n", "\t", " \n ", "\n\n", "\u3000", " \u00a0"]
+
+
+def _text(words, spaces) -> str:
+    return "".join(w + spaces[i % len(spaces)] for i, w in enumerate(words))
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=80),
+       spaces=st.lists(st.sampled_from(SPACES), min_size=1, max_size=80), piece=st.integers(1, 40),
+       lead=st.sampled_from(["", " ", "\n"]))
+def test_pieces_give_the_whole_texts_ids_and_offsets(words, spaces, piece, lead):
+    text = lead + _text(words, spaces)
+    whole = BPE.encode(text, add_special_tokens=False)
+    (got,) = encode(BPE, [text], offsets=True, piece_chars=piece)
+    assert got.ids.tolist() == whole.ids
+    # every token that covers characters covers the same ones (a lone space token's empty span may sit either
+    # side of its space)
+    for (a, b), (c, d) in zip(got.offsets.tolist(), whole.offsets):
+        assert (a, b) == (c, d) if d > c else (b - a == 0 and abs(a - c) <= 1)
+
+
+def test_wordpiece_pieces_equal_the_whole(tmp_path):
+    bert = _bert_tokenizer(bert_dir(tmp_path))
+    text = _text(WORDS * 20, SPACES)
+    (got,) = encode(bert, [text], piece_chars=17)
+    assert got.ids.tolist() == bert.encode(text, add_special_tokens=False).ids
+
+
+def test_cuts_fall_on_a_space_after_a_word_and_bound_the_pieces():
+    text = _text(WORDS * 50, SPACES)
+    bounds = cuts(text, 30)
+    assert bounds[0] == 0 and bounds[-1] == len(text) and bounds == sorted(set(bounds))
+    for at in bounds[1:-1]:
+        assert text[at] == " " and not text[at - 1].isspace()
+    assert max(b - a for a, b in zip(bounds, bounds[1:])) < 30 + 20  # to the next space after a word
+    assert cuts("x" * 100, 10) == [0, 100]  # no space: one piece
+
+
+def test_short_and_empty_texts_are_encoded_whole():
+    texts = ["", "alpha beta", "x " * 10]
+    got = encode(BPE, texts)
+    assert [t.ids.tolist() for t in got] == [e.ids for e in BPE.encode_batch(texts, add_special_tokens=False)]
+    assert got[0].ids.dtype == np.int32 and got[0].offsets is None
