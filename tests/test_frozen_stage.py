@@ -115,7 +115,8 @@ def test_train_reads_first_plans_aloud_and_records_which_stage_it_kept(tmp_path,
     frozen = metrics["training"]["frozen"]
     assert frozen["read"] == frozen["total"] == 54 and frozen["tokens"] > 0
     assert metrics["training"]["kept"] in ("frozen encoder + fitted head", "fine-tuning")
-    assert "Kept:" in (tmp_path / "model" / "README.md").read_text()
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "Kept:" in card and "plan (" in card and "read all 54 training documents whole" in card
 
 
 def test_a_tiny_budget_reads_a_random_sample_whole(tmp_path, monkeypatch, capsys):

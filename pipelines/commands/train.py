@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import platform
 import sys
 from dataclasses import asdict, fields, replace
@@ -219,14 +220,18 @@ def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budg
         return None
     precision = resolve_precision("auto", device)  # reading runs at inference speed, whatever training uses
 
+    said = []
+
     def announce(speed: float, planned: int, planned_tokens: int) -> None:
-        tqdm.write(plan_line(precision=precision, device=device.type, tokens_per_second=speed, planned=planned,
-                             n_train=len(ids), planned_tokens=planned_tokens, budget=budget), file=sys.stderr)
+        said.append(plan_line(precision=precision, device=device.type, tokens_per_second=speed, planned=planned,
+                              n_train=len(ids), planned_tokens=planned_tokens, budget=budget))
+        tqdm.write(said[-1], file=sys.stderr)
 
     result = run_frozen_stage(md, ids, y, vtexts, vlabels, folder=checkpoint_dir(plan.out) / "features",
                               seconds=budget.frozen, precision=precision, device=str(device),
                               seed=plan.recipe.seed, announce=announce)
     if result is not None:
+        result = replace(result, plan=said[-1].removeprefix("txl train: ") if said else "")
         write_atomic(saved, json.dumps(asdict(result)))
         tqdm.write(f"txl train: head fit on {result.read:,} of {result.total:,} documents read whole in "
                    f"{result.seconds / 60:.1f} min: validation accuracy {result.metrics['accuracy']:.4f} "
@@ -240,8 +245,10 @@ def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, data, spent
     final = {"validation": state.best_metrics}
     best = load_model_dir(plan.out)
     prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
+    started = time.monotonic()
     if plan.ngrams != "off":
         final = fuse_ngrams(best, *data, chars=plan.ngrams == "fuse")
+    spent += time.monotonic() - started  # the n-gram stage is part of the budget
     if plan.test:
         final.update(measure_test(best, *load_split(plan.test, plan.columns, "test")))
     stopped = state.stopped

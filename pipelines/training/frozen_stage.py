@@ -44,6 +44,7 @@ class FrozenResult:
     tokens_per_second: float
     c: float
     metrics: dict
+    plan: str = ""  # the plan line the run printed before reading
 
     def summary(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "metrics"}

@@ -35,6 +35,8 @@ def model_card(summary: dict, metrics: dict) -> str:
 def _stages(summary: dict) -> list[str]:
     """What the reading stage did and which stage produced the kept model."""
     frozen, lines = summary.get("frozen"), []
+    if frozen and frozen.get("plan"):
+        lines += ["", f"The run's {frozen['plan']}."]
     if frozen:
         whole = "all" if frozen["read"] == frozen["total"] else f"a random {frozen['read']:,} of the"
         lines += ["", f"Read {whole} {frozen['total']:,} training documents whole with the frozen encoder "

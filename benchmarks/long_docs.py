@@ -1,0 +1,114 @@
+"""The long-document table: ungdc and oyez, the default recipe against TF-IDF and against reading the start only.
+
+    python -m benchmarks.long_docs --dataset ungdc --variants default tfidf tfidf512 [--minutes 30]
+
+Variants, each through the product's own commands on the data set's train / test split:
+  default    `txl train --max-minutes M` (the default recipe) + `txl evaluate` on the test split
+  first512   the same recipe on documents cut to their first 512 words (train and test alike)
+  mem0       the same recipe with `--mem-len 0`: segments read independently, then pooled
+  tfidf      `txl baseline` (TF-IDF + LinearSVC) on the full texts
+  tfidf512   `txl baseline` on documents cut to their first 512 words
+Each result is appended to benchmarks/long_docs.json (machine, command, minutes, test accuracy / macro-F1) and
+the table in benchmarks/RESULTS.md between `<!-- long-docs:start -->` and `<!-- long-docs:end -->` is rewritten
+from that file. Models go to runs/long_docs/<dataset>.<variant>/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.runtime.cpu import cpu_has_bf16_units
+
+HERE = Path(__file__).resolve().parent
+FILES = {"ungdc": "ungdc/ungdc_continent.csv.xz", "oyez": "oyez/oyez_scotus_oral_args_decade.csv.xz"}
+RESULTS, TABLE = HERE / "long_docs.json", HERE / "RESULTS.md"
+START, END = "<!-- long-docs:start -->", "<!-- long-docs:end -->"
+NAMES = {"default": "txl-doc default recipe", "first512": "same recipe, first 512 words only",
+         "mem0": "same recipe, --mem-len 0 (no memory across segments)", "tfidf": "TF-IDF + LinearSVC, full texts",
+         "tfidf512": "TF-IDF + LinearSVC, first 512 words"}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    import os
+    return f"{cpu}, {os.cpu_count()} cores, {'AVX512-BF16' if cpu_has_bf16_units() else 'no bf16 units'}"
+
+
+def first_words(source: Path, out: Path, n: int = 512) -> Path:
+    """The data set with each text cut to its first `n` words (both splits)."""
+    if not out.exists():
+        frame = pd.read_csv(source)
+        frame["text"] = frame["text"].map(lambda t: " ".join(str(t).split()[:n]))
+        frame.to_csv(out, index=False)
+    return out
+
+
+def _run(command: list[str]) -> float:
+    print("$", " ".join(command), flush=True)
+    started = time.time()
+    subprocess.run(command, check=True)
+    return (time.time() - started) / 60
+
+
+def run_variant(dataset: str, variant: str, data: Path, minutes: float, runs: Path) -> dict:
+    source = data / FILES[dataset]
+    runs.mkdir(parents=True, exist_ok=True)
+    table = first_words(source, runs / f"{dataset}.first512.csv") if variant.endswith("512") else source
+    out = runs / f"{dataset}.{variant}"
+    txl = [sys.executable, "-m", "pipelines.cli"]
+    if variant.startswith("tfidf"):
+        took = _run([*txl, "baseline", "--train", str(table), "--test", str(table), "--out", str(out) + ".json"])
+        metrics = json.loads(Path(str(out) + ".json").read_text())
+    else:
+        extra = ["--mem-len", "0"] if variant == "mem0" else []
+        took = _run([*txl, "train", "--train", str(table), "--out", str(out), "--max-minutes", str(minutes), *extra])
+        _run([*txl, "evaluate", "--model", str(out), "--data", str(table), "--split", "test",
+              "--out", str(out / "test")])
+        metrics = json.loads((out / "test" / "metrics.json").read_text())
+    test = metrics
+    return {"dataset": dataset, "variant": variant, "minutes": round(took, 1), "machine": machine(),
+            "accuracy": round(100 * test["accuracy"], 2), "macro_f1": round(100 * test["macro_f1"], 2),
+            "command": f"python -m benchmarks.long_docs --dataset {dataset} --variants {variant}"
+                       + ("" if variant.startswith("tfidf") else f" --minutes {minutes:g}")}
+
+
+def write_table(rows: list[dict]) -> None:
+    latest = {(r["dataset"], r["variant"]): r for r in rows}
+    lines = ["| data set | variant | test accuracy | macro-F1 | minutes | machine |", "|---|---|---:|---:|---:|---|"]
+    for (dataset, variant), r in sorted(latest.items()):
+        lines.append(f"| {dataset} | {NAMES[variant]} | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | "
+                     f"{r['minutes']:.1f} | {r['machine']} |")
+    text = TABLE.read_text()
+    if START not in text:
+        text += f"\n## Long documents (python -m benchmarks.long_docs)\n\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    TABLE.write_text(head + START + "\n" + "\n".join(lines) + "\n" + END + rest.split(END, 1)[1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(FILES), required=True)
+    p.add_argument("--variants", nargs="+", choices=sorted(NAMES), default=["tfidf", "tfidf512", "default"])
+    p.add_argument("--minutes", type=float, default=30.0, help="--max-minutes of the recipe's runs")
+    p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    p.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "long_docs")
+    args = p.parse_args()
+    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    for variant in args.variants:
+        row = run_variant(args.dataset, variant, args.data, args.minutes, args.runs)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+        write_table(rows)
+
+
+if __name__ == "__main__":
+    main()
