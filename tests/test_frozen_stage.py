@@ -139,3 +139,12 @@ def test_frozen_off_fine_tunes_at_once(tmp_path, capsys):
     assert _train(tmp_path, "model", "--frozen", "off") == 0
     assert "plan (" not in capsys.readouterr().err
     assert json.loads((tmp_path / "model" / "metrics.json").read_text())["training"]["frozen"] is None
+
+
+def test_an_overconfident_head_is_cooled_on_validation_without_changing_a_decision():
+    rng = np.random.default_rng(1)
+    true = rng.normal(size=(400, 3))
+    labels = [["a", "b", "c"][int(rng.choice(3, p=np.exp(z) / np.exp(z).sum()))] for z in true]
+    t = frozen_stage._temperature(8 * true, labels, ["a", "b", "c"])
+    assert 0.08 < t < 0.2  # about 1/8: the logits' own scale recovered
+    assert (np.argmax(t * 8 * true, 1) == np.argmax(true, 1)).all()

@@ -148,6 +148,15 @@ def _decisions(md: ModelDir, logits: np.ndarray, labels: list[str]) -> tuple[lis
     return ["|".join(n for n, c in zip(md.labels, row) if c) for row in chosen], thresholds
 
 
+def _temperature(logits: np.ndarray, labels: list[str], names: list[str]) -> float:
+    """The factor t in [0.05, 20] minimising the validation log-loss of t * logits (single-label): a head fit on a
+    sample is overconfident, and fine-tuning from overconfident logits starts from a large loss."""
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor([names.index(v) for v in labels])
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+    return float(min(grid, key=lambda t: float(torch.nn.functional.cross_entropy(float(t) * z, y))))
+
+
 def fit_head(md: ModelDir, train_x: np.ndarray, train_y: torch.Tensor, valid_x: np.ndarray,
              valid_labels: list[str]) -> tuple[float, dict]:
     """Fit the head on the pooled training vectors, choosing C on validation by macro-F1 (what training keeps
@@ -161,6 +170,9 @@ def fit_head(md: ModelDir, train_x: np.ndarray, train_y: torch.Tensor, valid_x: 
         if best is None or metrics["macro_f1"] > best[1]["macro_f1"]:
             best = (c, metrics, w, b, thresholds)
     c, metrics, w, b, thresholds = best
+    if not md.multi_label:  # the same decisions, probabilities calibrated on validation (fine-tuning starts there)
+        t = _temperature(valid_x @ w.T + b, valid_labels, md.labels)
+        w, b = w * t, b * t
     with torch.no_grad():
         md.model.head.weight.copy_(torch.from_numpy(w))
         md.model.head.bias.copy_(torch.from_numpy(b))
