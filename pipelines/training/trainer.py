@@ -242,7 +242,8 @@ class Trainer:
             while st.batch < len(batches):
                 elapsed = self.elapsed(started)  # clocks differ: all ranks stop at the same step
                 if self.out_of_time(elapsed):
-                    st.stopped = f"time budget of {r.max_minutes:.1f} min reached"
+                    minutes = r.max_minutes if r.max_minutes is None else round(r.max_minutes, 1)
+                    st.stopped = f"time budget of {minutes} min reached"
                     break
                 t0, batch = time.time(), batches[st.batch]
                 loss = self.step(batch, elapsed)
