@@ -148,3 +148,22 @@ def test_an_overconfident_head_is_cooled_on_validation_without_changing_a_decisi
     t = frozen_stage._temperature(8 * true, labels, ["a", "b", "c"])
     assert 0.08 < t < 0.2  # about 1/8: the logits' own scale recovered
     assert (np.argmax(t * 8 * true, 1) == np.argmax(true, 1)).all()
+
+
+def test_a_run_killed_while_fine_tuning_resumes_without_reading_again(tmp_path, monkeypatch, capsys):
+    """The frozen stage's result and head are in the checkpoint: `--resume` goes straight on fine-tuning."""
+    from conftest import die_in_step
+
+    import pipelines.training.trainer as trainer_module
+    make_corpus(60, seed=3).to_csv(tmp_path / "train.csv", index=False)
+    real_step = die_in_step(monkeypatch, trainer_module.Trainer, 3)
+    assert _train(tmp_path, "model", "--save-every", "0") == 130
+    assert "plan (" in capsys.readouterr().err
+    monkeypatch.setattr(trainer_module.Trainer, "step", real_step)
+    reads = []
+    import pipelines.commands.train as train_command
+    monkeypatch.setattr(train_command, "run_frozen_stage", lambda *a, **k: reads.append(1))
+    assert _train(tmp_path, "model", "--save-every", "0", "--resume") == 0
+    assert reads == [] and "plan (" not in capsys.readouterr().err
+    frozen = json.loads((tmp_path / "model" / "metrics.json").read_text())["training"]["frozen"]
+    assert frozen["read"] == frozen["total"] == 54
