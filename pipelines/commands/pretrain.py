@@ -106,33 +106,34 @@ def lm_config(args, vocab_size: int) -> TXLConfig:
                      pad_token_id=0)
 
 
-def _fill_arch(args, start: TXLConfig | None) -> None:
-    for name, default in ARCH.items():
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(start, name) if start is not None else default)
+def _filled(args, start: TXLConfig | None) -> argparse.Namespace:
+    """The options with every unset model flag resolved (the start's value, else the default): a new object,
+    made once; the parsed `args` are never rewritten."""
+    return argparse.Namespace(**{**vars(args), **{name: getattr(start, name) if start is not None else default
+                                                  for name, default in ARCH.items() if getattr(args, name) is None}})
 
 
 def _model_and_tokenizer(args, docs: list[str]):
-    """From the checkpoint (--resume), from --init, or new; the checkpoint's settings win over flags."""
+    """(model, tokenizer, resumed, the resolved options): from the checkpoint (--resume), from --init, or new;
+    the checkpoint's settings win over flags."""
     ck = checkpoint_dir(Path(args.out))
     if args.resume and (ck / "state.json").is_file():
         config = TXLConfig.load(ck)
-        _fill_arch(args, config)
-        return TXLLMHeadModel(config), load_tokenizer(ck / "tokenizer.json"), True
+        return TXLLMHeadModel(config), load_tokenizer(ck / "tokenizer.json"), True, _filled(args, config)
     if args.init:
         given = [n for n in SHAPE if getattr(args, n) is not None]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when continuing from --init "
                             "(the pre-trained weights fix the model's shape)")
         lm = load_lm_dir(args.init)
-        _fill_arch(args, lm.model.config)
+        args = _filled(args, lm.model.config)
         cfg = lm.model.config  # how it reads may change: these settings own no weights
         cfg.segment_len, cfg.mem_len, cfg.dropout = args.segment_len, args.mem_len, args.dropout
         cfg.clamp_len = args.segment_len + args.mem_len if args.clamp_len is None else args.clamp_len
-        return lm.model, lm.tokenizer, False
-    _fill_arch(args, None)
+        return lm.model, lm.tokenizer, False, args
+    args = _filled(args, None)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else train_tokenizer(docs, vocab_size=args.vocab_size)
-    return TXLLMHeadModel(lm_config(args, tokenizer.get_vocab_size())), tokenizer, False
+    return TXLLMHeadModel(lm_config(args, tokenizer.get_vocab_size())), tokenizer, False, args
 
 
 def _streams(args, tokenizer, docs: list[str]):
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already holds a model; choose another --out or pass --resume")
     torch.manual_seed(args.seed)
     docs = read_documents(args.text, text_column=args.text_column)
-    model, tokenizer, resumed = _model_and_tokenizer(args, docs)
+    model, tokenizer, resumed, args = _model_and_tokenizer(args, docs)
     train, held, held_words = _streams(args, tokenizer, docs)
     _check_length(train, args)
     device = resolve_device(args.device)
