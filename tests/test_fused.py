@@ -269,3 +269,20 @@ def test_each_cpu_gets_the_build_it_can_run(flags, expected, monkeypatch):
         assert fused._ops() is None and fused.softmax_dropout_f32() is None
         with pytest.raises(RuntimeError, match="neither"):
             fused.build()
+
+
+def test_the_kernel_never_runs_where_attention_dropout_is_on():
+    """A training pass read without gradients (pass 1 of the two-pass step) must drop what pass 2 drops: the
+    kernel, which has no dropout, is chosen only when no attention dropout is in force."""
+    from txl_core.attention import attention_mask
+    from txl_core.fast.routes import attention_route
+
+    q = torch.randn(1, 2, 8, 32, dtype=torch.bfloat16)
+    kv = torch.randn(1, 2, 16, 32, dtype=torch.bfloat16)
+    r = torch.randn(2, 16, 32, dtype=torch.bfloat16)
+    mask = attention_mask(qlen=8, mlen=8, mem_len=8, same_length=False)
+    common = dict(mask=mask, need_probs=False, d_head=32, bidirectional=False, same_length=False, klen=16)
+    with torch.no_grad():
+        assert attention_route(q, kv, kv, r, dropout=0.1, **common).name != "kernel"
+        if fused.rel_attn_bf16() is not None:
+            assert attention_route(q, kv, kv, r, dropout=0.0, **common).name == "kernel"

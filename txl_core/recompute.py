@@ -68,8 +68,9 @@ def backward_document(model: TXLDocumentClassifier, input_ids: torch.Tensor, len
     if first > 0 and resume is None:  # these documents end before the window: no share of theirs is in it
         return loss.detach(), logits.detach()
     _set_rng_state(resume.rng if resume is not None else before, device)
-    segments = model.iter_segments(input_ids, lengths) if resume is None else model.iter_segments(
-        input_ids, lengths, first=first, rows=resume.rows, mems=resume.mems, count=window)
+    count = None if whole else window
+    segments = model.iter_segments(input_ids, lengths, count=count) if resume is None else model.iter_segments(
+        input_ids, lengths, first=first, rows=resume.rows, mems=resume.mems, count=count)
     for seg in segments:
         part = model.segment_state(seg, ref=final.ref[seg.rows])
         surrogate = _surrogate(kind, part, final.select(seg.rows), seg.is_last,

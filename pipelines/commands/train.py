@@ -214,8 +214,8 @@ def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budg
     """The stage without back-propagation (`--frozen auto` from a pre-trained start, one process), or the one an
     interrupted run already did (its result is kept in the checkpoint folder)."""
     saved = checkpoint_dir(plan.out) / FROZEN_FILE
-    if plan.resume and saved.is_file():
-        return FrozenResult(**json.loads(saved.read_text()))
+    if plan.resume and saved.is_file() and (checkpoint_dir(plan.out) / "state.json").is_file():
+        return FrozenResult(**json.loads(saved.read_text()))  # its head is in the checkpoint
     if not plan.frozen or dist.world() > 1:
         return None
     precision = resolve_precision("auto", device)  # reading runs at inference speed, whatever training uses
@@ -232,7 +232,6 @@ def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budg
                               seed=plan.recipe.seed, announce=announce)
     if result is not None:
         result = replace(result, plan=said[-1].removeprefix("txl train: ") if said else "")
-        write_atomic(saved, json.dumps(asdict(result)))
         tqdm.write(f"txl train: head fit on {result.read:,} of {result.total:,} documents read whole in "
                    f"{result.seconds / 60:.1f} min: validation accuracy {result.metrics['accuracy']:.4f} "
                    f"macro-F1 {result.metrics['macro_f1']:.4f}", file=sys.stderr)
@@ -287,7 +286,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
         torch.manual_seed(args.seed + 1 + dist.rank())
     ids = [e.ids for e in token_ids.encode(tokenizer, texts)]  # int32 arrays: no Encoding objects kept
     keep = [i for i, x in enumerate(ids) if len(x)]
-    ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
+    ids, labels, texts = [ids[i] for i in keep], [labels[i] for i in keep], [texts[i] for i in keep]
     y = _targets(labels, label_set)
     budget = budget_of(recipe.max_minutes, sum(map(len, texts + vtexts)), ngrams=plan.ngrams)
     md = ModelDir(model, tokenizer, list(label_set.names))
@@ -312,7 +311,8 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
 
     if frozen is not None and trainer.state.step == 0 and trainer.state.best_f1 < 0:
         summary["frozen"] = frozen.summary()
-        trainer.start_from(frozen.metrics, on_best)  # the model to beat, saved and checkpointed
+        trainer.start_from(frozen.metrics, on_best)  # the model to beat, saved and checkpointed, then its record:
+        write_atomic(checkpoint_dir(out) / FROZEN_FILE, json.dumps(asdict(frozen)))  # a resume skips the stage
     state = trainer.fit(on_best)
     summary["frozen"], summary["frozen_metrics"] = (frozen.summary(), frozen.metrics) if frozen else (None, None)
     final = _finish(plan, state, summary, trainer, (texts, labels, vtexts, vlabels), spent)

@@ -50,10 +50,10 @@ class FrozenResult:
         return {k: v for k, v in asdict(self).items() if k != "metrics"}
 
 
-def cache_key(md: ModelDir, ids: list[list[int]]) -> str:
+def cache_key(md: ModelDir, ids: list[list[int]], *, weights: bool = True) -> str:
     """Names the encoder's weights, its reading settings and the documents: a cache under another key is ignored."""
     h = hashlib.sha256(json.dumps(md.model.config.to_dict(), sort_keys=True).encode())
-    for name, t in sorted(md.model.transformer.state_dict().items()):
+    for name, t in sorted(md.model.transformer.state_dict().items()) if weights else ():
         h.update(name.encode() + t.detach().float().cpu().numpy().tobytes())
     for x in ids:
         h.update(np.asarray(x, dtype=np.int64).tobytes() + b"|")
@@ -208,7 +208,8 @@ def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Te
     order = np.random.default_rng(seed).permutation(len(train_ids)).tolist()
     with tqdm(total=len(train_ids) + len(valid_ids), unit="doc", desc="reading with the frozen encoder",
               dynamic_ncols=True) as bar:
-        valid = read_cached(reader, valid_ids, list(range(len(valid_ids))), folder / key / "valid",
+        valid = read_cached(reader, valid_ids, list(range(len(valid_ids))),
+                            folder / key / f"valid-{cache_key(md, valid_ids, weights=False)}",
                             deadline=float("inf"), on_chunk=bar.update)
         if announce is not None:
             left = None if seconds is None else max(0.0, deadline - time.monotonic())

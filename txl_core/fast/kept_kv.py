@@ -66,7 +66,8 @@ def kept(mems: list[torch.Tensor] | None, layer: int, attn: RelMultiHeadAttn) ->
         return None
     mem = mems[layer]
     if (entry.mem_address != mem.data_ptr() or entry.mem_version != _version(mem)
-            or entry.kv[0].size(2) != mem.size(1) or entry.stamp != attn.weights_stamp()):
+            or entry.kv[0].shape[0] != mem.shape[0] or entry.kv[0].size(2) != mem.size(1)
+            or entry.stamp != attn.weights_stamp()):
         return None
     return entry.kv
 

@@ -1,7 +1,8 @@
 """The one place that chooses how an attention step is computed: the plain path, or a fast path that equals it.
 
 Routes (each tested against `plain`):
-- `kernel`: CPU bf16 inference, the compiled attention kernel (`fused.rel_attn_bf16`): no autograd, no
+- `kernel`: CPU bf16 inference, the compiled attention kernel (`fused.rel_attn_bf16`): no autograd, no attention
+  dropout (also not in a training pass read without gradients, which must draw what the pass after it draws), no
   probabilities wanted, head size a multiple of 16 up to 64, the plain causal mask (not `same_length`) or,
   bidirectional, no mask or right padding only (given as key counts). It never computes a key a query does not see.
 - `sdpa`: torch's fused `scaled_dot_product_attention` with the position term as its additive bias: whenever no
@@ -65,7 +66,7 @@ def attention_route(q, k, v, r, *, mask, need_probs: bool, dropout: float, d_hea
     q (B, H, T, D); k, v (B, H, K', D) the rows projected in this call; r (H, K, D); mask as in
     `RelMultiHeadAttn.forward`.
     """
-    if not need_probs:
+    if not need_probs and dropout == 0.0:  # the kernel has no dropout: never in a training pass that drops
         use, key_len = _kernel_key_len(q, k, v, r, mask=mask, d_head=d_head, bidirectional=bidirectional,
                                        same_length=same_length, klen=klen)
         if use:
