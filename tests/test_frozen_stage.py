@@ -167,3 +167,15 @@ def test_a_run_killed_while_fine_tuning_resumes_without_reading_again(tmp_path, 
     assert reads == [] and "plan (" not in capsys.readouterr().err
     frozen = json.loads((tmp_path / "model" / "metrics.json").read_text())["training"]["frozen"]
     assert frozen["read"] == frozen["total"] == 54
+
+
+def test_the_plan_gives_fine_tuning_what_reading_leaves():
+    from pipelines.training.budget import plan_line
+    b = budget_of(30, 10_000_000, ngrams="fuse")
+    quick = plan_line(precision="bf16", device="cpu", tokens_per_second=20_000, planned=100, n_train=100,
+                      planned_tokens=1_200_000, budget=b, spent=60)  # 1 min so far + 1 min to read the rest
+    assert "read all 100 training documents whole" in quick and "(~2.0 min)" in quick
+    assert f"fine-tune for ~{(1800 - b.ngrams - 120) / 60:.1f} min" in quick
+    slow = plan_line(precision="bf16", device="cpu", tokens_per_second=20_000, planned=40, n_train=100,
+                     planned_tokens=10**9, budget=b, spent=60)
+    assert "a random 40 of the 100" in slow and f"(~{b.frozen / 60:.1f} min)" in slow

@@ -222,9 +222,9 @@ def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budg
 
     said = []
 
-    def announce(speed: float, planned: int, planned_tokens: int) -> None:
+    def announce(speed: float, planned: int, planned_tokens: int, spent: float) -> None:
         said.append(plan_line(precision=precision, device=device.type, tokens_per_second=speed, planned=planned,
-                              n_train=len(ids), planned_tokens=planned_tokens, budget=budget))
+                              n_train=len(ids), planned_tokens=planned_tokens, budget=budget, spent=spent))
         tqdm.write(said[-1], file=sys.stderr)
 
     result = run_frozen_stage(md, ids, y, vtexts, vlabels, folder=checkpoint_dir(plan.out) / "features",

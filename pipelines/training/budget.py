@@ -45,8 +45,9 @@ def budget_of(max_minutes: float | None, n_chars: int, *, ngrams: str) -> Budget
 
 
 def plan_line(*, precision: str, device: str, tokens_per_second: float, planned: int, n_train: int,
-              planned_tokens: int, budget: Budget) -> str:
-    """What the run will do, in one line, from the reading speed just measured."""
+              planned_tokens: int, budget: Budget, spent: float = 0.0) -> str:
+    """What the run will do, in one line, from the reading speed just measured (`spent`: seconds of reading so
+    far, the validation documents)."""
     if budget.total is None:
         return (f"txl train: plan ({precision} on {device}): read all {n_train:,} training documents whole "
                 f"({planned_tokens:,} tokens) with the frozen encoder at {tokens_per_second:,.0f} tokens/s "
@@ -54,9 +55,10 @@ def plan_line(*, precision: str, device: str, tokens_per_second: float, planned:
                 "for the epochs")
     what = (f"all {n_train:,} training documents whole" if planned >= n_train else
             f"a random {planned:,} of the {n_train:,} training documents, each whole")
-    left = budget.fine_tune(budget.frozen or 0.0) or 0.0
+    reading = min(budget.frozen or 0.0, spent + planned_tokens / max(tokens_per_second, 1e-9))
+    left = budget.fine_tune(reading) or 0.0
     tuned = left * tokens_per_second / FINE_TUNE_COST
     return (f"txl train: plan ({budget.total / 60:g} min, {precision} on {device}): read {what} ({planned_tokens:,} "
             f"tokens) with the frozen encoder at {tokens_per_second:,.0f} tokens/s and fit the head "
-            f"(~{(budget.frozen or 0) / 60:.1f} min), then fine-tune for ~{left / 60:.1f} min (~{tuned:,.0f} tokens "
+            f"(~{reading / 60:.1f} min), then fine-tune for ~{left / 60:.1f} min (~{tuned:,.0f} tokens "
             f"back-propagated), n-grams ~{budget.ngrams / 60:.1f} min")

@@ -199,7 +199,7 @@ def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Te
                      seed: int, announce=None) -> FrozenResult | None:
     """Read the validation documents, then training documents in a seeded random order for at most `seconds`
     from the start (None: all of them), and fit the head. `announce(tokens_per_second, planned documents, their
-    tokens)` is called once the validation reading has measured the speed. None when too little could be read."""
+    tokens, seconds spent so far)` is called once the validation reading has measured the speed. None when too little could be read."""
     started = time.monotonic()
     deadline = float("inf") if seconds is None else started + seconds
     reader = FeatureReader(md, precision=precision, device=device)
@@ -216,7 +216,7 @@ def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Te
             speed = reader.tokens_per_second if reader.tokens else 0.0
             n = planned([len(x) for x in train_ids], order, seconds=left, tokens_per_second=speed) if speed \
                 else len(order)
-            announce(speed, n, sum(len(train_ids[i]) for i in order[:n]))
+            announce(speed, n, sum(len(train_ids[i]) for i in order[:n]), time.monotonic() - started)
         found = read_cached(reader, train_ids, order, folder / key / "train", deadline=deadline, on_chunk=bar.update)
     read = sorted(found)
     if len(read) < 2 or (train_y.dim() == 1 and len({int(train_y[i]) for i in read}) < 2):
