@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import platform
 import sys
+import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipelines.data import token_ids
-from pipelines.model.metrics import decide
+from pipelines.model.metrics import decided_labels
 from pipelines.model.model_dir import ModelDir
 from pipelines.runtime.device import (
     cpu_has_native_bf16,
@@ -156,24 +156,27 @@ def pooled_features(md: ModelDir, ids: Sequence[Sequence[int]], *, batch_size: i
     return out
 
 
+def padded(ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of documents as a right-padded batch (B, N) and their lengths (B,)."""
+    lengths = torch.tensor([len(x) for x in ids])
+    batch = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+    for row, x in enumerate(ids):
+        batch[row, : len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
+    return batch, lengths
+
+
 @torch.inference_mode()
 def _pooled_batch(md: ModelDir, ids: list[Sequence[int]]) -> np.ndarray:
-    lengths = torch.tensor([len(x) for x in ids])
-    padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
-    for row, x in enumerate(ids):
-        padded[row, : len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
+    padded_ids, lengths = padded(ids)
     with _autocast(md):
-        state, _ = md.model.read(padded.to(md.device), lengths.to(md.device))
+        state, _ = md.model.read(padded_ids.to(md.device), lengths.to(md.device))
     return finalize(md.model.config.pooling, state).float().cpu().numpy()  # (B, C)
 
 
 @torch.inference_mode()
 def _predict_batch(md: ModelDir, encodings: list[token_ids.Tokens], texts: list[str], *,
                    explain: bool) -> list[Prediction]:
-    lengths = torch.tensor([len(e) for e in encodings])
-    ids = torch.zeros(len(encodings), int(lengths.max()), dtype=torch.long)
-    for row, e in enumerate(encodings):
-        ids[row, : len(e)] = torch.from_numpy(e.ids)
+    ids, lengths = padded([e.ids for e in encodings])
     with _autocast(md):
         out = md.model(ids.to(md.device), lengths.to(md.device), explain=explain)
     encoder_logits = out.logits.float().cpu()
@@ -206,7 +209,7 @@ def _thresholds(md: ModelDir) -> list[float] | None:
 
 def _label_of(md: ModelDir, probs: torch.Tensor, thresholds) -> str:
     if md.multi_label:
-        return "|".join(n for n, c in zip(md.labels, decide(probs.numpy()[None], thresholds)[0]) if c)
+        return decided_labels(probs.numpy()[None], md.labels, thresholds)[0]
     return md.labels[int(probs.argmax())]
 
 

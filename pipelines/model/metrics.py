@@ -65,6 +65,11 @@ def decide(probs: np.ndarray, thresholds: list[float] | np.ndarray | None = None
     return out
 
 
+def decided_labels(probs: np.ndarray, names: list[str], thresholds=None) -> list[str]:
+    """`decide`'s multi-hot decisions as label strings, 'a|b' per document."""
+    return ["|".join(n for n, c in zip(names, row) if c) for row in decide(probs, thresholds)]
+
+
 def _f1(truth: np.ndarray, chosen: np.ndarray) -> float:
     tp = float((truth & chosen).sum())
     denominator = float(truth.sum() + chosen.sum())

@@ -26,7 +26,12 @@ from tqdm import tqdm
 from pipelines.data import token_ids
 from pipelines.data.labels import LabelSet
 from pipelines.model.inference import pooled_features, prepare
-from pipelines.model.metrics import compute_metrics, decide, multi_hot, tune_thresholds
+from pipelines.model.metrics import (
+    compute_metrics,
+    decided_labels,
+    multi_hot,
+    tune_thresholds,
+)
 from pipelines.model.model_dir import ModelDir
 
 CHUNK_DOCS = 64  # documents per cached chunk: what a kill can lose
@@ -144,8 +149,7 @@ def _decisions(md: ModelDir, logits: np.ndarray, labels: list[str]) -> tuple[lis
     probs = 1 / (1 + np.exp(-logits))
     truth = multi_hot([LabelSet(md.labels, True).split(y) for y in labels], md.labels)
     thresholds = tune_thresholds(probs, truth)
-    chosen = decide(probs, thresholds)
-    return ["|".join(n for n, c in zip(md.labels, row) if c) for row in chosen], thresholds
+    return decided_labels(probs, md.labels, thresholds), thresholds
 
 
 def _temperature(logits: np.ndarray, labels: list[str], names: list[str]) -> float:

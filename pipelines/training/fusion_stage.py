@@ -14,7 +14,7 @@ from pipelines.data.labels import LabelSet
 from pipelines.model import ngrams as ngram_module
 from pipelines.model.fusion import calibrate, fit_fusion
 from pipelines.model.inference import predict
-from pipelines.model.metrics import compute_metrics, decide, tune_thresholds
+from pipelines.model.metrics import compute_metrics, decided_labels, tune_thresholds
 from pipelines.model.model_dir import ModelDir
 from pipelines.model.ngrams import fit_ngram
 from pipelines.runtime import distributed as dist
@@ -107,7 +107,7 @@ def _validation(best: ModelDir, ngram, encoder: torch.Tensor, scores, vlabels: l
     fused = ngram.fuse(encoder, scores)
     if best.multi_label:
         def decide_all(p, th):
-            return ["|".join(n for n, c in zip(best.labels, row) if c) for row in decide(p, th)]
+            return decided_labels(p, best.labels, th)
         parts = {"validation": decide_all(torch.sigmoid(fused).numpy(), ngram.thresholds),
                  "validation_encoder": decide_all(torch.sigmoid(encoder).numpy(), best.model.config.thresholds),
                  "validation_ngram": decide_all(torch.sigmoid(torch.as_tensor(scores)).numpy(), None)}

@@ -31,15 +31,27 @@ from tqdm import tqdm
 
 from pipelines.data.labels import LabelSet
 from pipelines.errors import UserError
-from pipelines.model.inference import predict, prepare
-from pipelines.model.metrics import compute_metrics, decide, multi_hot, tune_thresholds
+from pipelines.model.inference import padded, predict, prepare
+from pipelines.model.metrics import (
+    compute_metrics,
+    decided_labels,
+    multi_hot,
+    tune_thresholds,
+)
 from pipelines.model.model_dir import ModelDir
 from pipelines.runtime import distributed as dist
 from pipelines.runtime.device import resolve_precision
 from pipelines.runtime.memory import FreeMemoryEvery, tune_cpu_allocator
 from pipelines.training.interrupt import StopRequests
-from pipelines.training.recipe import (Recipe, bucketed_batches, class_weight_tensor, minutes_text, param_groups,
-                                       prior_bias, schedule_step)
+from pipelines.training.recipe import (
+    Recipe,
+    bucketed_batches,
+    class_weight_tensor,
+    minutes_text,
+    param_groups,
+    prior_bias,
+    schedule_step,
+)
 from pipelines.training.resume import checkpoint_dir, write_checkpoint
 from txl_core.recompute import backward_document
 
@@ -102,10 +114,7 @@ class Trainer:
         return lambda logits: torch.nn.functional.cross_entropy(logits.float(), y, weight=w, reduction="sum") / n
 
     def _padded(self, docs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor([self.lengths[i] for i in docs])
-        ids = torch.zeros(len(docs), int(lengths.max()), dtype=torch.long)
-        for row, i in enumerate(docs):
-            ids[row, : lengths[row]] = torch.tensor(self.ids[i])
+        ids, lengths = padded([self.ids[i] for i in docs])
         return ids.to(self.device), lengths.to(self.device)  # (B, N), (B,)
 
     def step(self, batch: list[int], elapsed: float = 0.0) -> float:
@@ -156,8 +165,7 @@ class Trainer:
             lambda part: [[p.probs.get(n, 0.0) for n in names] for p in predict(self.md, part)], texts))
         truth = multi_hot([LabelSet(names, True).split(y) for y in labels], names)
         self.md.model.config.thresholds = tune_thresholds(probs, truth)
-        chosen = decide(probs, self.md.model.config.thresholds)
-        predicted = ["|".join(n for n, c in zip(names, row) if c) for row in chosen]
+        predicted = decided_labels(probs, names, self.md.model.config.thresholds)
         return compute_metrics(labels, predicted, names, multi_label=True)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
