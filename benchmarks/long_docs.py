@@ -39,7 +39,9 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     import os
-    return f"{cpu}, {os.cpu_count()} cores, {'AVX512-BF16' if cpu_has_bf16_units() else 'no bf16 units'}"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    units = "AVX512-BF16" if cpu_has_bf16_units() else ("AVX-512" if " avx512f" in flags else "AVX2") + ", no bf16 units"
+    return f"{cpu}, {os.cpu_count()} cores, {units}"
 
 
 def first_words(source: Path, out: Path, n: int = 512) -> Path:
@@ -81,9 +83,9 @@ def run_variant(dataset: str, variant: str, data: Path, minutes: float, runs: Pa
 
 
 def write_table(rows: list[dict]) -> None:
-    latest = {(r["dataset"], r["variant"]): r for r in rows}
+    latest = {(r["dataset"], r["machine"], r["variant"]): r for r in rows}  # the last run of each, on each machine
     lines = ["| data set | variant | test accuracy | macro-F1 | minutes | machine |", "|---|---|---:|---:|---:|---|"]
-    for (dataset, variant), r in sorted(latest.items()):
+    for (dataset, _, variant), r in sorted(latest.items()):
         lines.append(f"| {dataset} | {NAMES[variant]} | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | "
                      f"{r['minutes']:.1f} | {r['machine']} |")
     text = TABLE.read_text()

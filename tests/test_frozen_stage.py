@@ -15,7 +15,7 @@ from pipelines.model.inference import pooled_features, predict, prepare
 from pipelines.model.metrics import compute_metrics
 from pipelines.model.model_dir import load_model_dir
 from pipelines.training import frozen_stage
-from pipelines.training.budget import budget_of, ngram_seconds
+from pipelines.training import budget
 from tests.synth import make_corpus
 from tests.test_init_from import bert_dir
 from tests.tiny_model import make_model_dir
@@ -35,10 +35,11 @@ def test_the_fitted_head_is_the_classifiers_head(tmp_path):
     y = torch.as_tensor(labels.encode(list(frame.label)))
     x = pooled_features(md, ids)
     vtexts, vlabels = list(frame.text[60:]), list(frame.label[60:])
-    c, metrics = frozen_stage.fit_head(md, x[:60], y[:60], x[60:], vlabels)
+    c, metrics, probs = frozen_stage.fit_head(md, x[:60], y[:60], x[60:], vlabels)
     assert c in frozen_stage.C_GRID
-    predicted = [p.label for p in predict(md, vtexts)]
-    assert compute_metrics(vlabels, predicted, md.labels, multi_label=False) == metrics
+    predictions = predict(md, vtexts)
+    assert compute_metrics(vlabels, [p.label for p in predictions], md.labels, multi_label=False) == metrics
+    np.testing.assert_allclose(probs, [[p.probs[n] for n in md.labels] for p in predictions], atol=1e-5)
 
 
 def test_pooled_vectors_do_not_depend_on_the_batch(tmp_path):
@@ -50,7 +51,7 @@ def test_pooled_vectors_do_not_depend_on_the_batch(tmp_path):
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
 
 
-def test_the_cache_is_read_back_and_a_deadline_reads_a_random_sample(tmp_path):
+def test_the_cache_is_read_back_and_a_deadline_reads_a_random_sample(tmp_path, monkeypatch):
     md = load_model_dir(_model(tmp_path))
     ids = [e.ids for e in md.tokenizer.encode_batch(list(make_corpus(150, seed=6).text), add_special_tokens=False)]
     reader = frozen_stage.FeatureReader(md, precision="float32", device="cpu")
@@ -63,6 +64,9 @@ def test_the_cache_is_read_back_and_a_deadline_reads_a_random_sample(tmp_path):
     late = frozen_stage.FeatureReader(md, precision="float32", device="cpu")
     part = frozen_stage.read_cached(late, ids, order, tmp_path / "other", deadline=time.monotonic() - 1)
     assert part == {} and late.tokens == 0
+    monkeypatch.setattr(frozen_stage, "CHUNK_TOKENS", 40)
+    least = frozen_stage.read_cached(late, ids, order, tmp_path / "least", deadline=time.monotonic() - 1, minimum=20)
+    assert 20 <= len(least) < 150 and set(least) == set(order[:len(least)])  # the first of the random order
     assert frozen_stage.planned([len(x) for x in ids], order, seconds=None, tokens_per_second=1) == 150
     n = frozen_stage.planned([len(x) for x in ids], order, seconds=1.0, tokens_per_second=sum(map(len, ids)) / 3)
     assert 0 < n < 150
@@ -85,18 +89,40 @@ def test_multi_label_heads_are_fit_per_label(tmp_path):
     md = load_model_dir(_model(tmp_path, labels=("a", "b", "c")))
     md.model.config.multi_label = True
     names = ["|".join(n for n, on in zip("abc", row) if on) or "a" for row in y]
-    c, metrics = frozen_stage.fit_head(md, x[:60], torch.as_tensor(y[:60].astype(np.float32)), x[60:], names[60:])
+    c, metrics, _ = frozen_stage.fit_head(md, x[:60], torch.as_tensor(y[:60].astype(np.float32)), x[60:], names[60:])
     assert metrics["micro_f1"] > 0.8 and md.model.config.thresholds is not None
     assert float(md.model.head.bias[2].detach()) < -5  # a label never seen is never predicted
 
 
-def test_the_budget_sets_the_ngrams_time_aside_first():
-    assert ngram_seconds(10_000_000, ngrams="off") == 0
-    b = budget_of(30, 10_000_000, ngrams="fuse")
-    assert 0 < b.ngrams < 0.4 * 1800 and b.frozen == pytest.approx(0.5 * (1800 - b.ngrams))
-    assert b.fine_tune(b.frozen) == pytest.approx(1800 - b.ngrams - b.frozen)
-    assert budget_of(None, 10, ngrams="fuse").frozen is None
-    assert budget_of(1, 10**9, ngrams="fuse").ngrams == pytest.approx(24)  # at most 40% of a tiny budget
+def test_the_budget_reads_everything_when_half_of_it_is_enough_and_fine_tunes_in_the_rest():
+    b = budget.Budget(1800.0, ngrams=100.0)
+    plan = budget.split(b, spent=60, read_all=300, step=5)
+    assert plan.reading == 360 and plan.steps == int((1800 - 100 - 60 - 300 - 60) / 5)  # one validation kept
+
+
+def test_a_long_reading_takes_half_when_fine_tuning_can_use_the_other_half():
+    b = budget.Budget(1800.0, ngrams=100.0)
+    left = 1800 - 100 - 60
+    plan = budget.split(b, spent=60, read_all=10_000, step=5)
+    assert plan.reading == pytest.approx(60 + left / 2) and plan.steps >= budget.MIN_STEPS
+
+
+def test_reading_takes_everything_when_fine_tuning_would_take_too_few_steps():
+    """Long documents on a slow machine: a few steps cannot beat reading more documents."""
+    b = budget.Budget(1800.0, ngrams=100.0)
+    plan = budget.split(b, spent=60, read_all=10_000, step=60)
+    assert plan.reading == pytest.approx(1800 - 100) and plan.steps == 0
+    assert budget.split(budget.Budget(None), spent=60, read_all=10_000, step=60).reading is None
+    assert budget.split(budget.Budget(60.0, ngrams=100.0), spent=10, read_all=5, step=1).steps == 0  # no time left
+
+
+def test_a_step_costs_its_window_and_half_the_rest():
+    one = budget.step_seconds([512] * 4, batch_size=2, window_tokens=0, tokens_per_second=1000)
+    assert one == pytest.approx(2 * 512 * budget.FINE_TUNE_COST / 1000)
+    long_exact = budget.step_seconds([10_000], batch_size=2, window_tokens=0, tokens_per_second=1000)
+    long_window = budget.step_seconds([10_000], batch_size=2, window_tokens=2048, tokens_per_second=1000)
+    assert long_window == pytest.approx(2 * (2048 * budget.FINE_TUNE_COST + (10_000 - 2048) / 2) / 1000)
+    assert long_window < long_exact / 3
 
 
 def _train(tmp_path, out: str, *extra: str) -> int:
@@ -122,7 +148,7 @@ def test_train_reads_first_plans_aloud_and_records_which_stage_it_kept(tmp_path,
 def test_a_tiny_budget_reads_a_random_sample_whole(tmp_path, monkeypatch, capsys):
     """The reading stage stops at its share of the budget and fits the head on the documents read."""
     make_corpus(200, seed=3).to_csv(tmp_path / "train.csv", index=False)
-    monkeypatch.setattr(frozen_stage, "CHUNK_DOCS", 8)
+    monkeypatch.setattr(frozen_stage, "CHUNK_TOKENS", 40)
     clock = {"t": 0.0}
 
     def fake_monotonic():  # each call moves a tenth of a second: the budget ends after a few chunks
@@ -132,6 +158,23 @@ def test_a_tiny_budget_reads_a_random_sample_whole(tmp_path, monkeypatch, capsys
     assert _train(tmp_path, "model", "--max-minutes", "0.1", "--frozen", "auto") == 0
     frozen = json.loads((tmp_path / "model" / "metrics.json").read_text())["training"]["frozen"]
     assert 0 < frozen["read"] < frozen["total"]
+
+
+def test_a_budget_too_short_to_read_all_validation_documents_uses_a_random_sample_throughout(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """The validation documents read (at least MIN_VALID) are the validation split of the head, of fine-tuning and
+    of the fusion, and the plan line says so."""
+    import pipelines.commands.train as train_command
+    make_corpus(300, seed=3).to_csv(tmp_path / "train.csv", index=False)
+    monkeypatch.setattr(frozen_stage, "CHUNK_TOKENS", 40)
+    monkeypatch.setattr(train_command, "VALID_SHARE", 0.0)  # no time for validation beyond the minimum
+    monkeypatch.setattr(train_command, "MIN_VALID", 12)
+    assert _train(tmp_path, "model", "--ngrams", "words", "--max-minutes", "5") == 0
+    err = capsys.readouterr().err
+    assert "(validation: a random " in err and " of its 30 documents)" in err
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    n = metrics["validation"]["n_documents"]
+    assert 12 <= n < 30 and metrics["validation_ngram"]["n_documents"] == n
 
 
 def test_frozen_off_fine_tunes_at_once(tmp_path, capsys):
@@ -169,13 +212,28 @@ def test_a_run_killed_while_fine_tuning_resumes_without_reading_again(tmp_path, 
     assert frozen["read"] == frozen["total"] == 54
 
 
-def test_the_plan_gives_fine_tuning_what_reading_leaves():
-    from pipelines.training.budget import plan_line
-    b = budget_of(30, 10_000_000, ngrams="fuse")
-    quick = plan_line(precision="bf16", device="cpu", tokens_per_second=20_000, planned=100, n_train=100,
-                      planned_tokens=1_200_000, budget=b, spent=60)  # 1 min so far + 1 min to read the rest
+def test_the_plan_line_says_what_is_read_and_whether_fine_tuning_follows():
+    b = budget.Budget(1800.0, ngrams=120.0)
+    quick = budget.plan_line(precision="bf16", device="cpu", tokens_per_second=20_000, planned=100, n_train=100,
+                             planned_tokens=1_200_000, budget=b, plan=budget.Split(120.0, 300), spent=60)
     assert "read all 100 training documents whole" in quick and "(~2.0 min)" in quick
-    assert f"fine-tune for ~{(1800 - b.ngrams - 120) / 60:.1f} min" in quick
-    slow = plan_line(precision="bf16", device="cpu", tokens_per_second=20_000, planned=40, n_train=100,
-                     planned_tokens=10**9, budget=b, spent=60)
-    assert "a random 40 of the 100" in slow and f"(~{b.frozen / 60:.1f} min)" in slow
+    assert "n-grams fit first in 2.0 min" in quick and "fine-tune for ~26.0 min (~300 steps)" in quick
+    slow = budget.plan_line(precision="float32", device="cpu", tokens_per_second=2_000, planned=40, n_train=100,
+                            planned_tokens=10**9, budget=b, plan=budget.Split(1680.0, 0), spent=60)
+    assert "a random 40 of the 100" in slow and "(~28.0 min)" in slow and "no fine-tuning" in slow
+
+
+def test_the_ngrams_are_fit_first_and_fused_without_reading_validation_again(tmp_path, monkeypatch, capsys):
+    """The n-gram stage runs before reading (its time is measured, then the budget split); the fusion at the end
+    takes the kept model's validation probabilities from training; a resume reuses the n-grams fit."""
+    import pipelines.commands.train as train_command
+    make_corpus(60, seed=3).to_csv(tmp_path / "train.csv", index=False)
+    monkeypatch.setattr(train_command, "encoder_scores", lambda *a: pytest.fail("validation read again"))
+    assert _train(tmp_path, "model", "--ngrams", "words", "--max-minutes", "5") == 0
+    err = capsys.readouterr().err
+    assert err.index("n-grams fit in") < err.index("txl train: plan (") and "n-grams fit first in" in err
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["fusion"]["fit_on"] == "training and validation splits"
+    assert metrics["training"]["minutes"] < 5
+    monkeypatch.setattr(train_command, "fit_parts", lambda *a, **k: pytest.fail("n-grams fit again"))
+    assert _train(tmp_path, "model", "--ngrams", "words", "--max-minutes", "5", "--resume") == 0

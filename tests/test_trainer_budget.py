@@ -87,6 +87,8 @@ def test_a_budget_shorter_than_the_epochs_decays_the_rate_to_zero_by_its_end(tmp
     at the budget's end, where the step count alone would have stopped it at 75% of its peak."""
     trainer, _ = _trainer(tmp_path, stop_at=None, warmup=0.2, lr=1e-3, max_minutes=1)
     trainer.elapsed = lambda started: 10.0 * trainer.state.step
+    validate = trainer._validate  # validations take no time on this clock: nothing kept for the last one
+    trainer._validate = lambda on_best: (validate(on_best), setattr(trainer, "reserve", 0.0))
     rates = _learning_rates(trainer)
     state = trainer.fit(lambda metrics: None)
     assert state.stopped.startswith("time budget") and state.step == 7
@@ -282,3 +284,43 @@ def test_txl_train_says_when_the_budget_cut_the_schedule_short(tmp_path):
     assert 0 < training["steps"] < 34
     assert f"{training['steps']} of 34 planned steps, the learning rate decayed to zero over the budget" in (
         tmp_path / "m" / "README.md").read_text()
+
+
+def test_the_budget_keeps_time_for_the_last_validation(tmp_path):
+    """With a reserve, training stops when a step would leave less than the reserve; the reserve grows to the
+    longest validation measured."""
+    trainer, _ = _trainer(tmp_path, stop_at=None, max_minutes=1.0)
+    trainer.reserve = 30.0
+    assert not trainer.out_of_time(29.0) and trainer.out_of_time(31.0)
+    trainer.reserve = 0.0
+    real = trainer.evaluate
+
+    def slow(texts, labels):  # a validation pass that takes a measurable while
+        time.sleep(0.05)
+        return real(texts, labels)
+
+    trainer.evaluate = slow
+    trainer.fit(lambda metrics: None)
+    assert trainer.reserve >= 0.05
+
+
+def test_the_best_models_validation_probabilities_are_kept_and_resumed(tmp_path):
+    """What the fusion reads at the end (no second validation pass): the probabilities of the model saved as
+    best, equal to its predictions, and back after a resume."""
+    from pipelines.model.inference import predict, prepare
+    from pipelines.model.model_dir import ModelDir
+
+    trainer, _ = _trainer(tmp_path, stop_at=None, epochs=1)
+    saved = {}
+
+    def on_best(metrics):
+        saved["weights"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit(on_best)
+    md = ModelDir(trainer.md.model, trainer.md.tokenizer, trainer.md.labels)
+    md.model.load_state_dict(saved["weights"])
+    prepare(md, precision="float32", keep_weights=True)
+    want = [[p.probs[n] for n in md.labels] for p in predict(md, trainer.valid_texts)]
+    assert trainer.best_probs.shape == (6, len(md.labels))
+    torch.testing.assert_close(torch.as_tensor(trainer.best_probs), torch.tensor(want), atol=1e-5, rtol=0)
+    again, _ = _trainer(tmp_path, stop_at=None, epochs=1)
+    assert again.load_checkpoint() and (again.best_probs == trainer.best_probs).all()

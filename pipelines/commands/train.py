@@ -32,9 +32,9 @@ from pipelines.model.inference import prepare
 from pipelines.model.model_dir import ModelDir, load_model_dir, save_model_dir
 from pipelines.runtime import distributed as dist
 from pipelines.runtime.device import cpu_has_native_bf16, resolve_precision
-from pipelines.training.budget import budget_of, plan_line
-from pipelines.training.frozen_stage import FrozenResult, run_frozen_stage
-from pipelines.training.fusion_stage import fuse_ngrams, measure_test
+from pipelines.training.budget import MIN_VALID, NGRAM_SHARE, VALID_SHARE, Budget, fine_tune_steps, plan_line, split, step_seconds
+from pipelines.training.frozen_stage import FrozenResult, planned, reading_order, run_frozen_stage
+from pipelines.training.fusion_stage import NgramParts, encoder_scores, fit_parts, fuse_parts, measure_test, scores_of
 from pipelines.training.initial_model import start_model
 from pipelines.training.model_card import model_card
 from pipelines.training.plan import ARCH_DEFAULTS, ATTENTIONS, SHAPE_FLAGS, TrainPlan
@@ -210,7 +210,26 @@ def _label_set(labels: list[str], vlabels: list[str]) -> LabelSet:
     return label_set
 
 
-def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budget) -> FrozenResult | None:
+def _ngram_stage(plan: TrainPlan, label_set: LabelSet, data) -> NgramParts | None:
+    """The n-grams, fit before anything else in at most NGRAM_SHARE of the budget (their time is then known when
+    the rest is split), or those an interrupted run already fit (kept in the checkpoint folder)."""
+    if plan.ngrams == "off":
+        return None
+    ck = checkpoint_dir(plan.out)
+    if plan.resume and (parts := NgramParts.load(ck)) is not None:
+        return parts
+    minutes = plan.recipe.max_minutes
+    parts = fit_parts(*data, label_set, chars=plan.ngrams == "fuse",
+                      seconds=None if minutes is None else NGRAM_SHARE * 60 * minutes)
+    if parts is not None and dist.is_main():
+        ck.mkdir(parents=True, exist_ok=True)
+        for name, content in parts.files().items():
+            write_atomic(ck / name, content)
+        tqdm.write(f"txl train: n-grams fit in {parts.seconds / 60:.1f} min", file=sys.stderr)
+    return parts
+
+
+def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budget: Budget) -> FrozenResult | None:
     """The stage without back-propagation (`--frozen auto` from a pre-trained start, one process), or the one an
     interrupted run already did (its result is kept in the checkpoint folder)."""
     saved = checkpoint_dir(plan.out) / FROZEN_FILE
@@ -219,17 +238,25 @@ def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budg
     if not plan.frozen or dist.world() > 1:
         return None
     precision = resolve_precision("auto", device)  # reading runs at inference speed, whatever training uses
+    lengths, said = [len(x) for x in ids], []
+    order = reading_order(len(ids), plan.recipe.seed)
+    window = plan.recipe.backprop_segments * md.model.config.segment_len
 
-    said = []
-
-    def announce(speed: float, planned: int, planned_tokens: int, spent: float) -> None:
-        said.append(plan_line(precision=precision, device=device.type, tokens_per_second=speed, planned=planned,
-                              n_train=len(ids), planned_tokens=planned_tokens, budget=budget, spent=spent))
+    def allowance(speed: float, spent: float, n_valid: int) -> float | None:
+        step = step_seconds(lengths, batch_size=plan.recipe.batch_size, window_tokens=window, tokens_per_second=speed)
+        chosen = split(budget, spent=spent, read_all=sum(lengths) / max(speed, 1e-9), step=step)
+        n = planned(lengths, order, seconds=None if chosen.reading is None else chosen.reading - spent,
+                    tokens_per_second=speed)
+        said.append(plan_line(precision=precision, device=device.type, tokens_per_second=speed, planned=n,
+                              n_train=len(ids), planned_tokens=sum(lengths[i] for i in order[:n]), budget=budget,
+                              plan=chosen, spent=spent, valid=(n_valid, len(vtexts))))
         tqdm.write(said[-1], file=sys.stderr)
+        return chosen.reading
 
+    left = budget.left(0.0)
     result = run_frozen_stage(md, ids, y, vtexts, vlabels, folder=checkpoint_dir(plan.out) / "features",
-                              seconds=budget.frozen, precision=precision, device=str(device),
-                              seed=plan.recipe.seed, announce=announce)
+                              precision=precision, device=str(device), seed=plan.recipe.seed, allowance=allowance,
+                              valid_seconds=None if left is None else VALID_SHARE * left, min_valid=MIN_VALID)
     if result is not None:
         result = replace(result, plan=said[-1].removeprefix("txl train: ") if said else "")
         tqdm.write(f"txl train: head fit on {result.read:,} of {result.total:,} documents read whole in "
@@ -238,16 +265,32 @@ def _frozen(plan: TrainPlan, md: ModelDir, ids, y, vtexts, vlabels, device, budg
     return result
 
 
-def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, data, spent: float) -> dict:
+def _tuning_minutes(plan: TrainPlan, budget: Budget, frozen: FrozenResult | None, lengths: list[int],
+                    window: int) -> float | None:
+    """Fine-tuning's share of the budget once reading is done: what is left, or 0 when that is too little for
+    MIN_STEPS steps and the last validation (None: no budget)."""
+    left = budget.left(frozen.seconds if frozen else 0.0)
+    if left is None or frozen is None or not frozen.tokens_per_second:
+        return None if left is None else left / 60
+    step = step_seconds(lengths, batch_size=plan.recipe.batch_size, window_tokens=window,
+                        tokens_per_second=frozen.tokens_per_second)
+    return left / 60 if fine_tune_steps(left, validation=frozen.valid_seconds, step=step) else 0.0
+
+
+def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, parts: NgramParts | None, data,
+            spent: float) -> dict:
     """Fuse the n-gram component with the best model (unless --ngrams off), measure it on --test (each rank a
     shard), then rank 0 rewrites its card and metrics."""
     final = {"validation": state.best_metrics}
     best = load_model_dir(plan.out)
     prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
     started = time.monotonic()
-    if plan.ngrams != "off":
-        final = fuse_ngrams(best, *data, chars=plan.ngrams == "fuse")
-    spent += time.monotonic() - started  # the n-gram stage is part of the budget
+    if parts is not None:
+        _, _, vtexts, vlabels = data
+        encoder = encoder_scores(best, vtexts) if trainer.best_probs is None else \
+            scores_of(trainer.best_probs, multi_label=best.multi_label)
+        final = fuse_parts(best, parts, encoder, vlabels)
+    spent += time.monotonic() - started  # the fusion is part of the budget
     if plan.test:
         final.update(measure_test(best, *load_split(plan.test, plan.columns, "test")))
     stopped = state.stopped
@@ -288,13 +331,22 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
     keep = [i for i, x in enumerate(ids) if len(x)]
     ids, labels, texts = [ids[i] for i in keep], [labels[i] for i in keep], [texts[i] for i in keep]
     y = _targets(labels, label_set)
-    budget = budget_of(recipe.max_minutes, sum(map(len, texts + vtexts)), ngrams=plan.ngrams)
+    data = (texts, labels, vtexts, vlabels)
+    parts = _ngram_stage(plan, label_set, data)
+    budget = Budget(None if recipe.max_minutes is None else 60.0 * recipe.max_minutes, parts.seconds if parts else 0.0)
     md = ModelDir(model, tokenizer, list(label_set.names))
     frozen = _frozen(plan, md, ids, y, vtexts, vlabels, device, budget)
-    spent = frozen.seconds if frozen else 0.0
-    tuning = replace(recipe, max_minutes=None if budget.total is None else budget.fine_tune(spent) / 60)
+    if frozen is not None and frozen.valid_index is not None:  # the sample read is the validation split from here on
+        vtexts, vlabels = [vtexts[i] for i in frozen.valid_index], [vlabels[i] for i in frozen.valid_index]
+        data = (texts, labels, vtexts, vlabels)
+        if parts is not None:
+            parts = replace(parts, valid_scores=parts.valid_scores[frozen.valid_index])
+    spent = budget.ngrams + (frozen.seconds if frozen else 0.0)
+    window = recipe.backprop_segments * model.config.segment_len
+    tuning = replace(recipe, max_minutes=_tuning_minutes(plan, budget, frozen, [len(x) for x in ids], window))
     trainer = Trainer(md, tuning, train_ids=ids, train_y=y, valid_texts=vtexts, valid_labels=vlabels, out=out,
-                      device=device, fresh=fresh, head_fit=frozen is not None)
+                      device=device, fresh=fresh, head_fit=frozen is not None,
+                      reserve=frozen.valid_seconds if frozen else 0.0)
     if plan.resume and not trainer.load_checkpoint() and dist.is_main():
         print(f"txl train: no checkpoint in {out}; starting from scratch")
     summary = {"name": out.name, "train": str(plan.train), "n_train": len(ids), "n_valid": len(vtexts),
@@ -311,11 +363,11 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
 
     if frozen is not None and trainer.state.step == 0 and trainer.state.best_f1 < 0:
         summary["frozen"] = frozen.summary()
-        trainer.start_from(frozen.metrics, on_best)  # the model to beat, saved and checkpointed, then its record:
+        trainer.start_from(frozen.metrics, on_best, frozen.probs())  # the model to beat, saved and checkpointed, then its record:
         write_atomic(checkpoint_dir(out) / FROZEN_FILE, json.dumps(asdict(frozen)))  # a resume skips the stage
     state = trainer.fit(on_best)
     summary["frozen"], summary["frozen_metrics"] = (frozen.summary(), frozen.metrics) if frozen else (None, None)
-    final = _finish(plan, state, summary, trainer, (texts, labels, vtexts, vlabels), spent)
+    final = _finish(plan, state, summary, trainer, parts, data, spent)
     if not dist.is_main():
         return 0
     line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items()

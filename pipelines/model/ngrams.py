@@ -264,14 +264,15 @@ class NgramModel:
 
 
 def fit_ngram(texts: list[str], targets: np.ndarray, *, multi_label: bool, n_labels: int, C: float = 1.0,
-              chars: bool = True) -> NgramModel | None:
+              chars: bool = True, limit: int | None = None) -> NgramModel | None:
     """Fit on training texts; `targets` are class indices (N,) or multi-hot rows (N, L); `chars`: character
-    n-grams beside the word ones. None when the texts hold no word of two or more letters (nothing for the word
-    n-grams to count)."""
+    n-grams beside the word ones; `limit`: the most characters read (a random sample of documents beyond it;
+    at most `fit_limit`). None when the texts hold no word of two or more letters (nothing for the word n-grams
+    to count)."""
     import scipy.sparse as sp
     from sklearn.svm import LinearSVC
 
-    keep = fit_sample([len(t) for t in texts], targets, fit_limit(chars))
+    keep = fit_sample([len(t) for t in texts], targets, min(fit_limit(chars), limit or fit_limit(chars)))
     if keep is not None:
         texts, targets = [texts[i] for i in keep], targets[keep]
     words = _fit_vectorizer(texts, chars=False)

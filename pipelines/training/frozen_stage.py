@@ -34,7 +34,8 @@ from pipelines.model.metrics import (
 )
 from pipelines.model.model_dir import ModelDir
 
-CHUNK_DOCS = 64  # documents per cached chunk: what a kill can lose
+CHUNK_TOKENS = 65_536  # tokens per cached chunk (a longer document is a chunk alone): what a kill can lose, and
+# how far the reading can run past its deadline when the speed drops
 C_GRID = (0.1, 1.0, 10.0)  # inverse regularisation of the head, chosen on validation
 
 
@@ -50,9 +51,15 @@ class FrozenResult:
     c: float
     metrics: dict
     plan: str = ""  # the plan line the run printed before reading
+    valid_seconds: float = 0.0  # reading the validation documents: what a validation pass costs
+    valid_probs: list | None = None  # (N_valid, L) the fitted head's probabilities, for the fusion
+    valid_index: list | None = None  # the validation documents read (a random sample), None: all of them
 
     def summary(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "metrics"}
+        return {k: v for k, v in asdict(self).items() if k not in ("metrics", "valid_probs", "valid_index")}
+
+    def probs(self) -> np.ndarray | None:
+        return None if self.valid_probs is None else np.asarray(self.valid_probs, dtype=np.float32)
 
 
 def cache_key(md: ModelDir, ids: list[list[int]], *, weights: bool = True) -> str:
@@ -86,19 +93,33 @@ class FeatureReader:
         return self.tokens / max(self.seconds, 1e-9)
 
 
+def chunks(ids: list[list[int]], order: list[int]) -> list[list[int]]:
+    """`order` cut into chunks of about CHUNK_TOKENS tokens: the same cuts for the same documents and order."""
+    out, tokens = [[]], 0
+    for i in order:
+        if out[-1] and tokens + len(ids[i]) > CHUNK_TOKENS:
+            out.append([])
+            tokens = 0
+        out[-1].append(i)
+        tokens += len(ids[i])
+    return [c for c in out if c]
+
+
 def read_cached(reader: FeatureReader, ids: list[list[int]], order: list[int], folder: Path, *,
-                deadline: float, on_chunk=None) -> dict[int, np.ndarray]:
-    """Pooled vectors of the documents `order` names, chunk by chunk, until `deadline` (time.monotonic());
+                deadline: float, minimum: int = 0, on_chunk=None) -> dict[int, np.ndarray]:
+    """Pooled vectors of the documents `order` names, chunk by chunk, while the next chunk is expected to end
+    before `deadline` (time.monotonic(), at the speed read so far) or fewer than `minimum` documents are read;
     chunks already in `folder` are loaded, new ones written there. Returns {document index: vector}."""
     folder.mkdir(parents=True, exist_ok=True)
     found: dict[int, np.ndarray] = {}
-    for k, start in enumerate(range(0, len(order), CHUNK_DOCS)):
-        docs = order[start:start + CHUNK_DOCS]
+    for k, docs in enumerate(chunks(ids, order)):
         path = folder / f"chunk-{k:05d}.safetensors"
+        tokens = sum(len(ids[i]) for i in docs)
         if path.is_file():
             saved = load_file(str(path))
             found.update(zip(saved["index"].tolist(), saved["features"]))
-        elif time.monotonic() < deadline:
+        elif len(found) < minimum or \
+                time.monotonic() + (tokens / reader.tokens_per_second if reader.tokens else 0.0) <= deadline:
             features = reader.read([ids[i] for i in docs])
             tmp = path.with_suffix(".tmp")
             save_file({"index": np.asarray(docs, dtype=np.int64), "features": features}, str(tmp))
@@ -162,9 +183,10 @@ def _temperature(logits: np.ndarray, labels: list[str], names: list[str]) -> flo
 
 
 def fit_head(md: ModelDir, train_x: np.ndarray, train_y: torch.Tensor, valid_x: np.ndarray,
-             valid_labels: list[str]) -> tuple[float, dict]:
+             valid_labels: list[str]) -> tuple[float, dict, np.ndarray]:
     """Fit the head on the pooled training vectors, choosing C on validation by macro-F1 (what training keeps
-    its best model by); writes the head (and multi-label thresholds) into `md.model`. Returns (C, metrics)."""
+    its best model by); writes the head (and multi-label thresholds) into `md.model`. Returns (C, metrics, the
+    validation probabilities (N, L) of the head written)."""
     y = train_y.numpy()
     best = None
     for c in C_GRID:
@@ -182,7 +204,9 @@ def fit_head(md: ModelDir, train_x: np.ndarray, train_y: torch.Tensor, valid_x: 
         md.model.head.bias.copy_(torch.from_numpy(b))
     if md.multi_label:
         md.model.config.thresholds = thresholds
-    return c, metrics
+    logits = torch.from_numpy(valid_x @ w.T + b).double()
+    probs = torch.sigmoid(logits) if md.multi_label else torch.softmax(logits, dim=1)
+    return c, metrics, probs.float().numpy()
 
 
 def planned(lengths: list[int], order: list[int], *, seconds: float | None, tokens_per_second: float) -> int:
@@ -198,36 +222,43 @@ def planned(lengths: list[int], order: list[int], *, seconds: float | None, toke
     return n
 
 
+def reading_order(n: int, seed: int) -> list[int]:
+    """The seeded random order the training documents are read in (a deadline leaves a random sample)."""
+    return np.random.default_rng(seed).permutation(n).tolist()
+
+
 def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Tensor, valid_texts: list[str],
-                     valid_labels: list[str], *, folder: Path, seconds: float | None, precision: str, device: str,
-                     seed: int, announce=None) -> FrozenResult | None:
-    """Read the validation documents, then training documents in a seeded random order for at most `seconds`
-    from the start (None: all of them), and fit the head. `announce(tokens_per_second, planned documents, their
-    tokens, seconds spent so far)` is called once the validation reading has measured the speed. None when too little could be read."""
+                     valid_labels: list[str], *, folder: Path, precision: str, device: str, seed: int,
+                     allowance=None, valid_seconds: float | None = None, min_valid: int = 0) -> FrozenResult | None:
+    """Read the validation documents in a seeded random order (for at most `valid_seconds`, None: all, but at
+    least `min_valid` of them), then training documents likewise, and fit the head. `allowance(tokens_per_second,
+    seconds spent)`, called once the validation reading has measured the speed, gives the seconds from the start
+    the stage may run (None: until every document is read). None when too little could be read."""
     started = time.monotonic()
-    deadline = float("inf") if seconds is None else started + seconds
     reader = FeatureReader(md, precision=precision, device=device)
     key = cache_key(md, train_ids)
     valid_ids = [e.ids if len(e) else np.zeros(1, np.int32) for e in token_ids.encode(md.tokenizer, valid_texts)]
-    order = np.random.default_rng(seed).permutation(len(train_ids)).tolist()
+    order = reading_order(len(train_ids), seed)
     with tqdm(total=len(train_ids) + len(valid_ids), unit="doc", desc="reading with the frozen encoder",
               dynamic_ncols=True) as bar:
-        valid = read_cached(reader, valid_ids, list(range(len(valid_ids))),
+        valid = read_cached(reader, valid_ids, reading_order(len(valid_ids), seed + 1),
                             folder / key / f"valid-{cache_key(md, valid_ids, weights=False)}",
-                            deadline=float("inf"), on_chunk=bar.update)
-        if announce is not None:
-            left = None if seconds is None else max(0.0, deadline - time.monotonic())
-            speed = reader.tokens_per_second if reader.tokens else 0.0
-            n = planned([len(x) for x in train_ids], order, seconds=left, tokens_per_second=speed) if speed \
-                else len(order)
-            announce(speed, n, sum(len(train_ids[i]) for i in order[:n]), time.monotonic() - started)
+                            deadline=float("inf") if valid_seconds is None else started + valid_seconds,
+                            minimum=min_valid, on_chunk=bar.update)
+        valid_seconds = time.monotonic() - started
+        seconds = None if allowance is None else allowance(reader.tokens_per_second if reader.tokens else 0.0,
+                                                           time.monotonic() - started, len(valid))
+        deadline = float("inf") if seconds is None else started + seconds
         found = read_cached(reader, train_ids, order, folder / key / "train", deadline=deadline, on_chunk=bar.update)
     read = sorted(found)
     if len(read) < 2 or (train_y.dim() == 1 and len({int(train_y[i]) for i in read}) < 2):
         return None
     x = np.stack([found[i] for i in read])
-    valid_x = np.stack([valid[i] for i in range(len(valid_ids))])
-    c, metrics = fit_head(md, x, train_y[read], valid_x, valid_labels)
+    valid_read = sorted(valid)
+    valid_x = np.stack([valid[i] for i in valid_read])
+    c, metrics, probs = fit_head(md, x, train_y[read], valid_x, [valid_labels[i] for i in valid_read])
     return FrozenResult(read=len(read), total=len(train_ids), tokens=sum(len(train_ids[i]) for i in read),
                         seconds=round(time.monotonic() - started, 1),
-                        tokens_per_second=round(reader.tokens_per_second), c=c, metrics=metrics)
+                        tokens_per_second=round(reader.tokens_per_second), c=c, metrics=metrics,
+                        valid_seconds=round(valid_seconds, 1), valid_probs=probs.tolist(),
+                        valid_index=None if len(valid_read) == len(valid_ids) else valid_read)

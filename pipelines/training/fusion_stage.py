@@ -1,13 +1,20 @@
-"""The stage `txl train` ends with and `txl fuse` runs alone: the n-gram part fit beside a trained encoder, its
-fusion weights fit on the validation split, then the n-grams fit again on both splits; and the test split
-measured on the fused model and on each part."""
+"""The n-gram part and its fusion with the encoder: `txl train` fits the n-grams first (`fit_parts`: on the
+training split, scoring the validation split, then again on both splits) and fuses them with the best encoder at
+the end (`fuse_parts`: weights fit on the validation split, from the validation scores training already has);
+`txl fuse` runs both on a trained model (`fuse_ngrams`). And the test split measured on the fused model and on
+each part."""
 from __future__ import annotations
 
+import json
 import math
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
 from tqdm import tqdm
 
 from pipelines.data.labels import LabelSet
@@ -16,7 +23,7 @@ from pipelines.model.fusion import calibrate, fit_fusion
 from pipelines.model.inference import predict
 from pipelines.model.metrics import compute_metrics, decided_labels, tune_thresholds
 from pipelines.model.model_dir import ModelDir
-from pipelines.model.ngrams import fit_ngram
+from pipelines.model.ngrams import NgramModel, fit_ngram
 from pipelines.runtime import distributed as dist
 
 
@@ -32,33 +39,97 @@ def measure_test(best: ModelDir, texts: list[str], labels: list[str]) -> dict:
 def encoder_scores(md: ModelDir, texts: list[str]) -> torch.Tensor:
     """What the fusion reads of the encoder alone (`md.ngram` None): log-probabilities (N, L), or logits when
     multi-label; each rank a shard."""
-    probs = torch.tensor(dist.map_sharded(lambda part: [[p.probs[n] for n in md.labels]
-                                                        for p in predict(md, part)], texts))  # (N, L)
-    probs = probs.clamp(1e-7, 1 - 1e-7).double()
-    return (torch.log(probs) - torch.log1p(-probs) if md.multi_label else torch.log(probs)).float()
+    probs = dist.map_sharded(lambda part: [[p.probs[n] for n in md.labels] for p in predict(md, part)], texts)
+    return scores_of(np.asarray(probs), multi_label=md.multi_label)
 
 
-def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str],
-                refit: bool = True, chars: bool = True) -> dict:
-    """Fit the n-gram component on the training split and its fusion weights (and multi-label thresholds) on
-    the validation split (`pipelines/model/ngrams.py`), then, with `refit`, fit the n-grams again on both splits under
-    those weights (the validation split is 10% more data for the SVM; benchmarks/ngram_refit.py measures the
-    two fits on one model). Returns the validation metrics of the fused model and of each
-    part, measured before the refit (held out)."""
-    best.ngram = None  # the encoder's own probabilities below, also when refitting a fused model
+def scores_of(probs: np.ndarray, *, multi_label: bool) -> torch.Tensor:
+    """The encoder's probabilities (N, L) as the fusion reads them (`encoder_scores`)."""
+    probs = torch.as_tensor(probs).clamp(1e-7, 1 - 1e-7).double()
+    return (torch.log(probs) - torch.log1p(-probs) if multi_label else torch.log(probs)).float()
+
+
+@dataclass
+class NgramParts:
+    """The n-gram stage's output, fit before the encoder trains: the validation scores of the n-grams fit on the
+    training split (what the fusion weights are fit against) and the n-grams kept (`final`: refit on both
+    splits when `refit`)."""
+
+    valid_scores: np.ndarray  # (N_valid, L)
+    final: NgramModel
+    n_fit: int  # the documents the kept fit was offered
+    refit: bool
+    seconds: float
+
+    def files(self) -> dict[str, str | bytes]:
+        """For the checkpoint folder: a resumed run skips the stage."""
+        meta = {"n_fit": self.n_fit, "refit": self.refit, "seconds": self.seconds}
+        return {**self.final.files(), PARTS_FILE: json.dumps(meta),
+                SCORES_FILE: save_arrays({"valid_scores": self.valid_scores})}
+
+    @classmethod
+    def load(cls, folder: Path) -> NgramParts | None:
+        if not (folder / PARTS_FILE).is_file() or not (folder / SCORES_FILE).is_file():
+            return None
+        final = NgramModel.load(folder)
+        if final is None:
+            return None
+        meta = json.loads((folder / PARTS_FILE).read_text())
+        scores = load_arrays((folder / SCORES_FILE).read_bytes())["valid_scores"]
+        return cls(scores, final, int(meta["n_fit"]), bool(meta["refit"]), float(meta["seconds"]))
+
+
+PARTS_FILE, SCORES_FILE = "ngram_stage.json", "ngram_valid_scores.safetensors"
+
+
+NGRAM_CHARS_PER_SECOND = 300_000  # one fit with character n-grams, scoring included (CPU-B: 0.29M/s, CPU-A 0.45M/s)
+
+
+def fit_parts(texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str], label_set: LabelSet, *,
+              refit: bool = True, chars: bool = True, seconds: float | None = None) -> NgramParts | None:
+    """Fit the n-grams on the training split and score the validation split with them; with `refit`, fit them
+    again on both splits (the validation split is 10% more data for the SVM; benchmarks/ngram_refit.py measures
+    the two fits), unless the first fit already read only a sample (a refit would read as much again) or took
+    more than half of `seconds`. `seconds` (None: no limit) sizes the sample the fit reads. None when the
+    training texts hold no word of two or more letters. Needs no encoder: `txl train` runs it first, so its
+    time is measured, not guessed, before the rest of the budget is split."""
     started = time.perf_counter()
-    label_set = LabelSet(best.labels, best.multi_label)
-    fit = lambda t, y: fit_ngram(t, np.asarray(label_set.encode(y)), multi_label=best.multi_label,  # noqa: E731
-                                 n_labels=len(best.labels), chars=chars)
+    limit = None if seconds is None else max(1_000_000, int(NGRAM_CHARS_PER_SECOND * seconds / 1.2))
+    fit = lambda t, y: fit_ngram(t, np.asarray(label_set.encode(y)), multi_label=label_set.multi_label,  # noqa: E731
+                                 n_labels=len(label_set.names), chars=chars, limit=limit)
     ngram = fit(texts, labels)
     if ngram is None:
         if dist.is_main():
             tqdm.write("txl: no n-grams fused: the training texts hold no word of two or more letters")
-        return {"validation": best.metrics.get("validation", {})}
-    encoder = encoder_scores(best, vtexts)
+        return None
     scores = ngram.scores(vtexts)
-    truth = torch.as_tensor(label_set.encode(vlabels))
+    n_fit, took = len(texts), time.perf_counter() - started
+    refit = refit and ngram.fit_documents == len(texts) and (seconds is None or 2.2 * took <= seconds)
+    if refit:
+        ngram, n_fit = fit(texts + vtexts, labels + vlabels), n_fit + len(vtexts)
+    return NgramParts(scores, ngram, n_fit, refit, time.perf_counter() - started)
+
+
+def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str],
+                refit: bool = True, chars: bool = True) -> dict:
+    """`txl fuse`: fit the n-gram parts (`fit_parts`), then fuse them with the encoder of `best`."""
+    best.ngram = None  # the encoder's own probabilities below, also when refitting a fused model
+    parts = fit_parts(texts, labels, vtexts, vlabels, LabelSet(best.labels, best.multi_label), refit=refit,
+                      chars=chars)
+    if parts is None:
+        return {"validation": best.metrics.get("validation", {})}
+    return fuse_parts(best, parts, encoder_scores(best, vtexts), vlabels)
+
+
+def fuse_parts(best: ModelDir, parts: NgramParts, encoder: torch.Tensor, vlabels: list[str]) -> dict:
+    """Fit the fusion weights (and multi-label thresholds) of the encoder of `best`, whose validation scores are
+    `encoder` (`encoder_scores`), and the n-grams `parts` on the validation split; sets `best.ngram`. Returns the
+    validation metrics of the fused model and of each part, the n-grams' measured by their fit on the training
+    split alone (held out)."""
+    ngram, scores = parts.final, parts.valid_scores
+    truth = torch.as_tensor(LabelSet(best.labels, best.multi_label).encode(vlabels))
     ngram.fusion = fit_fusion(encoder, scores, truth, multi_label=best.multi_label)
+    ngram.thresholds = None
     if best.multi_label:
         fused = torch.sigmoid(ngram.fuse(encoder, scores))
         ngram.thresholds = tune_thresholds(fused.numpy(), truth.numpy())
@@ -68,21 +139,16 @@ def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: lis
         ngram.fusion = dict(ngram.fusion, **_one_part(kept, scores, truth, multi_label=best.multi_label), kept=kept)
         ngram.thresholds = best.model.config.thresholds if kept == "encoder" else None
         out["validation"] = out[f"validation_{kept}"]
-    n_fit = len(texts)
-    if refit:
-        final = fit(texts + vtexts, labels + vlabels)
-        final.fusion, final.thresholds, n_fit = ngram.fusion, ngram.thresholds, n_fit + len(vtexts)
-        ngram = final
     best.ngram = ngram
     out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms), n_word_terms=ngram.n_word_terms,
-                         fit_documents=ngram.fit_documents, fit_on=SPLITS[refit])
-    if dist.is_main() and ngram.fit_documents < n_fit:
-        tqdm.write(f"txl: the n-grams were fit on a random {ngram.fit_documents:,} of the {n_fit:,} documents of the "
-                   f"{SPLITS[refit]}, about {ngram_module.fit_limit(chars) / 1e6:g}M characters (the fit's memory "
-                   "grows with the text it reads)")
+                         fit_documents=ngram.fit_documents, fit_on=SPLITS[parts.refit])
+    if dist.is_main() and ngram.fit_documents < parts.n_fit:
+        tqdm.write(f"txl: the n-grams were fit on a random {ngram.fit_documents:,} of the {parts.n_fit:,} documents "
+                   f"of the {SPLITS[parts.refit]}: the text the fit reads is capped by its share of --max-minutes "
+                   f"and by its memory (at most {ngram_module.fit_limit(ngram.n_words is not None) / 1e6:g}M "
+                   "characters)")
     if dist.is_main():
-        tqdm.write(f"n-grams fused in {time.perf_counter() - started:.0f} s (a {ngram.fusion['a']:.3g}, "
-                   f"b {ngram.fusion['b']:.3g}): validation "
+        tqdm.write(f"n-grams fused (a {ngram.fusion['a']:.3g}, b {ngram.fusion['b']:.3g}): validation "
                    + ", ".join(f"{k.replace('validation', 'fused').replace('fused_', '')} {v['accuracy']:.4f}"
                                for k, v in out.items() if "accuracy" in v))
     return out

@@ -56,6 +56,9 @@ from pipelines.training.resume import checkpoint_dir, write_checkpoint
 from txl_core.recompute import backward_document
 
 
+PROBS_FILE = "valid_probs.safetensors"  # in the checkpoint: the best model's validation probabilities
+
+
 @dataclass
 class TrainState:
     epoch: int = 0
@@ -72,8 +75,10 @@ class TrainState:
 class Trainer:
     def __init__(self, md: ModelDir, recipe: Recipe, *, train_ids: list[list[int]], train_y: torch.Tensor,
                  valid_texts: list[str], valid_labels: list[str], out: Path, device: torch.device,
-                 fresh: list[str] = (), head_fit: bool = False):
+                 fresh: list[str] = (), head_fit: bool = False, reserve: float = 0.0):
         self.md, self.recipe, self.out, self.device = md, recipe, Path(out), device
+        self.reserve = reserve  # seconds of the budget kept for the last validation (then: the longest measured)
+        self.best_probs: np.ndarray | None = None  # (N_valid, L) the best model's probabilities, for the fusion
         self.ids, self.y = train_ids, train_y
         self.valid_texts, self.valid_labels = valid_texts, valid_labels
         self.lengths = [len(x) for x in train_ids]
@@ -99,7 +104,8 @@ class Trainer:
     def lr_scale(self, elapsed: float) -> float:
         """Linear warm-up over `warmup` of the schedule, then linear decay to 0 at its end: the end of the
         epochs, or of the time budget when that comes first (`elapsed`: seconds of training so far)."""
-        s = schedule_step(self.state.step, self.total, elapsed, self.recipe.max_minutes)
+        budget = self.recipe.max_minutes  # the schedule ends where training must stop: before the last validation
+        s = schedule_step(self.state.step, self.total, elapsed, None if budget is None else max(1e-3, budget - self.reserve / 60))
         return min((s + 1) / self.warm, max(0.0, (self.total - s) / max(1, self.total - self.warm)))
 
     def _loss_fn(self, y: torch.Tensor, y_global: torch.Tensor):
@@ -151,18 +157,19 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, texts: list[str], labels: list[str]) -> dict:
-        """Metrics of the current model; each rank predicts its shard of `texts`, every rank gets the metrics.
+        """Metrics of the current model; each rank predicts its shard of `texts`, every rank gets the metrics;
+        the probabilities (N, L) are kept in `last_probs`.
 
         Multi-label: the decision thresholds are tuned on these texts first and kept in the model's config.
         """
         self.model.eval()
         prepare(self.md, precision=self.precision, device=str(self.device), keep_weights=True)
         names = self.md.labels
+        out = dist.map_sharded(lambda part: [(p.label, [p.probs.get(n, 0.0) for n in names])
+                                             for p in predict(self.md, part)], texts)
+        probs = self.last_probs = np.array([x[1] for x in out], dtype=np.float32).reshape(len(out), len(names))
         if not self.md.multi_label:
-            predicted = dist.map_sharded(lambda part: [p.label for p in predict(self.md, part)], texts)
-            return compute_metrics(labels, predicted, names, multi_label=False)
-        probs = np.array(dist.map_sharded(
-            lambda part: [[p.probs.get(n, 0.0) for n in names] for p in predict(self.md, part)], texts))
+            return compute_metrics(labels, [x[0] for x in out], names, multi_label=False)
         truth = multi_hot([LabelSet(names, True).split(y) for y in labels], names)
         self.md.model.config.thresholds = tune_thresholds(probs, truth)
         predicted = decided_labels(probs, names, self.md.model.config.thresholds)
@@ -178,11 +185,13 @@ class Trainer:
 
     def _write_checkpoint(self, rngs: list[torch.Tensor]) -> None:
         weights = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        probs = {} if self.best_probs is None else {PROBS_FILE: lambda path: save_file(
+            {"probs": torch.from_numpy(np.ascontiguousarray(self.best_probs))}, str(path))}
         write_checkpoint(self.out, {
             "config.json": self.md.model.config.to_json(),  # a resumed run rebuilds this model
             "model.safetensors": lambda path: save_file(weights, str(path)),
             "optim.pt": lambda path: torch.save({"opt": self.opt.state_dict(), "rng": rngs}, path),
-            "state.json": json.dumps(asdict(self.state), indent=1)})
+            "state.json": json.dumps(asdict(self.state), indent=1), **probs})
 
     def load_checkpoint(self) -> bool:
         ck = checkpoint_dir(self.out)
@@ -197,20 +206,24 @@ class Trainer:
             self.opt.load_state_dict(saved["opt"])  # the schedule follows from the step and the time spent
             for group, peak in zip(self.opt.param_groups, peaks, strict=True):
                 group["peak_lr"] = peak
+            if (ck / PROBS_FILE).is_file():
+                self.best_probs = load_file(str(ck / PROBS_FILE))["probs"].numpy()
         except Exception as e:  # json, safetensors, torch and pickle raise many types for a damaged file
             raise UserError(f"the checkpoint in {ck} is damaged or not from this run ({type(e).__name__}); "
                             "delete it to start over, or restore it") from None
-        if self.state.stopped.startswith("time"):  # a resumed run gets the new --max-minutes budget
+        if self.state.stopped.startswith(("time", "no fine-tuning")):  # a resumed run gets the new --max-minutes budget
             self.state.stopped = ""
         rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]
         torch.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world() else rngs[0])
         return True
 
-    def start_from(self, metrics: dict, on_best) -> None:
-        """Take the current model, validated elsewhere with `metrics`, as the best so far: saved by `on_best`
-        and checkpointed, so fine-tuning keeps a later model only when it does better on validation."""
+    def start_from(self, metrics: dict, on_best, probs: np.ndarray | None = None) -> None:
+        """Take the current model, validated elsewhere with `metrics` (and validation probabilities `probs`), as
+        the best so far: saved by `on_best` and checkpointed, so fine-tuning keeps a later model only when it
+        does better on validation."""
         st = self.state
         st.best_f1, st.best_metrics, st.validated_at = metrics["macro_f1"], metrics, st.step
+        self.best_probs = probs
         if dist.is_main():
             on_best(metrics)
         self.save_checkpoint()
@@ -221,8 +234,9 @@ class Trainer:
         return dist.max_over_ranks(self.state.seconds + time.time() - started)
 
     def out_of_time(self, elapsed: float) -> bool:
+        """Whether the budget ends before another step and the last validation (`reserve` seconds)."""
         budget = self.recipe.max_minutes
-        return budget is not None and elapsed > budget * 60
+        return budget is not None and elapsed + self.reserve > budget * 60
 
     def fit(self, on_best) -> TrainState:
         """Train until the epochs, the patience or the time budget run out; `on_best(metrics)` saves the model.
@@ -251,7 +265,8 @@ class Trainer:
                 elapsed = self.elapsed(started)  # clocks differ: all ranks stop at the same step
                 if self.out_of_time(elapsed):
                     minutes = r.max_minutes if r.max_minutes is None else round(r.max_minutes, 1)
-                    st.stopped = f"time budget of {minutes} min reached"
+                    st.stopped = "no fine-tuning: the plan gave the budget to reading" if r.max_minutes == 0 else \
+                        f"time budget of {minutes} min reached"
                     break
                 t0, batch = time.time(), batches[st.batch]
                 loss = self.step(batch, elapsed)
@@ -282,9 +297,9 @@ class Trainer:
             if st.batch >= len(batches):
                 st.epoch, st.batch = st.epoch + 1, 0
         bar.close()
-        if st.stopped.startswith("time") and (st.best_f1 < 0 or st.step > st.validated_at):
-            # the steps since the last evaluation get theirs (and a budget shorter than one evaluation still
-            # leaves a model); the budget is overrun by one validation pass
+        if st.stopped.startswith(("time", "no fine-tuning")) and (st.best_f1 < 0 or st.step > st.validated_at):
+            # the steps since the last evaluation get theirs, in the time kept for it (and a budget shorter than
+            # one evaluation still leaves a model)
             self._validate(on_best)
         st.seconds += time.time() - started
         self.save_checkpoint()
@@ -299,14 +314,16 @@ class Trainer:
         return minutes_text(left)
 
     def _validate(self, on_best) -> None:
-        st = self.state
+        st, started = self.state, time.time()
         st.validated_at = st.step
         metrics = self.evaluate(self.valid_texts, self.valid_labels)
+        self.reserve = max(self.reserve, dist.max_over_ranks(time.time() - started))
         if dist.is_main():
             tqdm.write(f"step {st.step}: validation accuracy {metrics['accuracy']:.4f} "
                        f"macro-F1 {metrics['macro_f1']:.4f} micro-F1 {metrics['micro_f1']:.4f}")
         if metrics["macro_f1"] > st.best_f1:
             st.best_f1, st.best_metrics, st.bad_evals = metrics["macro_f1"], metrics, 0
+            self.best_probs = self.last_probs
             if dist.is_main():
                 on_best(metrics)
         else:
