@@ -4,7 +4,8 @@ The input is read in chunks (a file of any size never sits in memory). Each fini
 into `<output>.partial/`; a rerun after a crash or a kill skips the chunks already there, so no row is lost
 or repeated. The output file appears, atomically, only when every chunk is done: every input column, then
 `predicted_label`, `score`, one `prob_<label>` column per class (and `top<k>_label` / `top<k>_score` with
---top-k), and `error` (non-empty for rows that could not be classified, e.g. empty text).
+--top-k), `error` (non-empty for rows that could not be classified, e.g. empty text), and with --explain K an
+`explanation` column (pipelines/model/explain.py).
 
 Under `torchrun --nproc_per_node N -m pipelines.cli classify ...` the chunks are the unit of work: the chunks
 not yet done are dealt out in turn to the N processes (one GPU each when there are GPUs), and rank 0 joins
@@ -32,6 +33,7 @@ from pipelines.data.writers import (
     write_frame,
 )
 from pipelines.errors import UserError, int_at_least
+from pipelines.model.explain import explain
 from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import load_model_dir
 from pipelines.runtime import distributed as dist
@@ -49,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "quantization (CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
+    p.add_argument("--explain", type=int_at_least(0), default=0, metavar="K",
+                   help="also write an `explanation` column: a JSON list of the K parts of each text whose removal "
+                   "changes the predicted class's log-probability most (`effect`; `start`, `end`: characters), "
+                   "segments of a long text, sentences of a short one; costs up to (layers + 1) readings a text")
     p.add_argument("--batch-size", type=int_at_least(1), default=16, help="documents per forward pass")
     p.add_argument("--chunk-rows", type=int_at_least(1), default=2000, help="rows per restartable chunk")
 
@@ -58,7 +64,7 @@ def _fingerprint(args) -> str:
     stat = os.stat(args.input)
     model_stat = os.stat(Path(args.model) / "model.safetensors")
     key = [os.path.abspath(args.input), stat.st_size, stat.st_mtime_ns, os.path.abspath(args.model),
-           model_stat.st_mtime_ns, args.text_column, args.top_k, args.precision, args.chunk_rows]
+           model_stat.st_mtime_ns, args.text_column, args.top_k, args.precision, args.chunk_rows, args.explain]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
 
@@ -112,6 +118,9 @@ def _classify(args, device) -> int:
             continue
         preds = predict(md, chunk[args.text_column].tolist(), batch_size=args.batch_size, progress=bar.update)
         frame = result_columns(chunk, preds, md.labels, args.top_k)
+        if args.explain:
+            frame["explanation"] = [_explanation(md, text, args.explain) if not pred.error else "[]"
+                                    for text, pred in zip(chunk[args.text_column].tolist(), preds)]
         tmp = part_dir / f".part-{index:06d}.tmp"
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, target)
@@ -125,6 +134,11 @@ def _classify(args, device) -> int:
     resumed = f" ({len(finished)} chunks reused from an interrupted run)" if finished else ""
     print(f"txl classify: wrote {rows} rows to {args.output}{resumed}")
     return 0
+
+
+def _explanation(md, text: str, k: int) -> str:
+    out = explain(md, text)
+    return "[]" if out is None else out.to_json(k)
 
 
 def _estimated_rows(rows: int, fraction: float | None) -> int | None:

@@ -1,0 +1,99 @@
+"""Occlusion explanations (pipelines/model/explain.py): a long document's segment effects are those of the
+document read without each segment's tokens; a short one's sentence effects those of the text without each
+sentence, through the fused model; the parts of the fused logit add up; `txl classify --explain K`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipelines.cli import main
+from pipelines.data import token_ids
+from pipelines.model import explain as ex
+from pipelines.model.inference import predict, prepare
+from pipelines.model.model_dir import load_model_dir
+from pipelines.model.ngrams import fit_ngram
+from tests.synth import make_corpus
+from tests.tiny_model import make_model_dir
+from txl_core.occlusion import window
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    """The tiny model with its weights shaken (untrained weights say little) and an n-gram part fit on a corpus."""
+    path = make_model_dir(tmp_path_factory.mktemp("m") / "tiny")
+    md = load_model_dir(path)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in md.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    corpus = make_corpus(90, seed=2)
+    md.ngram = fit_ngram(list(corpus.text), np.array([md.labels.index(y) for y in corpus.label]),
+                         multi_label=False, n_labels=3, chars=True)
+    md.ngram.fusion = {"a": 0.7, "b": 1.3, "c": 0.0}
+    return prepare(md, precision="float32")
+
+
+def _log_p(md, texts, target):
+    return np.log([p.probs[md.labels[target]] for p in predict(md, texts)])
+
+
+def test_a_long_documents_segments_are_occluded_exactly(fused):
+    text = " ".join(make_corpus(60, seed=5).text)  # thousands of tokens: many segments of 16
+    out = ex.explain(fused, text)
+    tokens = token_ids.encode(fused.tokenizer, [text], offsets=True)[0]
+    t = fused.model.config.segment_len
+    assert out.parts[0].unit == "segment" and len(out.parts) == -(-len(tokens) // t)
+    assert out.parts[0].start == 0 and out.parts[-1].end == len(text)
+    assert all(a.end == b.start for a, b in zip(out.parts, out.parts[1:]))  # the spans cover the text
+    assert out.reads <= 1 + window(fused.model)
+    target = fused.labels.index(out.label)
+    for k in (0, 3, len(out.parts) - 1):
+        kept = np.concatenate([tokens.ids[:k * t], tokens.ids[(k + 1) * t:]])
+        enc = ex._encoder_logits(fused, [tokens.ids, kept])  # the encoder reading the document without segment k
+        a, b = out.parts[k].start, out.parts[k].end
+        scores = torch.as_tensor(fused.ngram.scores([text, text[:a] + text[b:]]))
+        log_p = torch.log_softmax(fused.ngram.fuse(enc, scores.numpy()), dim=-1)[:, target]
+        assert out.parts[k].effect == pytest.approx(float(log_p[0] - log_p[1]), abs=1e-4)
+
+
+def test_a_short_documents_sentences_are_occluded_through_the_fused_model(fused):
+    text = "The match ended in a late goal. Shares fell on the market. The striker scored twice!\n\nA new chip was made."
+    out = ex.explain(fused, text)
+    assert [p.unit for p in out.parts] == ["sentence"] * 4
+    assert "".join(text[p.start:p.end] for p in out.parts) == text
+    target = fused.labels.index(out.label)
+    whole = _log_p(fused, [text], target)[0]
+    without = _log_p(fused, [text[:p.start] + text[p.end:] for p in out.parts], target)
+    np.testing.assert_allclose([p.effect for p in out.parts], whole - without, atol=1e-4)
+    for p in out.parts:  # the two terms of the fused logit move it by their sum
+        assert np.isfinite(p.encoder) and np.isfinite(p.ngrams) and p.ngrams != 0
+
+
+def test_the_top_parts_are_ranked_by_size_and_written_as_json(fused):
+    out = ex.explain(fused, " ".join(make_corpus(60, seed=7).text))
+    top = json.loads(out.to_json(3))
+    assert len(top) == 3 and set(top[0]) >= {"start", "end", "effect", "encoder", "ngrams", "unit"}
+    sizes = [abs(p["effect"]) for p in top]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == pytest.approx(max(abs(p.effect) for p in out.parts),
+                                                                              abs=1e-4)
+    assert ex.explain(fused, "   ") is None
+
+
+def test_classify_explain_writes_an_explanation_column(tmp_path):
+    model = make_model_dir(tmp_path / "tiny")
+    frame = make_corpus(6, seed=3, long_every=2)
+    frame.loc[2, "text"] = ""
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    assert main(["classify", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output",
+                 str(tmp_path / "out.csv"), "--explain", "2"]) == 0
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    for text, cell, error in zip(frame.text, out.explanation, out.error):
+        if error:
+            assert cell == "[]"
+            continue
+        parts = json.loads(cell)
+        assert 1 <= len(parts) <= 2 and all(0 <= p["start"] < p["end"] <= len(text) for p in parts)
