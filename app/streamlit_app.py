@@ -7,6 +7,7 @@ Run with `txl app` (or `streamlit run app/streamlit_app.py -- --model DIR`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import os
 import sys
@@ -17,6 +18,7 @@ import streamlit as st
 
 from app.extract import Document, ExtractError, extract_documents, max_upload_bytes
 from pipelines.errors import UserError
+from pipelines.model.explain import explain
 from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import load_model_dir
 
@@ -35,15 +37,28 @@ def load_model(path: str):
     return prepare(load_model_dir(path), precision=os.environ.get("TXL_PRECISION", "auto"))
 
 
+def available_models(default: str | None) -> dict[str, Path]:
+    """The models a visitor may pick: the one the operator started the app with (`txl app --model`), the bundled
+    ones, and those under the operator's `txl app --models-dir` (TXL_MODELS_DIR)."""
+    models = {f"{Path(default).name} (--model)": Path(default)} if default else {}
+    root = os.environ.get("TXL_MODELS_DIR")
+    under = sorted(p for p in Path(root).iterdir() if (p / "config.json").is_file()) if root and Path(root).is_dir() \
+        else []
+    for p in [*bundled_models().values(), *under]:
+        if p.resolve() not in {m.resolve() for m in models.values()}:
+            models[p.name if p.name not in models else f"{p.name} ({p.parent})"] = p
+    return models
+
+
 def model_picker_ui(default: str | None) -> str | None:
-    """Sidebar: a bundled model or any directory path; returns the chosen directory."""
-    models = bundled_models()
+    """Sidebar: one of `available_models`; a free server path only when the operator allows it
+    (`txl app --any-model-path`): on a shared host a visitor could otherwise probe the server's files."""
+    models = available_models(default)
     st.sidebar.header("Model")
-    options = list(models) + ["Other directory…"]
-    start = 0
-    if default and Path(default).resolve() not in [p.resolve() for p in models.values()]:
-        start = len(options) - 1
-    choice = st.sidebar.selectbox("Model", options, index=start, key="model_choice")
+    options = list(models) + (["Other directory…"] if os.environ.get("TXL_ANY_MODEL_PATH") == "1" else [])
+    if not options:
+        return None
+    choice = st.sidebar.selectbox("Model", options, index=0, key="model_choice")
     if choice == "Other directory…":
         path = st.sidebar.text_input("Model directory", value=default or "", key="model_path").strip()
         return path or None
@@ -56,6 +71,7 @@ def input_ui() -> tuple[list[Document], list[str]]:
     files = st.file_uploader("Upload documents (.txt .md .html .pdf .docx, or .csv .tsv .jsonl .parquet with many)",
                              accept_multiple_files=True, key="uploads")
     pasted = st.text_area("…or paste a document", height=150, key="pasted")
+    st.button("Classify", key="classify", type="primary")  # a click applies the pasted text (so does Ctrl+Enter)
     docs, problems = [], []
     for f in files or []:
         docs += _documents_of(f.name, f.getvalue(), limit, problems)
@@ -93,69 +109,151 @@ def classify_ui(md, docs: list[Document]):
         done[0] += n
         bar.progress(min(1.0, done[0] / len(docs)), text=f"Classified {done[0]} of {len(docs)}")
 
-    preds = predict(md, [d.text for d in docs], explain=True, progress=step)
+    preds = predict(md, [d.text for d in docs], progress=step)
     bar.empty()
     return preds
 
 
-def results_table(docs, preds) -> pd.DataFrame:
-    return pd.DataFrame({"document": [d.name for d in docs], "label": [p.label or "—" for p in preds],
-                         "score": [round(p.score, 4) for p in preds], "tokens": [p.n_tokens for p in preds],
-                         "characters": [len(d.text) for d in docs], "problem": [p.error for p in preds]})
+def landing_ui(md) -> None:
+    """What the model does, before anything is uploaded."""
+    kind = "tags each document with any of its" if md.multi_label else "sorts each document into one of its"
+    st.markdown(f"This model {kind} **{len(md.labels)} classes**: " + ", ".join(f"`{x}`" for x in md.labels)
+                + ". Documents of any length are read whole; nothing is cut off.")
 
 
-def many_results_ui(docs, preds) -> int:
-    """Results table with a CSV download; returns the index of the document to inspect."""
-    table = results_table(docs, preds)
+def results_table(docs, preds, labels: list[str]) -> pd.DataFrame:
+    table = pd.DataFrame({"document": [d.name for d in docs], "label": [p.label or "—" for p in preds],
+                          "score": [round(p.score, 4) for p in preds], "tokens": [p.n_tokens for p in preds],
+                          "characters": [len(d.text) for d in docs], "problem": [p.error for p in preds]})
+    for name in labels:
+        table[f"prob_{name}"] = [round(p.probs.get(name, float("nan")), 4) for p in preds]
+    return table
+
+
+def many_results_ui(docs, preds, labels: list[str], problems: list[str]) -> int:
+    """Results table (every class's probability) with a CSV download and the files that could not be read;
+    returns the index of the document to inspect."""
+    table = results_table(docs, preds, labels)
     st.dataframe(table, use_container_width=True, hide_index=True)
-    st.download_button("Download results as CSV", table.to_csv(index=False).encode(), "predictions.csv",
-                       "text/csv", key="download")
+    st.download_button("Download results as CSV (every class's probability)", table.to_csv(index=False).encode(),
+                       "predictions.csv", "text/csv", key="download")
+    if problems:
+        st.markdown("**Not classified**")
+        st.dataframe(pd.DataFrame({"problem": problems}), use_container_width=True, hide_index=True)
     names = [f"{i + 1}. {d.name}" for i, d in enumerate(docs)]
     return names.index(st.selectbox("Inspect a document", names, key="inspect"))
 
 
-def single_result_ui(doc: Document, pred) -> None:
+def probabilities_ui(pred, top: int = 10) -> None:
+    """The most probable classes with their percentages."""
+    ranked = sorted(pred.probs.items(), key=lambda kv: -kv[1])[:top]
+    frame = pd.DataFrame({"class": [k for k, _ in ranked], "probability": [100 * v for _, v in ranked]})
+    st.dataframe(frame, hide_index=True, column_config={"probability": st.column_config.ProgressColumn(
+        "probability", format="%.1f%%", min_value=0, max_value=100)})
+
+
+def single_result_ui(md, doc: Document, pred) -> None:
     if pred.error:
         st.warning(f"{doc.name}: {pred.error}; nothing to classify.")
         return
     st.subheader(f"{doc.name}: **{pred.label or '(no label)'}** ({pred.score:.1%})")
-    probs = pd.DataFrame({"probability": pred.probs}).sort_values("probability", ascending=False)
-    st.bar_chart(probs, horizontal=True)
-    st.caption(f"{pred.n_tokens:,} tokens read in {len(pred.segments)} segment(s), all of them, with memory.")
-    st.markdown("**What drove the prediction**: each segment's share of the predicted class's score "
-                "(green pushes toward it, red away).")
-    st.html(highlight_html(doc.text, pred.segments))
+    probabilities_ui(pred)
+    segments = -(-pred.n_tokens // md.model.config.segment_len)
+    st.caption(f"{pred.n_tokens:,} tokens read in {segments:,} segment(s), all of them, with memory.")
+    explanation = explanation_of(md, doc.text)
+    if explanation is not None:
+        explanation_ui(doc.text, explanation)
     if pred.encoder_label:
-        ngram_ui(pred)
+        ngram_ui(md, doc.text, pred)
 
 
-def ngram_ui(pred) -> None:
+def explanation_of(md, text: str):
+    """The occlusion explanation of `text`, computed once per session and text, with per-segment progress."""
+    cache = st.session_state.setdefault("explanations", {})
+    key = (id(md), hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest())
+    if key not in cache:
+        bar = st.progress(0.0, text="Explaining: removing each segment in turn…")
+
+        def step(done: int, total: int) -> None:
+            bar.progress(done / total, text=f"Explaining: segment {done:,} of {total:,} removed and read again")
+
+        cache.clear()  # one document's explanation kept at a time
+        cache[key] = explain(md, text, on_segment=step)
+        bar.empty()
+    return cache[key]
+
+
+def explanation_ui(text: str, out, top: int = 5) -> None:
+    unit = out.parts[0].unit if out.parts else "segment"
+    st.markdown(f"**What drove the prediction**: each {unit}'s effect is how much the probability of "
+                f"*{out.label}* falls when that {unit} is removed and the rest is read without it (log-probability; "
+                f"**+** supports *{out.label}*, **−** speaks against it).")
+    st.html(overview_html(out))
+    lines = []
+    for p in out.top(top):
+        k = out.parts.index(p)
+        excerpt = " ".join(text[p.start:p.end].split())
+        excerpt = excerpt[:240] + ("…" if len(excerpt) > 240 else "")
+        lines.append(f"- **{p.effect:+.3f}** [{unit} {k + 1}](#part-{k}) (characters {p.start:,}-{p.end:,}; encoder "
+                     f"{p.encoder:+.3f}, n-grams {p.ngrams:+.3f}): {html.escape(excerpt)}")
+    st.markdown(f"**The {min(top, len(out.parts))} most influential {unit}s**\n\n" + "\n".join(lines))
+    st.html(highlight_html(text, out))
+
+
+def _color(effect: float, peak: float) -> str:
+    alpha = 0.15 + 0.6 * min(1.0, abs(effect) / peak)
+    return f"rgba(34,160,80,{alpha:.2f})" if effect >= 0 else f"rgba(210,50,50,{alpha:.2f})"
+
+
+def overview_html(out) -> str:
+    """One cell per part, in document order, coloured by its effect, each a link into the document; a legend."""
+    peak = max((abs(p.effect) for p in out.parts), default=1.0) or 1.0
+    cells = "".join(f'<a href="#part-{k}" title="{out.parts[k].unit} {k + 1}: {p.effect:+.3f}" '
+                    f'style="flex:1;min-width:2px;height:22px;background:{_color(p.effect, peak)}"></a>'
+                    for k, p in enumerate(out.parts))
+    legend = (f'<div style="font:12px sans-serif;margin-top:4px"><span style="background:{_color(peak, peak)}">'
+              f'&nbsp;+{peak:.2f} supports {html.escape(out.label)}&nbsp;</span> &nbsp; <span style="background:'
+              f'{_color(-peak, peak)}">&nbsp;−{peak:.2f} speaks against it&nbsp;</span> &nbsp; start of the document on '
+              f'the left, end on the right; {len(out.parts):,} {out.parts[0].unit}s</div>') if out.parts else ""
+    return f'<div style="display:flex;gap:1px;border:1px solid #ccc">{cells}</div>{legend}'
+
+
+def _snap(text: str, i: int, reach: int = 40) -> int:
+    """A boundary moved forward to the end of the word it falls in (display only)."""
+    j = i
+    while 0 < j < len(text) and j - i < reach and not text[j - 1].isspace() and not text[j].isspace():
+        j += 1
+    return j if j - i < reach else i
+
+
+def highlight_html(text: str, out) -> str:
+    """The document, each part shaded by its effect and opened by its value (readable without hovering)."""
+    peak = max((abs(p.effect) for p in out.parts), default=1.0) or 1.0
+    bounds = [0] + [_snap(text, p.start) for p in out.parts[1:]] + [len(text)]
+    bounds = [max(bounds[:k + 1]) for k in range(len(bounds))]  # never backwards
+    parts, shown = [], 0
+    for k, p in enumerate(out.parts):
+        if shown >= MAX_RENDER_CHARS:
+            parts.append("<p><em>… (the rest of the document is not shown)</em></p>")
+            break
+        chunk = text[bounds[k]:bounds[k + 1]]
+        shown += len(chunk)
+        parts.append(f'<span id="part-{k}" style="background:{_color(p.effect, peak)}"><b style="font-size:11px">'
+                     f'[{p.unit} {k + 1}: {p.effect:+.3f}]</b> {html.escape(chunk)}</span>')
+    body = "".join(parts)
+    return f'<div style="white-space:pre-wrap;font-family:sans-serif;line-height:1.5;max-height:480px;overflow:auto">{body}</div>'
+
+
+def ngram_ui(md, text: str, pred) -> None:
     """A model with an n-gram component: what each part alone says, and the n-grams that pushed the label."""
     agree = "agree" if pred.encoder_label == pred.ngram_label else "disagree"
     st.markdown(f"**Encoder and n-grams {agree}**: the Transformer-XL encoder alone says *{pred.encoder_label}*, "
                 f"the TF-IDF n-gram model alone *{pred.ngram_label}*; the prediction fuses both.")
-    if pred.terms:
+    label = pred.label.split("|")[0]
+    terms = md.ngram.term_contributions(text, md.labels.index(label)) if label in md.labels else []
+    if terms:
         st.markdown("**Words and phrases that pushed toward it** (their part of the fused score):")
-        st.dataframe(pd.DataFrame(pred.terms, columns=["n-gram", "contribution"]).round(4),
-                     hide_index=True)
-
-
-def highlight_html(text: str, segments) -> str:
-    """The document with each segment's background shaded by its contribution."""
-    peak = max((abs(s.contribution) for s in segments), default=1.0) or 1.0
-    parts, shown = [], 0
-    for s in segments:
-        if shown >= MAX_RENDER_CHARS:
-            parts.append("<p><em>… (the rest of the document is not shown)</em></p>")
-            break
-        alpha = 0.55 * abs(s.contribution) / peak
-        color = f"rgba(34,160,80,{alpha:.2f})" if s.contribution >= 0 else f"rgba(210,50,50,{alpha:.2f})"
-        chunk = text[s.char_start:s.char_end]
-        shown += len(chunk)
-        tip = f"tokens {s.start}-{s.end}: contribution {s.contribution:+.3f} ({s.share:.0%})"
-        parts.append(f'<span title="{tip}" style="background:{color}">{html.escape(chunk)}</span>')
-    body = " ".join(parts)
-    return f'<div style="white-space:pre-wrap;font-family:sans-serif;line-height:1.5;max-height:480px;overflow:auto">{body}</div>'
+        st.dataframe(pd.DataFrame(terms, columns=["n-gram", "contribution"]).round(4), hide_index=True)
 
 
 def model_page_ui(md) -> None:
@@ -197,14 +295,15 @@ def main(argv: list[str] | None = None) -> None:
     with model_tab:
         model_page_ui(md)
     with classify_tab:
+        landing_ui(md)
         docs, problems = input_ui()
         for p in problems:
             st.warning(p)
         if not docs:
             return
         preds = classify_ui(md, docs)
-        pick = 0 if len(docs) == 1 else many_results_ui(docs, preds)
-        single_result_ui(docs[pick], preds[pick])
+        pick = 0 if len(docs) == 1 else many_results_ui(docs, preds, md.labels, problems)
+        single_result_ui(md, docs[pick], preds[pick])
 
 
 if __name__ == "__main__":

@@ -41,9 +41,12 @@ def test_single_upload_shows_label_chart_and_highlights(monkeypatch, model_dirs)
     at = upload(start(monkeypatch, model_dirs[0]), ("report.txt", b"the team won the match " * 40, "text/plain"))
     heading = at.subheader[0].value
     assert heading.startswith("report.txt") and any(name in heading for name in ("politics", "sport", "tech"))
-    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")  # the probability chart
+    probs = at.dataframe[0].value  # the classes' probabilities, in percent, most probable first
+    assert list(probs.columns) == ["class", "probability"] and probs["probability"].is_monotonic_decreasing
     assert any("What drove the prediction" in m.value for m in at.markdown)
-    assert "background:rgba" in at.get("html")[0].proto.body  # highlighted segments
+    bodies = [h.proto.body for h in at.get("html")]
+    assert 'href="#part-0"' in bodies[0] and "background:rgba" in bodies[-1]  # the overview, the shaded document
+    assert any("most influential" in m.value for m in at.markdown)
 
 
 def test_many_documents_table_and_download(monkeypatch, model_dirs):
@@ -93,9 +96,12 @@ def test_tables_are_read_as_txl_reads_them(monkeypatch, model_dirs):
 
 
 def test_switching_models(monkeypatch, model_dirs):
+    monkeypatch.setenv("TXL_MODELS_DIR", str(model_dirs[1].parent))  # txl app --models-dir
     at = start(monkeypatch, model_dirs[0])
     assert any("Model A" in m.value for m in at.markdown)
-    at.text_input(key="model_path").input(str(model_dirs[1])).run()
+    assert at.selectbox(key="model_choice").options[0] == "a (--model)"
+    assert "Other directory…" not in at.selectbox(key="model_choice").options  # no free server paths
+    at.selectbox(key="model_choice").set_value("b").run()
     assert any("Model B" in m.value for m in at.markdown)
     at.text_area(key="pasted").input("fine film").run()
     assert any(label in at.subheader[0].value for label in ("neg", "pos"))
@@ -137,6 +143,20 @@ def test_oversized_upload_is_refused(monkeypatch, model_dirs):
     monkeypatch.setenv("TXL_MAX_UPLOAD_MB", "0.001")
     at = upload(start(monkeypatch, model_dirs[0]), ("big.txt", b"word " * 1000, "text/plain"))
     assert "upload limit" in " ".join(w.value for w in at.warning)
+
+
+def test_free_server_paths_only_when_the_operator_allows_them(monkeypatch, model_dirs):
+    monkeypatch.setenv("TXL_ANY_MODEL_PATH", "1")  # txl app --any-model-path
+    at = start(monkeypatch, model_dirs[0])
+    at.selectbox(key="model_choice").set_value("Other directory…").run()
+    at.text_input(key="model_path").input(str(model_dirs[1])).run()
+    assert any("Model B" in m.value for m in at.markdown)
+
+
+def test_the_landing_page_names_the_labels_before_any_upload(monkeypatch, model_dirs):
+    at = start(monkeypatch, model_dirs[0])
+    assert any("`politics`, `sport`, `tech`" in m.value for m in at.markdown)
+    assert at.button(key="classify")
 
 
 def test_a_directory_that_is_not_a_model(monkeypatch, tmp_path):

@@ -44,13 +44,15 @@ def window(model: TXLDocumentClassifier) -> int:
 
 
 @torch.no_grad()
-def occlude_segments(model: TXLDocumentClassifier, input_ids: torch.Tensor) -> Occlusion:
+def occlude_segments(model: TXLDocumentClassifier, input_ids: torch.Tensor, *, on_segment=None) -> Occlusion:
     """Logits of one document (`input_ids` (N,) or (1, N)) and of the document with each segment removed, in
     one pass: each segment k's replacement window is read as soon as the memory before k is known, so only
-    that memory and the per-segment pooled statistics are kept (memory bounded by M, not by N)."""
+    that memory and the per-segment pooled statistics are kept (memory bounded by M, not by N).
+    `on_segment(done, total)` is called after each segment and its window."""
     ids = input_ids.reshape(1, -1)
     lengths = torch.tensor([ids.size(1)], device=ids.device)
     kind, w = model.config.pooling, window(model)
+    total = -(-ids.size(1) // model.config.segment_len)
     parts: list[PoolState] = []  # the document's own pooled statistics, one per segment
     replaced: list[list[PoolState]] = []  # per k: segments k+1 .. k+W read without segment k
     before, reads = None, 0  # the memory the document had before segment k
@@ -62,6 +64,8 @@ def occlude_segments(model: TXLDocumentClassifier, input_ids: torch.Tensor) -> O
         replaced.append(redone)
         reads += len(redone)
         before = seg.mems
+        if on_segment is not None:
+            on_segment(k + 1, total)
     n = len(parts)
     prefix: list[PoolState | None] = [None]  # prefix[k]: segments 0 .. k-1 combined (None: no segment)
     for p in parts:

@@ -72,8 +72,9 @@ def segment_spans(offsets: np.ndarray, segment_len: int, n_chars: int) -> list[t
     return list(zip(starts, starts[1:] + [n_chars]))
 
 
-def explain(md: ModelDir, text: str) -> Explanation | None:
-    """The occlusion effects of the parts of `text` on its predicted class (`md` prepared); None for a text with
+def explain(md: ModelDir, text: str, *, on_segment=None) -> Explanation | None:
+    """The occlusion effects of the parts of `text` on its predicted class (`md` prepared; `on_segment(done,
+    total)` after each segment of a long text); None for a text with
     no token or only whitespace (as `predict`)."""
     if not isinstance(text, str) or not text.strip():
         return None
@@ -95,7 +96,8 @@ def explain(md: ModelDir, text: str) -> Explanation | None:
         variants = [text[:a] + text[b:] for a, b in spans]
         model = md.model
         with torch.inference_mode(), _autocast(md):
-            out = occlude_segments(model, torch.as_tensor(tokens.ids, dtype=torch.long, device=md.device))
+            out = occlude_segments(model, torch.as_tensor(tokens.ids, dtype=torch.long, device=md.device),
+                                   on_segment=on_segment)
         encoder = torch.cat([out.logits[None], out.occluded]).float().cpu()
         reads = out.segment_reads / n_segments
     scores = None if md.ngram is None else torch.as_tensor(md.ngram.scores([text] + variants))
