@@ -185,9 +185,9 @@ def explanation_of(md, text: str):
 
 def explanation_ui(text: str, out, top: int = 5) -> None:
     unit = out.parts[0].unit if out.parts else "segment"
-    st.markdown(f"**What drove the prediction**: each {unit}'s effect is how much the probability of "
-                f"*{out.label}* falls when that {unit} is removed and the rest is read without it (log-probability; "
-                f"**+** supports *{out.label}*, **−** speaks against it).")
+    st.markdown(f"**What drove the prediction**: each {unit}'s effect is how much the odds of *{out.label}* fall "
+                f"when that {unit} is removed and the rest is read without it (log-odds; **+** supports "
+                f"*{out.label}*, **−** speaks against it).")
     st.html(overview_html(out))
     lines = []
     for p in out.top(top):

@@ -56,8 +56,10 @@ def test_a_long_documents_segments_are_occluded_exactly(fused):
         enc = ex._encoder_logits(fused, [tokens.ids, kept])  # the encoder reading the document without segment k
         a, b = out.parts[k].start, out.parts[k].end
         scores = torch.as_tensor(fused.ngram.scores([text, text[:a] + text[b:]]))
-        log_p = torch.log_softmax(fused.ngram.fuse(enc, scores.numpy()), dim=-1)[:, target]
-        assert out.parts[k].effect == pytest.approx(float(log_p[0] - log_p[1]), abs=1e-4)
+        log_p = torch.log_softmax(fused.ngram.fuse(enc, scores.numpy()).double(), dim=-1)
+        assert out.parts[k].log_prob == pytest.approx(float(log_p[0, target] - log_p[1, target]), abs=1e-4)
+        odds = log_p[:, target] - torch.log1p(-log_p[:, target].exp())
+        assert out.parts[k].effect == pytest.approx(float(odds[0] - odds[1]), abs=1e-4)
 
 
 def test_a_short_documents_sentences_are_occluded_through_the_fused_model(fused):
@@ -68,7 +70,8 @@ def test_a_short_documents_sentences_are_occluded_through_the_fused_model(fused)
     target = fused.labels.index(out.label)
     whole = _log_p(fused, [text], target)[0]
     without = _log_p(fused, [text[:p.start] + text[p.end:] for p in out.parts], target)
-    np.testing.assert_allclose([p.effect for p in out.parts], whole - without, atol=1e-4)
+    np.testing.assert_allclose([p.log_prob for p in out.parts], whole - without, atol=1e-4)
+    assert all(np.sign(p.effect) == np.sign(p.log_prob) for p in out.parts)
     for p in out.parts:  # the two terms of the fused logit move it by their sum
         assert np.isfinite(p.encoder) and np.isfinite(p.ngrams) and p.ngrams != 0
 
@@ -76,7 +79,7 @@ def test_a_short_documents_sentences_are_occluded_through_the_fused_model(fused)
 def test_the_top_parts_are_ranked_by_size_and_written_as_json(fused):
     out = ex.explain(fused, " ".join(make_corpus(60, seed=7).text))
     top = json.loads(out.to_json(3))
-    assert len(top) == 3 and set(top[0]) >= {"start", "end", "effect", "encoder", "ngrams", "unit"}
+    assert len(top) == 3 and set(top[0]) >= {"start", "end", "effect", "log_prob", "encoder", "ngrams", "unit"}
     sizes = [abs(p["effect"]) for p in top]
     assert sizes == sorted(sizes, reverse=True) and sizes[0] == pytest.approx(max(abs(p.effect) for p in out.parts),
                                                                               abs=1e-4)
@@ -97,3 +100,30 @@ def test_classify_explain_writes_an_explanation_column(tmp_path):
             continue
         parts = json.loads(cell)
         assert 1 <= len(parts) <= 2 and all(0 <= p["start"] < p["end"] <= len(text) for p in parts)
+
+
+BBC = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "bbc_news" / "bbc_news.csv.xz"
+BUNDLED = __import__("pathlib").Path(__file__).resolve().parents[1] / "app" / "models" / "bbc_news"
+
+
+@pytest.mark.skipif(not BBC.is_file(), reason="needs ../shared/data/bbc_news")
+def test_in_a_mixed_document_the_parts_of_the_predicted_class_support_it_and_the_others_do_not():
+    """An article of one class followed by two of another, the bundled model: whichever class it predicts, the
+    parts from that class's articles raise its odds and the parts from the other class's lower them."""
+    frame = pd.read_csv(BBC)
+    frame = frame[frame["split"] == "test"] if "split" in frame else frame
+    md = prepare(load_model_dir(BUNDLED), precision="float32")
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        a, b = rng.choice(md.labels, 2, replace=False)
+        first = frame[frame.label == a].sample(1, random_state=trial).text.iloc[0]
+        rest = frame[frame.label == b].sample(2, random_state=trial + 100).text.tolist()
+        text = "\n\n".join([first, *rest])
+        out = ex.explain(md, text)
+        cut = len(first)
+        own = sum(p.effect for p in out.parts if p.end <= cut)
+        other = sum(p.effect for p in out.parts if p.start >= cut)
+        if out.label == a:
+            assert own > 0 > other, (trial, own, other)
+        else:
+            assert out.label == b and other > 0 > own - 0.05, (trial, own, other)

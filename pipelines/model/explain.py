@@ -1,5 +1,7 @@
 """Which parts of a document drove its prediction, by occlusion: a part's effect is how much the predicted class's
-log-probability falls when that part is removed and the rest is read as if it had never been there.
+log-odds (log p - log(1 - p)) fall when that part is removed and the rest is read as if it had never been there.
+Log-odds, not log-probability: they have the same sign, but a class predicted at 99.9% keeps a log-probability
+near 0 whatever one part of a long document says, while its log-odds still show which parts hold it up.
 
 A long document's parts are the encoder's segments (exact, at a bounded multiple of one reading:
 txl_core/occlusion.py); a short one's (at most SHORT_TOKENS tokens) are its sentences, each removed in turn
@@ -28,14 +30,15 @@ _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n\s*\n")
 
 @dataclass(frozen=True)
 class Influence:
-    """Characters [start, end) of the text (a segment or a sentence); `effect`: the predicted class's
-    log-probability with the whole text minus without this part (positive: the part supports the prediction);
-    `encoder` and `ngrams`: the change of each term of the fused logit of that class (they add up to the change
-    of the logit; `ngrams` is 0 without an n-gram part)."""
+    """Characters [start, end) of the text (a segment or a sentence); `effect`: the predicted class's log-odds
+    with the whole text minus without this part (positive: the part supports the prediction); `log_prob`: the
+    same for its log-probability (same sign); `encoder` and `ngrams`: the change of each term of the fused logit
+    of that class (they add up to the change of the logit; `ngrams` is 0 without an n-gram part)."""
 
     start: int
     end: int
     effect: float
+    log_prob: float
     encoder: float
     ngrams: float
     unit: str
@@ -101,9 +104,9 @@ def explain(md: ModelDir, text: str, *, on_segment=None) -> Explanation | None:
         encoder = torch.cat([out.logits[None], out.occluded]).float().cpu()
         reads = out.segment_reads / n_segments
     scores = None if md.ngram is None else torch.as_tensor(md.ngram.scores([text] + variants))
-    target, effect, enc_term, ngram_term = _effects(md, encoder, scores)
-    parts = [Influence(a, b, float(e), float(x), float(y), unit)
-             for (a, b), e, x, y in zip(spans, effect, enc_term, ngram_term)]
+    target, effect, log_prob, enc_term, ngram_term = _effects(md, encoder, scores)
+    parts = [Influence(a, b, float(e), float(lp), float(x), float(y), unit)
+             for (a, b), e, lp, x, y in zip(spans, effect, log_prob, enc_term, ngram_term)]
     return Explanation(md.labels[target], parts, reads)
 
 
@@ -128,8 +131,14 @@ def _effects(md: ModelDir, encoder: torch.Tensor, scores: torch.Tensor | None):
         enc_term = w["a"] * (encoder if multi else torch.log_softmax(encoder, dim=-1))
         ngram_term = w["b"] * scores.float()
         logits = md.ngram.fuse(encoder, scores.numpy())
+    logits = logits.double()
     log_p = torch.nn.functional.logsigmoid(logits) if multi else torch.log_softmax(logits, dim=-1)
     target = int(log_p[0].argmax())
-    effect = log_p[0, target] - log_p[1:, target]
-    return (target, effect.tolist(), (enc_term[0, target] - enc_term[1:, target]).tolist(),
+    if multi:
+        odds = logits[:, target]
+    else:  # log p_t - log(sum of the others' p)
+        others = torch.cat([log_p[:, :target], log_p[:, target + 1:]], dim=1)
+        odds = log_p[:, target] - (torch.logsumexp(others, dim=1) if others.size(1) else 0.0)
+    return (target, (odds[0] - odds[1:]).tolist(), (log_p[0, target] - log_p[1:, target]).tolist(),
+            (enc_term[0, target] - enc_term[1:, target]).tolist(),
             (ngram_term[0, target] - ngram_term[1:, target]).tolist())
