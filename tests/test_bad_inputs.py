@@ -281,3 +281,65 @@ def test_real_process_exits_2_without_traceback(model, tmp_path, case):
                            str(tmp_path / name), "--output", str(tmp_path / "o.csv")], capture_output=True, text=True,
                           env=ENV, timeout=120)
     assert_one_line_error(done.returncode, done.stderr, phrase)
+
+
+def test_no_file_is_replaced_without_overwrite(capsys, model, tmp_path):
+    """classify --output, evaluate --out (a model directory's metrics.json above all) and train --out into a
+    user's folder: exit 2 and one line; --overwrite replaces."""
+    make_corpus(12, seed=1).to_csv(tmp_path / "in.csv", index=False)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("precious\n")
+    code, err = cli(capsys, "classify", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output", str(mine))
+    assert code == 2 and "--overwrite" in err and mine.read_text() == "precious\n"
+    code, _ = cli(capsys, "classify", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output", str(mine),
+                  "--overwrite")
+    assert code == 0 and "predicted_label" in mine.read_text()
+    metrics = (model / "metrics.json").read_text()
+    code, err = cli(capsys, "evaluate", "--model", str(model), "--data", str(tmp_path / "in.csv"), "--out", str(model))
+    assert code == 2 and "model directory" in err and (model / "metrics.json").read_text() == metrics
+    assert cli(capsys, "evaluate", "--model", str(model), "--data", str(tmp_path / "in.csv"), "--out",
+               str(tmp_path / "ev"))[0] == 0
+    code, err = cli(capsys, "evaluate", "--model", str(model), "--data", str(tmp_path / "in.csv"), "--out",
+                    str(tmp_path / "ev"))
+    assert code == 2 and "metrics.json" in err
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "README.md").write_text("my notes\n")
+    make_corpus(40, seed=2).to_csv(tmp_path / "train.csv", index=False)
+    code, err = cli(capsys, "train", "--train", str(tmp_path / "train.csv"), "--out", str(folder), *TINY, "--init",
+                    "none", "--ngrams", "off")
+    assert code == 2 and "not empty" in err and (folder / "README.md").read_text() == "my notes\n"
+    code, err = cli(capsys, "train", "--train", str(tmp_path / "train.csv"), "--out", str(mine), *TINY)
+    assert code == 2 and "is a file" in err
+
+
+def test_formulas_are_escaped_in_csv_output_and_top_k_is_capped(capsys, model, tmp_path):
+    frame = pd.DataFrame({"text": ["=HYPERLINK(\"http://x\",\"click\") sport match", "+1 goal", "plain words"],
+                          "note": ["@SUM(A1)", "-2", "ok"]})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    code, err = cli(capsys, "classify", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output",
+                    str(tmp_path / "out.csv"), "--top-k", "99")
+    assert code == 0 and "more than the model's 3 classes" in err
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert list(out.text) == ["'=HYPERLINK(\"http://x\",\"click\") sport match", "'+1 goal", "plain words"]
+    assert list(out.note) == ["'@SUM(A1)", "'-2", "ok"]
+    assert [c for c in out.columns if c.startswith("top")] == ["top1_label", "top1_score", "top2_label", "top2_score",
+                                                                "top3_label", "top3_score"]
+    code, _ = cli(capsys, "classify", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output",
+                  str(tmp_path / "out.jsonl"))
+    assert code == 0 and json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["text"].startswith("=HYP")
+
+
+def test_multi_label_is_announced_or_turned_off(capsys, tmp_path):
+    frame = make_corpus(40, seed=3)
+    frame.loc[::5, "label"] = "sport|tech"
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    code, err = cli(capsys, "train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "a"), *TINY,
+                    "--init", "none", "--ngrams", "off")
+    assert code == 0 and "training a multi-label model over 3 labels" in err
+    code, err = cli(capsys, "train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "b"), *TINY,
+                    "--init", "none", "--ngrams", "off", "--multi-label", "no")
+    assert_one_line_error(code, err, "'sport|tech' holds '|'")
+    code, err = cli(capsys, "train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "c"), *TINY,
+                    "--init", "none", "--ngrams", "off", "--multi-label", "yes")
+    assert code == 0 and "training a multi-label model" not in err

@@ -74,14 +74,16 @@ def test_ngrams_off_trains_the_encoder_alone(data, tmp_path, monkeypatch, capsys
     n_train = json.loads((out / "ngram.json").read_text())["fit_documents"]
     assert n_train == len(pd.read_csv(data / "train.csv")) == 150
     assert after["fusion"]["fit_on"] == "training and validation splits"
-    # a training text over the fit's bound is sampled, and the console and the card say so
+    # a training text over the fit's bound is sampled (and not refit: a refit would read as much again), and the
+    # console and the card say so
     monkeypatch.setattr("pipelines.model.ngrams.MAX_FIT_CHARS", sum(map(len, pd.read_csv(data / "train.csv").text)) // 3)
     assert main(["fuse", "--model", str(out), "--train", str(data / "train.csv")]) == 0
     sampled = json.loads((out / "ngram.json").read_text())["fit_documents"]
     said = "".join(capsys.readouterr())
-    assert 0 < sampled < n_train and f"fit on a random {sampled:,} of the {n_train:,}" in said
-    assert f"fit on a random {sampled:,} documents of the training and validation splits" in \
-        (out / "README.md").read_text()
+    n_split = n_train - before["validation"]["n_documents"]
+    assert 0 < sampled < n_split and f"fit on a random {sampled:,} of the {n_split:,} documents of the training split" \
+        in said
+    assert f"fit on a random {sampled:,} documents of the training split" in (out / "README.md").read_text()
     monkeypatch.undo()
     # --ngrams words: the baseline's word n-grams alone, in the format of the models before character n-grams
     assert main(["fuse", "--model", str(out), "--train", str(data / "train.csv"), "--ngrams", "words"]) == 0
@@ -264,7 +266,8 @@ def test_evaluate_continues_after_a_kill(model, data, tmp_path):
     part.mkdir()  # left by another job (another model, data set or option): never mixed in
     (part / "job.json").write_text('{"fingerprint": "another job"}')
     pd.DataFrame({"predicted_label": ["sport"] * 5}).to_parquet(part / "part-000000.parquet")
-    result = _cli(*cmd)
+    assert _cli(*cmd).returncode == 2  # the finished evaluation's files are not replaced unless asked
+    result = _cli(*cmd, "--overwrite")
     assert result.returncode == 0 and "belongs to another job; starting over" in result.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), pd.read_csv(whole / "predictions.csv"))
 

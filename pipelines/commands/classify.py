@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +30,7 @@ from pipelines.data.tables import iter_table
 from pipelines.data.writers import (
     job_folder,
     output_format,
+    refuse_overwrite,
     result_columns,
     write_frame,
 )
@@ -57,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "segments of a long text, sentences of a short one; costs up to (layers + 1) readings a text")
     p.add_argument("--batch-size", type=int_at_least(1), default=16, help="documents per forward pass")
     p.add_argument("--chunk-rows", type=int_at_least(1), default=2000, help="rows per restartable chunk")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 
 def _fingerprint(args) -> str:
@@ -76,6 +79,7 @@ def _check_output(args) -> None:
     output_format(args.output)  # raises a UserError for an unsupported name
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise UserError("--output is the input file; choose another name so the input is not overwritten")
+    refuse_overwrite(args.output, overwrite=args.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +102,11 @@ def _finished_chunks(args) -> tuple[Path, set[str]]:
 
 def _classify(args, device) -> int:
     md = prepare(load_model_dir(args.model), precision=args.precision, device=str(device))
+    if args.top_k > len(md.labels):
+        if dist.is_main():
+            print(f"txl classify: --top-k {args.top_k} is more than the model's {len(md.labels)} classes; writing "
+                  f"{len(md.labels)}", file=sys.stderr)
+        args.top_k = len(md.labels)
     chunks = iter_table(args.input, chunk_rows=args.chunk_rows, text_column=args.text_column)
     first = next(chunks, None)  # a missing column or an unreadable file fails here, before anything is written
     part_dir, finished = _finished_chunks(args)

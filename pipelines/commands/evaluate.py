@@ -19,8 +19,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipelines.data.labeled_texts import load_labeled
-from pipelines.data.writers import job_folder, result_columns, write_atomic, write_frame
-from pipelines.errors import int_at_least
+from pipelines.data.writers import escape_formulas, job_folder, result_columns, write_atomic, write_frame
+from pipelines.errors import UserError, int_at_least
 from pipelines.model.inference import predict, prepare
 from pipelines.model.metrics import compute_metrics
 from pipelines.model.model_dir import load_model_dir
@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--chunk-rows", type=int_at_least(1), default=2000,
                    help="documents per restartable chunk: a rerun after a kill continues from the finished ones")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier evaluation in --out")
+
+
+OUT_FILES = ("predictions.csv", "metrics.json", "per_class.csv", "confusion_matrix.png")
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> None:
@@ -116,7 +120,23 @@ def predict_in_chunks(md, texts: list[str], labels: list[str], part: Path, *, ch
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["text", "label"])
 
 
+def _check_out(out: Path, *, overwrite: bool) -> None:
+    """Nothing in --out is replaced unless asked: a model directory's metrics.json least of all."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder")
+    if overwrite:
+        return
+    if (out / "config.json").is_file():
+        raise UserError(f"--out {out} is a model directory (its metrics.json would be replaced); choose another "
+                        "folder, or pass --overwrite")
+    taken = [name for name in OUT_FILES if (out / name).exists()]
+    if taken:
+        raise UserError(f"--out {out} already holds {', '.join(taken)}; pass --overwrite to replace them, or choose "
+                        "another folder")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_out(Path(args.out), overwrite=args.overwrite)
     md = prepare(load_model_dir(args.model), precision=args.precision, device=args.device)
     texts, labels = load_labeled(args.data, text_column=args.text_column, label_column=args.label_column,
                                  split_column=args.split_column, split=args.split)
@@ -132,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     write_frame([frame], out / "predictions.csv")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     table = pd.DataFrame(metrics["per_class"]).T.rename_axis("label").reset_index()
-    table.to_csv(out / "per_class.csv", index=False)
+    escape_formulas(table).to_csv(out / "per_class.csv", index=False)
     if "confusion_matrix" in metrics:
         plot_confusion(metrics["confusion_matrix"], metrics["labels"], out / "confusion_matrix.png")
     shutil.rmtree(part)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from pipelines.data import token_ids
 from pipelines.data.bpe_tokenizer import MIN_VOCAB
 from pipelines.data.labeled_texts import columns_of, load_split, load_train_valid
-from pipelines.data.labels import LabelSet
+from pipelines.data.labels import SEPARATOR, LabelSet
 from pipelines.data.writers import write_atomic
 from pipelines.errors import UserError, bounded
 from pipelines.model.inference import prepare
@@ -113,6 +113,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "and fit the head on their pooled vectors, then fine-tune from that model and keep the better "
                    "one on validation; off: fine-tune from the start's weights at once")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--multi-label", choices=("auto", "yes", "no"), default="auto",
+                   help="yes: a|b|c labels name several classes; no: single-label (a label holding '|' is refused); "
+                   "auto (default): multi-label when some label holds '|', said in one line")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out folder that is not empty, replacing "
+                   "the files of the same names (a model there included)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU when there is one; "
                    "under torchrun each process takes the GPU of its LOCAL_RANK)")
     for name, default in ARCH_DEFAULTS.items():  # None = not given: --init's value, else the default
@@ -189,19 +194,33 @@ def _targets(labels: list[str], label_set: LabelSet) -> torch.Tensor:
     return torch.as_tensor(label_set.encode(labels))
 
 
-def _check_out(out: Path, *, resume: bool) -> None:
-    """A new run never overwrites a model or an interrupted run's checkpoint (a forgotten --resume)."""
+def _check_out(out: Path, *, resume: bool, overwrite: bool = False) -> None:
+    """A new run never overwrites a model, an interrupted run's checkpoint (a forgotten --resume) or a user's
+    files (a model card would replace their README.md) unless asked."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for the model")
     if resume:
         return
     if (checkpoint_dir(out) / "state.json").exists():
         raise UserError(f"{out} holds a training run (its checkpoint/); pass --resume to continue it, or choose "
                         "another --out")
-    if (out / "config.json").exists():
-        raise UserError(f"{out} already holds a model; choose another --out or pass --resume")
+    if (out / "config.json").exists() and not overwrite:
+        raise UserError(f"{out} already holds a model; choose another --out, pass --resume, or --overwrite to replace it")
+    theirs = sorted(p.name for p in out.iterdir() if p.name != "checkpoint") if out.is_dir() else []
+    if theirs and not overwrite and not (out / "config.json").exists():
+        raise UserError(f"--out {out} is not empty ({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}); "
+                        "choose a new or empty folder, or pass --overwrite (the files txl writes there are replaced)")
 
 
-def _label_set(labels: list[str], vlabels: list[str]) -> LabelSet:
-    label_set = LabelSet.from_labels(labels)
+def _label_set(labels: list[str], vlabels: list[str], multi_label: str = "auto") -> LabelSet:
+    if multi_label == "no" and (joined := next((y for y in labels if SEPARATOR in y), None)) is not None:
+        raise UserError(f"label {joined!r} holds '|', which joins the labels of a multi-label row; rename such labels "
+                        "or drop --multi-label no")
+    label_set = LabelSet.from_labels(labels, None if multi_label == "auto" else multi_label == "yes")
+    if multi_label == "auto" and label_set.multi_label and dist.is_main():
+        shown = ", ".join(label_set.names[:6]) + (", ..." if len(label_set.names) > 6 else "")
+        print(f"txl train: labels hold '|': training a multi-label model over {len(label_set.names)} labels ({shown}); "
+              "pass --multi-label yes to say so, or rename the labels", file=sys.stderr)
     unseen = sorted({x for y in vlabels for x in label_set.split(y)} - set(label_set.names))
     if unseen:
         raise UserError(f"validation labels not in the training data: {', '.join(unseen[:5])}")
@@ -319,9 +338,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, device: torch.device) -> int:
     torch.manual_seed(args.seed)
-    _check_out(Path(args.out), resume=args.resume)
+    _check_out(Path(args.out), resume=args.resume, overwrite=args.overwrite)
     texts, labels, vtexts, vlabels = load_train_valid(args.train, args.valid, columns=columns_of(args), seed=args.seed)
-    label_set = _label_set(labels, vlabels)
+    label_set = _label_set(labels, vlabels, args.multi_label)
     plan = plan_of(args, device)
     out, recipe = plan.out, plan.recipe
     model, tokenizer, fresh = start_model(plan, label_set, texts)

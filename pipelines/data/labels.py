@@ -44,8 +44,9 @@ class LabelSet:
         return len(self.names)
 
     @classmethod
-    def from_labels(cls, labels: list[str]) -> "LabelSet":
-        multi = is_multi_label(labels)
+    def from_labels(cls, labels: list[str], multi: bool | None = None) -> "LabelSet":
+        """The label set of `labels`; `multi` None: multi-label when some label holds the separator."""
+        multi = is_multi_label(labels) if multi is None else multi
         names = {name for y in labels for name in (y.split(SEPARATOR) if multi else [y])}
         return cls(sorted(name.strip() for name in names if name.strip()), multi)
 

@@ -25,6 +25,36 @@ def output_format(path: str | os.PathLike) -> str:
     return FORMATS[suffix]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP: CSV injection)
+
+
+def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell (and column name) that starts like a formula prefixed with a single quote, as
+    OWASP recommends for CSV files opened in spreadsheets; numbers are left alone."""
+    def escaped(v):
+        return "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v
+
+    out = frame
+    for col in frame.columns:
+        texts = frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype)
+        if texts and frame[col].map(lambda v: escaped(v) is not v).any():
+            out = out.copy() if out is frame else out
+            out[col] = frame[col].map(escaped)
+    if any(escaped(str(c)) != str(c) for c in frame.columns):
+        out = out.copy() if out is frame else out
+        out.columns = [escaped(str(c)) for c in frame.columns]
+    return out
+
+
+def refuse_overwrite(path: str | os.PathLike, *, overwrite: bool, flag: str = "--overwrite") -> None:
+    """A command never replaces a file it did not create unless asked: a one-line UserError (exit 2)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; pass {flag} to replace it, or choose another name")
+
+
 def write_frame(frames: Iterable[pd.DataFrame], path: str | os.PathLike) -> None:
     """Write the frames one after the other into `path`, through a temporary file renamed at the end."""
     path = Path(path)
@@ -55,7 +85,7 @@ def _write(frames: Iterable[pd.DataFrame], tmp: str, fmt: str) -> None:
             if fmt == "jsonl":
                 frame.to_json(f, orient="records", lines=True, force_ascii=False)
             else:
-                frame.to_csv(f, index=False, header=i == 0, sep="\t" if fmt == "tsv" else ",")
+                escape_formulas(frame).to_csv(f, index=False, header=i == 0, sep="\t" if fmt == "tsv" else ",")
 
 
 def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) -> pd.DataFrame:
