@@ -343,3 +343,23 @@ def test_multi_label_is_announced_or_turned_off(capsys, tmp_path):
     code, err = cli(capsys, "train", "--train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "c"), *TINY,
                     "--init", "none", "--ngrams", "off", "--multi-label", "yes")
     assert code == 0 and "training a multi-label model" not in err
+
+
+@pytest.mark.parametrize("name", ["big.csv.xz", "big.jsonl.gz", "big.tsv"])
+def test_a_row_over_the_limit_is_refused_before_it_is_held(capsys, model, tmp_path, monkeypatch, name):
+    """A small compressed file that decompresses to one huge cell: refused as soon as the row passes
+    TXL_MAX_DOC_MB, in one line; rows under it, quoted newlines and all, are read."""
+    import lzma
+    monkeypatch.setenv("TXL_MAX_DOC_MB", "0.2")
+    frame = pd.DataFrame({"text": ["short one", "x " * 200_000, "after"]})
+    path = tmp_path / name
+    raw = (frame.to_json(orient="records", lines=True) if "jsonl" in name else
+           frame.to_csv(index=False, sep="\t" if "tsv" in name else ",")).encode()
+    path.write_bytes(lzma.compress(raw) if name.endswith(".xz") else gzip.compress(raw) if name.endswith(".gz")
+                     else raw)
+    code, err, _ = classify(capsys, model, path)
+    assert_one_line_error(code, err, "TXL_MAX_DOC_MB")
+    ok = pd.DataFrame({"text": [("line one\nline two, \"quoted\" " * 2000)[:30_000] for _ in range(20)]})
+    ok.to_csv(tmp_path / "many.csv", index=False)  # 600 KB in rows of 30 KB, each with newlines inside quotes
+    code, err, out = classify(capsys, model, tmp_path / "many.csv")
+    assert code == 0 and len(pd.read_csv(out)) == 20

@@ -8,6 +8,7 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,13 +94,82 @@ def _compression(source: Source):
     return OPENERS.get(PurePath(source.name).suffix.lower())
 
 
+def max_row_bytes() -> int:
+    """The longest row a table may hold, in bytes once decompressed: TXL_MAX_DOC_MB megabytes (default 64). A
+    document this long is read flat by the model, but a row is parsed whole, so the limit bounds the memory a
+    small (compressed) file can take."""
+    try:
+        mb = float(os.environ.get("TXL_MAX_DOC_MB", DEFAULT_MAX_DOC_MB))
+    except ValueError:
+        raise UserError(f"TXL_MAX_DOC_MB={os.environ['TXL_MAX_DOC_MB']!r} is not a number of megabytes") from None
+    return int(mb * 1e6)
+
+
+DEFAULT_MAX_DOC_MB = 64
+
+
+class RowCapped(io.RawIOBase):
+    """A table's decompressed bytes, refusing a row longer than `limit` bytes as soon as it is read past it (a
+    row of CSV ends at a newline outside double quotes; a JSON line at any newline)."""
+
+    def __init__(self, stream: BinaryIO, name: str, limit: int, *, quoted: bool):
+        super().__init__()
+        self.stream, self.name, self.limit, self.quoted = stream, name, limit, quoted
+        self.run, self.odd = 0, False  # bytes of the row being read; inside a quoted field
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[:len(data)] = data
+        self._check(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self._check(data)
+        return data
+
+    def _check(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.run + len(data) <= self.limit and b"\n" in data and not self.quoted:
+            self.run = len(data) - data.rfind(b"\n") - 1  # no row of this block can be over the limit
+            return
+        start = 0
+        while True:  # row by row (a block of CSV may end rows inside quotes)
+            i = data.find(b"\n", start)
+            end = len(data) if i < 0 else i
+            if self.quoted:
+                self.odd ^= bool(data.count(b'"', start, end) & 1)
+            self.run += end - start
+            if self.run > self.limit:
+                raise UserError(f"{self.name} holds a row over {self.limit / 1e6:g} MB; such a document is refused "
+                                "to keep memory bounded: set TXL_MAX_DOC_MB to a larger number of megabytes to "
+                                "read it")
+            if i < 0:
+                return
+            self.run = self.run + 1 if self.odd else 0
+            start = i + 1
+
+
 @contextmanager
 def opened(source: Source) -> Iterator[tuple[BinaryIO, BinaryIO]]:
-    """(raw, stream): the stored bytes, whose position tells how much is read, and the decompressed ones."""
+    """(raw, stream): the stored bytes, whose position tells how much is read, and the decompressed ones, whose
+    rows are at most `max_row_bytes` long (`RowCapped`)."""
     opener = _compression(source)
+    fmt = FORMATS.get(PurePath(source.name.removesuffix(PurePath(source.name).suffix) if opener else
+                               source.name).suffix.lower())
+
+    def capped(stream: BinaryIO) -> BinaryIO:  # Parquet is read by seeking, in row groups: not a text stream
+        if fmt not in ("csv", "tsv", "jsonl"):
+            return stream
+        return io.BufferedReader(RowCapped(stream, source.name, max_row_bytes(), quoted=fmt != "jsonl"))
+
     with source.open() as raw:
         if opener is None:
-            yield raw, raw
+            yield raw, capped(raw)
             return
         with opener(raw, "rb") as stream:
-            yield raw, stream
+            yield raw, capped(stream)
