@@ -363,3 +363,23 @@ def test_a_row_over_the_limit_is_refused_before_it_is_held(capsys, model, tmp_pa
     ok.to_csv(tmp_path / "many.csv", index=False)  # 600 KB in rows of 30 KB, each with newlines inside quotes
     code, err, out = classify(capsys, model, tmp_path / "many.csv")
     assert code == 0 and len(pd.read_csv(out)) == 20
+
+
+def test_a_resumed_job_is_keyed_by_the_content_of_every_model_file(model, tmp_path):
+    """A model file changed in place with its timestamp kept (here the labels) is another job: never mixed."""
+    import argparse
+    import shutil as sh
+
+    from pipelines.commands.classify import _fingerprint
+    copy = tmp_path / "m"
+    sh.copytree(model, copy)
+    make_corpus(5, seed=1).to_csv(tmp_path / "in.csv", index=False)
+    args = argparse.Namespace(input=str(tmp_path / "in.csv"), model=str(copy), text_column="text", top_k=0,
+                              precision="auto", chunk_rows=2000, explain=0)
+    before = _fingerprint(args)
+    stat = os.stat(copy / "labels.json")
+    (copy / "labels.json").write_text((copy / "labels.json").read_text().replace("sport", "spork"))
+    os.utime(copy / "labels.json", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _fingerprint(args) != before
+    args.explain = 3
+    assert _fingerprint(args) not in (before,)

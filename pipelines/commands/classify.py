@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pipelines.data.tables import iter_table
 from pipelines.data.writers import (
+    content_hash,
     job_folder,
     output_format,
     refuse_overwrite,
@@ -63,11 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _fingerprint(args) -> str:
-    """Identifies one job: a rerun with another input, model or option starts over instead of mixing."""
-    stat = os.stat(args.input)
-    model_stat = os.stat(Path(args.model) / "model.safetensors")
-    key = [os.path.abspath(args.input), stat.st_size, stat.st_mtime_ns, os.path.abspath(args.model),
-           model_stat.st_mtime_ns, args.text_column, args.top_k, args.precision, args.chunk_rows, args.explain]
+    """Identifies one job by the content of the input and of every model file, and the options: a rerun with
+    anything else starts over instead of mixing."""
+    key = [content_hash(args.input, args.model), args.text_column, args.top_k, args.precision, args.chunk_rows,
+           args.explain]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
 

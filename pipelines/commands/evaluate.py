@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipelines.data.labeled_texts import load_labeled
-from pipelines.data.writers import escape_formulas, job_folder, result_columns, write_atomic, write_frame
+from pipelines.data.writers import content_hash, escape_formulas, job_folder, result_columns, write_atomic, write_frame
 from pipelines.errors import UserError, int_at_least
 from pipelines.model.inference import predict, prepare
 from pipelines.model.metrics import compute_metrics
@@ -86,13 +86,10 @@ def _summary(metrics: dict) -> dict:
 
 
 def _fingerprint(args, texts: list[str], labels: list[str]) -> str:
-    """Identifies one job: another model, data set, split, column or option starts over instead of mixing."""
-    model = os.stat(Path(args.model) / "model.safetensors")
+    """Identifies one job: another model (any file's content), data set, split, column or option starts over
+    instead of mixing."""
     digest = hashlib.sha1("\x00".join(texts + labels).encode("utf-8", "surrogatepass")).hexdigest()
-    ngram = Path(args.model) / "ngram.safetensors"
-    ngram_stamp = [os.stat(ngram).st_mtime_ns, os.stat(ngram).st_size] if ngram.is_file() else []
-    key = [os.path.abspath(args.model), model.st_mtime_ns, model.st_size, digest, args.precision, args.chunk_rows,
-           *ngram_stamp]
+    key = [content_hash(args.model), digest, args.precision, args.chunk_rows]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
 

@@ -112,6 +112,23 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def content_hash(*paths: str | os.PathLike) -> str:
+    """sha256 of the files' bytes (a folder: of every file in it, by name), read in blocks: what a restartable
+    job's fingerprint holds, so that a changed model file or input is noticed whatever its timestamps say."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+            if not file.is_file():
+                continue
+            digest.update(file.name.encode() + b"\0")
+            with open(file, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def job_folder(part: Path, fingerprint: str, command: str) -> Path:
     """The folder of a restartable job's finished chunks: kept when its `job.json` holds `fingerprint` (the
     same job, interrupted), emptied when it belongs to another job (never mixed), created when missing."""
