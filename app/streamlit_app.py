@@ -213,8 +213,8 @@ def overview_html(out) -> str:
                     for k, p in enumerate(out.parts))
     legend = (f'<div style="font:12px sans-serif;margin-top:4px"><span style="background:{_color(peak, peak)}">'
               f'&nbsp;+{peak:.2f} supports {html.escape(out.label)}&nbsp;</span> &nbsp; <span style="background:'
-              f'{_color(-peak, peak)}">&nbsp;−{peak:.2f} speaks against it&nbsp;</span> &nbsp; start of the document on '
-              f'the left, end on the right; {len(out.parts):,} {out.parts[0].unit}s</div>') if out.parts else ""
+              f'{_color(-peak, peak)}">&nbsp;−{peak:.2f} speaks against it&nbsp;</span> &nbsp; '
+              f'start of the document on the left, end on the right; {len(out.parts):,} {out.parts[0].unit}s</div>') if out.parts else ""
     return f'<div style="display:flex;gap:1px;border:1px solid #ccc">{cells}</div>{legend}'
 
 
@@ -240,8 +240,8 @@ def highlight_html(text: str, out) -> str:
         shown += len(chunk)
         parts.append(f'<span id="part-{k}" style="background:{_color(p.effect, peak)}"><b style="font-size:11px">'
                      f'[{p.unit} {k + 1}: {p.effect:+.3f}]</b> {html.escape(chunk)}</span>')
-    body = "".join(parts)
-    return f'<div style="white-space:pre-wrap;font-family:sans-serif;line-height:1.5;max-height:480px;overflow:auto">{body}</div>'
+    style = "white-space:pre-wrap;font-family:sans-serif;line-height:1.5;max-height:480px;overflow:auto"
+    return f'<div style="{style}">{"".join(parts)}</div>'
 
 
 def ngram_ui(md, text: str, pred) -> None:

@@ -289,7 +289,8 @@ def test_no_file_is_replaced_without_overwrite(capsys, model, tmp_path):
     make_corpus(12, seed=1).to_csv(tmp_path / "in.csv", index=False)
     mine = tmp_path / "mine.csv"
     mine.write_text("precious\n")
-    code, err = cli(capsys, "classify", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output", str(mine))
+    code, err = cli(capsys, "classify", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output",
+                    str(mine))
     assert code == 2 and "--overwrite" in err and mine.read_text() == "precious\n"
     code, _ = cli(capsys, "classify", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output", str(mine),
                   "--overwrite")

@@ -63,7 +63,8 @@ def test_a_long_documents_segments_are_occluded_exactly(fused):
 
 
 def test_a_short_documents_sentences_are_occluded_through_the_fused_model(fused):
-    text = "The match ended in a late goal. Shares fell on the market. The striker scored twice!\n\nA new chip was made."
+    text = ("The match ended in a late goal. Shares fell on the market. The striker scored twice!\n\n"
+            "A new chip was made.")
     out = ex.explain(fused, text)
     assert [p.unit for p in out.parts] == ["sentence"] * 4
     assert "".join(text[p.start:p.end] for p in out.parts) == text

@@ -32,9 +32,25 @@ from pipelines.model.inference import prepare
 from pipelines.model.model_dir import ModelDir, load_model_dir, save_model_dir
 from pipelines.runtime import distributed as dist
 from pipelines.runtime.device import cpu_has_native_bf16, resolve_precision
-from pipelines.training.budget import MIN_VALID, NGRAM_SHARE, VALID_SHARE, Budget, fine_tune_steps, plan_line, split, step_seconds
+from pipelines.training.budget import (
+    MIN_VALID,
+    NGRAM_SHARE,
+    VALID_SHARE,
+    Budget,
+    fine_tune_steps,
+    plan_line,
+    split,
+    step_seconds,
+)
 from pipelines.training.frozen_stage import FrozenResult, planned, reading_order, run_frozen_stage
-from pipelines.training.fusion_stage import NgramParts, encoder_scores, fit_parts, fuse_parts, measure_test, scores_of
+from pipelines.training.fusion_stage import (
+    NgramParts,
+    encoder_scores,
+    fit_parts,
+    fuse_parts,
+    measure_test,
+    scores_of,
+)
 from pipelines.training.initial_model import start_model
 from pipelines.training.model_card import model_card
 from pipelines.training.plan import ARCH_DEFAULTS, ATTENTIONS, SHAPE_FLAGS, TrainPlan
@@ -205,7 +221,8 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool = False) -> None:
         raise UserError(f"{out} holds a training run (its checkpoint/); pass --resume to continue it, or choose "
                         "another --out")
     if (out / "config.json").exists() and not overwrite:
-        raise UserError(f"{out} already holds a model; choose another --out, pass --resume, or --overwrite to replace it")
+        raise UserError(f"{out} already holds a model; choose another --out, pass --resume, or --overwrite to "
+                        "replace it")
     theirs = sorted(p.name for p in out.iterdir() if p.name != "checkpoint") if out.is_dir() else []
     if theirs and not overwrite and not (out / "config.json").exists():
         raise UserError(f"--out {out} is not empty ({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}); "

@@ -105,7 +105,8 @@ class Trainer:
         """Linear warm-up over `warmup` of the schedule, then linear decay to 0 at its end: the end of the
         epochs, or of the time budget when that comes first (`elapsed`: seconds of training so far)."""
         budget = self.recipe.max_minutes  # the schedule ends where training must stop: before the last validation
-        s = schedule_step(self.state.step, self.total, elapsed, None if budget is None else max(1e-3, budget - self.reserve / 60))
+        until = None if budget is None else max(1e-3, budget - self.reserve / 60)
+        s = schedule_step(self.state.step, self.total, elapsed, until)
         return min((s + 1) / self.warm, max(0.0, (self.total - s) / max(1, self.total - self.warm)))
 
     def _loss_fn(self, y: torch.Tensor, y_global: torch.Tensor):
