@@ -42,7 +42,9 @@ def _stages(summary: dict) -> list[str]:
         lines += ["", f"Read {whole} {frozen['total']:,} training documents whole with the frozen encoder "
                   f"({frozen['tokens']:,} tokens at {frozen['tokens_per_second']:,} tokens/s, "
                   f"{frozen['seconds'] / 60:.1f} min) and fit the head on their pooled vectors (C {frozen['c']:g}); "
-                  "fine-tuning then started from that model."]
+                  + ("no fine-tuning followed: the plan gave the budget to reading."
+                     if str(summary.get("stopped", "")).startswith("no fine-tuning") else
+                     "fine-tuning then started from that model.")]
     if summary.get("kept"):
         lines += ["", f"Kept: the model from {summary['kept']} (the best on validation macro-F1)."]
     return lines
