@@ -384,3 +384,18 @@ def test_a_resumed_job_is_keyed_by_the_content_of_every_model_file(model, tmp_pa
     assert _fingerprint(args) != before
     args.explain = 3
     assert _fingerprint(args) not in (before,)
+
+
+@pytest.mark.parametrize("field, value, phrase", [("n_layer", 1_000_000, "n_layer 1000000"),
+                                                  ("d_model", 10**9, "d_model 1000000000")])
+def test_a_config_that_does_not_fit_the_weights_is_refused_before_the_model_is_built(capsys, model, tmp_path, field,
+                                                                                      value, phrase):
+    import shutil as sh
+    copy = tmp_path / "m"
+    sh.copytree(model, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config[field] = value
+    (copy / "config.json").write_text(json.dumps(config))
+    make_corpus(3, seed=1).to_csv(tmp_path / "in.csv", index=False)
+    code, err, _ = classify(capsys, copy, tmp_path / "in.csv")
+    assert_one_line_error(code, err, phrase)

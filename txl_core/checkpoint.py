@@ -7,6 +7,7 @@ parameters (`assign=True`), so loading needs little more memory than the weights
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -94,6 +95,20 @@ def _materialize_buffers(model: torch.nn.Module) -> None:
                                    persistent=False)
 
 
+def _check_against_weights(directory: Path, config: TXLConfig, state: dict) -> None:
+    """config.json's layer count and width against the weights', before a model is built: a config that does not
+    belong to the weights (n_layer 1,000,000, d_model 10^9) would otherwise build for minutes or allocate
+    gigabytes before the weights are compared."""
+    layers = {int(m.group(1)) for k in state if (m := re.search(r"(?:^|\.)layers\.(\d+)\.", k))}
+    if layers and config.n_layer != len(layers):
+        raise CheckpointError(f"{directory}: the weights do not match config.json (it says n_layer {config.n_layer}, "
+                              f"the weights hold {len(layers)} layers); copy the model again")
+    norms = [t for k, t in state.items() if k.endswith("layer_norm.weight") and t.dim() == 1]
+    if norms and norms[0].numel() != config.d_model:
+        raise CheckpointError(f"{directory}: the weights do not match config.json (it says d_model {config.d_model}, "
+                              f"the weights are {norms[0].numel()} wide); copy the model again")
+
+
 def load_pretrained(path: str | Path, *, dtype: torch.dtype | None = None):
     """Load any supported model directory and return the matching model in eval mode.
 
@@ -109,6 +124,7 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype | None = None):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{directory}/config.json: {e}") from None
     state = read_weights(directory)
+    _check_against_weights(directory, config, state)
     cls = _model_class(_architecture(raw, state))
     with torch.device("meta"):
         model = cls(config)
