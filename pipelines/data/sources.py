@@ -158,9 +158,7 @@ class RowCapped(io.RawIOBase):
 def opened(source: Source) -> Iterator[tuple[BinaryIO, BinaryIO]]:
     """(raw, stream): the stored bytes, whose position tells how much is read, and the decompressed ones, whose
     rows are at most `max_row_bytes` long (`RowCapped`)."""
-    opener = _compression(source)
-    fmt = FORMATS.get(PurePath(source.name.removesuffix(PurePath(source.name).suffix) if opener else
-                               source.name).suffix.lower())
+    opener, fmt = _compression(source), table_format(source)
 
     def capped(stream: BinaryIO) -> BinaryIO:  # Parquet is read by seeking, in row groups: not a text stream
         if fmt not in ("csv", "tsv", "jsonl"):

@@ -47,7 +47,7 @@ def step_seconds(lengths: list[int], *, batch_size: int, window_tokens: int, tok
 @dataclass(frozen=True)
 class Split:
     """What the reading stage may take (seconds from its start, None: all it needs) and the fine-tuning steps
-    expected after it (0: no fine-tuning)."""
+    expected after it (0 under a budget: no fine-tuning; without one the epochs decide)."""
 
     reading: float | None
     steps: int
@@ -66,7 +66,7 @@ def split(budget: Budget, *, spent: float, read_all: float, step: float) -> Spli
     fine-tuning (`step` seconds a step)."""
     left = budget.left(spent)
     if left is None:
-        return Split(None, -1)
+        return Split(None, 0)  # no budget: read everything, then the epochs decide
     share = FROZEN_SHARE * left
     if read_all <= share:  # every document whole, then fine-tuning in what is left
         return Split(spent + read_all, fine_tune_steps(left - read_all, validation=spent, step=step))

@@ -232,8 +232,9 @@ def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Te
                      allowance=None, valid_seconds: float | None = None, min_valid: int = 0) -> FrozenResult | None:
     """Read the validation documents in a seeded random order (for at most `valid_seconds`, None: all, but at
     least `min_valid` of them), then training documents likewise, and fit the head. `allowance(tokens_per_second,
-    seconds spent)`, called once the validation reading has measured the speed, gives the seconds from the start
-    the stage may run (None: until every document is read). None when too little could be read."""
+    seconds spent, validation documents read)`, called once the validation reading has measured the speed, gives
+    the seconds from the start the stage may run (None: until every document is read). None when too little could
+    be read."""
     started = time.monotonic()
     reader = FeatureReader(md, precision=precision, device=device)
     key = cache_key(md, train_ids)
@@ -245,9 +246,9 @@ def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Te
                             folder / key / f"valid-{cache_key(md, valid_ids, weights=False)}",
                             deadline=float("inf") if valid_seconds is None else started + valid_seconds,
                             minimum=min_valid, on_chunk=bar.update)
-        valid_seconds = time.monotonic() - started
+        valid_took = time.monotonic() - started
         seconds = None if allowance is None else allowance(reader.tokens_per_second if reader.tokens else 0.0,
-                                                           time.monotonic() - started, len(valid))
+                                                           valid_took, len(valid))
         deadline = float("inf") if seconds is None else started + seconds
         found = read_cached(reader, train_ids, order, folder / key / "train", deadline=deadline, on_chunk=bar.update)
     read = sorted(found)
@@ -260,5 +261,5 @@ def run_frozen_stage(md: ModelDir, train_ids: list[list[int]], train_y: torch.Te
     return FrozenResult(read=len(read), total=len(train_ids), tokens=sum(len(train_ids[i]) for i in read),
                         seconds=round(time.monotonic() - started, 1),
                         tokens_per_second=round(reader.tokens_per_second), c=c, metrics=metrics,
-                        valid_seconds=round(valid_seconds, 1), valid_probs=probs.tolist(),
+                        valid_seconds=round(valid_took, 1), valid_probs=probs.tolist(),
                         valid_index=None if len(valid_read) == len(valid_ids) else valid_read)
