@@ -18,12 +18,12 @@ import streamlit as st
 
 from app.extract import Document, ExtractError, extract_documents, max_upload_bytes
 from pipelines.errors import UserError
-from pipelines.model.explain import explain
+from pipelines.data.writers import escape_formulas
+from pipelines.model.explain import explain, explanation
 from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import load_model_dir
 
 BUNDLED = Path(__file__).parent / "models"
-EXAMPLES = Path(__file__).parent / "examples"
 MAX_RENDER_CHARS = 200_000  # the highlighted view shows at most this much of a document
 
 
@@ -65,27 +65,40 @@ def model_picker_ui(default: str | None) -> str | None:
     return str(models[choice])
 
 
-def input_ui() -> tuple[list[Document], list[str]]:
-    """Uploads, pasted text and examples; returns the documents and the problems to show."""
+def input_ui(md) -> tuple[list[Document], list[str], dict[str, str]]:
+    """Uploads, pasted text and the model's examples; returns the documents, the problems to show and the files
+    that could not be read ({name: why})."""
     limit = max_upload_bytes()
     files = st.file_uploader("Upload documents (.txt .md .html .pdf .docx, or .csv .tsv .jsonl .parquet with many)",
                              accept_multiple_files=True, key="uploads")
+    examples_ui(md)
     pasted = st.text_area("…or paste a document", height=150, key="pasted")
     st.button("Classify", key="classify", type="primary")  # a click applies the pasted text (so does Ctrl+Enter)
-    docs, problems = [], []
+    docs, problems, failed = [], [], {}
     for f in files or []:
-        docs += _documents_of(f.name, f.getvalue(), limit, problems)
+        docs += _documents_of(f.name, f.getvalue(), limit, problems, failed)
     if pasted.strip():
-        docs.append(Document("pasted text", pasted.strip()))
-    if not docs and EXAMPLES.is_dir():
-        examples = sorted(p.name for p in EXAMPLES.glob("*.txt"))
-        pick = st.selectbox("…or try an example", ["(none)"] + examples, key="example")
-        if pick != "(none)":
-            docs.append(Document(pick, (EXAMPLES / pick).read_text(encoding="utf-8")))
-    return docs, problems
+        docs.append(Document(st.session_state.get("pasted_name", "pasted text") if pasted == st.session_state.get(
+            "example_text") else "pasted text", pasted.strip()))
+    return docs, problems, failed
 
 
-def _documents_of(name: str, data: bytes, limit: int, problems: list[str]) -> list[Document]:
+def examples_ui(md) -> None:
+    """One button per label that has an example (the model's examples.json): a click puts it in the text box."""
+    if not md.examples:
+        return
+
+    def use(label: str) -> None:
+        st.session_state.update(pasted=md.examples[label], example_text=md.examples[label],
+                                pasted_name=f"example of {label}")
+
+    st.markdown("**…or try an example**, one per label:")
+    shown = list(md.examples)[:12]
+    for column, label in zip(st.columns(len(shown)), shown):
+        column.button(label, key=f"example::{label}", on_click=use, args=(label,), use_container_width=True)
+
+
+def _documents_of(name: str, data: bytes, limit: int, problems: list[str], failed: dict[str, str]) -> list[Document]:
     try:
         first = extract_documents(name, data, max_bytes=limit)
         if len(first.columns) > 1:
@@ -95,6 +108,7 @@ def _documents_of(name: str, data: bytes, limit: int, problems: list[str]) -> li
                 first = extract_documents(name, data, text_column=column, max_bytes=limit)
     except ExtractError as e:
         problems.append(str(e))
+        failed[name] = str(e)
         return []
     problems += [w if w.startswith(name) else f"{name}: {w}" for w in first.warnings]
     return first.documents
@@ -117,29 +131,53 @@ def classify_ui(md, docs: list[Document]):
 def landing_ui(md) -> None:
     """What the model does, before anything is uploaded."""
     kind = "tags each document with any of its" if md.multi_label else "sorts each document into one of its"
-    st.markdown(f"This model {kind} **{len(md.labels)} classes**: " + ", ".join(f"`{x}`" for x in md.labels)
-                + ". Documents of any length are read whole; nothing is cut off.")
+    shown = ", ".join(f"`{x}`" for x in md.labels[:50]) + (f" and {len(md.labels) - 50:,} more (see the Model tab)"
+                                                          if len(md.labels) > 50 else "")
+    st.markdown(f"This model {kind} **{len(md.labels)} classes**: {shown}. Documents of any length are read "
+                "whole; nothing is cut off. It knows only these classes: a document about something else still "
+                "gets one of them" + (", with a low-confidence notice when it looks unlike the documents the model "
+                                      "was checked on." if md.confidence is not None else "."))
 
 
-def results_table(docs, preds, labels: list[str]) -> pd.DataFrame:
+def results_table(docs, preds, labels: list[str], failed: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per document, then one per file that could not be read (its problem said, no label)."""
     table = pd.DataFrame({"document": [d.name for d in docs], "label": [p.label or "—" for p in preds],
-                          "score": [round(p.score, 4) for p in preds], "tokens": [p.n_tokens for p in preds],
-                          "characters": [len(d.text) for d in docs], "problem": [p.error for p in preds]})
+                          "score": [round(p.score, 4) for p in preds], "notice": [p.notice for p in preds],
+                          "tokens": [p.n_tokens for p in preds], "characters": [len(d.text) for d in docs],
+                          "problem": [p.error for p in preds]})
     for name in labels:
         table[f"prob_{name}"] = [round(p.probs.get(name, float("nan")), 4) for p in preds]
-    return table
+    if not failed:
+        return table
+    rows = pd.DataFrame({"document": list(failed), "label": "—", "problem": list(failed.values())})
+    return pd.concat([table, rows], ignore_index=True)
 
 
-def many_results_ui(docs, preds, labels: list[str], problems: list[str]) -> int:
-    """Results table (every class's probability) with a CSV download and the files that could not be read;
-    returns the index of the document to inspect."""
-    table = results_table(docs, preds, labels)
+TOP_PARTS = 5  # the explanation column of the download: the most influential parts of each document
+
+
+def many_results_ui(md, docs, preds, failed: dict[str, str]) -> int:
+    """Results table (every class's probability, the files that could not be read) with a CSV download, and the
+    top parts of every document on request; returns the index of the document to inspect."""
+    table = results_table(docs, preds, md.labels, failed)
     st.dataframe(table, use_container_width=True, hide_index=True)
-    st.download_button("Download results as CSV (every class's probability)", table.to_csv(index=False).encode(),
-                       "predictions.csv", "text/csv", key="download")
-    if problems:
-        st.markdown("**Not classified**")
-        st.dataframe(pd.DataFrame({"problem": problems}), use_container_width=True, hide_index=True)
+    key = hashlib.sha1("\0".join(d.text for d in docs).encode("utf-8", "surrogatepass")).hexdigest()
+    done = st.session_state.get("explained_all", {}).get(key)
+    if done is None and st.button(f"Add the {TOP_PARTS} most influential parts of every document to the download "
+                                  "(each document is read again, part by part)", key="explain_all"):
+        bar = st.progress(0.0, text="Explaining every document…")
+        done = []
+        for i, (d, p) in enumerate(zip(docs, preds)):
+            done.append(explanation(md, d.text, TOP_PARTS) if not p.error else "[]")
+            bar.progress((i + 1) / len(docs), text=f"Explained {i + 1} of {len(docs)}")
+        bar.empty()
+        st.session_state["explained_all"] = {key: done}
+    if done is not None:
+        table["explanation"] = done + [""] * (len(table) - len(done))
+    st.download_button("Download results as CSV (every class's probability"
+                       + (", the top parts of each document)" if done is not None else ")"),
+                       escape_formulas(table).to_csv(index=False).encode(), "predictions.csv", "text/csv",
+                       key="download")
     names = [f"{i + 1}. {d.name}" for i, d in enumerate(docs)]
     return names.index(st.selectbox("Inspect a document", names, key="inspect"))
 
@@ -157,6 +195,11 @@ def single_result_ui(md, doc: Document, pred) -> None:
         st.warning(f"{doc.name}: {pred.error}; nothing to classify.")
         return
     st.subheader(f"{doc.name}: **{pred.label or '(no label)'}** ({pred.score:.1%})")
+    if pred.notice:
+        reasons = pred.notice.removeprefix("low confidence: ").split("; ")
+        st.warning("**Low confidence: this text may lie outside the model's classes, or between two of them.**\n\n"
+                   + "\n".join(f"- {r}" for r in reasons)
+                   + f"\n\nWhen the notice was measured, {md.confidence.summary()}.")
     probabilities_ui(pred)
     segments = -(-pred.n_tokens // md.model.config.segment_len)
     st.caption(f"{pred.n_tokens:,} tokens read in {segments:,} segment(s), all of them, with memory.")
@@ -296,13 +339,13 @@ def main(argv: list[str] | None = None) -> None:
         model_page_ui(md)
     with classify_tab:
         landing_ui(md)
-        docs, problems = input_ui()
+        docs, problems, failed = input_ui(md)
         for p in problems:
             st.warning(p)
         if not docs:
             return
         preds = classify_ui(md, docs)
-        pick = 0 if len(docs) == 1 else many_results_ui(docs, preds, md.labels, problems)
+        pick = 0 if len(docs) == 1 and not failed else many_results_ui(md, docs, preds, failed)
         single_result_ui(md, docs[pick], preds[pick])
 
 

@@ -92,7 +92,9 @@ def test_tables_are_read_as_txl_reads_them(monkeypatch, model_dirs):
     assert any("read 3 byte(s) as Windows-1252" in w for w in warnings), warnings
     assert any(w.startswith("semi.csv parsed to a single column") and "semicolons" in w for w in warnings), warnings
     assert at.selectbox(key="column::latin.csv").value == "abstract"
-    assert list(at.dataframe[0].value["document"]) == ["latin.csv#1", "latin.csv#2"]
+    table = at.dataframe[0].value  # the refused file is a row too, with its problem
+    assert list(table["document"]) == ["latin.csv#1", "latin.csv#2", "semi.csv"]
+    assert "semicolons" in table["problem"].iloc[2]
 
 
 def test_switching_models(monkeypatch, model_dirs):
@@ -170,11 +172,36 @@ def test_bundled_default_model_classifies_the_examples(monkeypatch):
     at.run()
     assert at.selectbox(key="model_choice").value == "bbc_news"
     assert any("TF-IDF word n-grams and" in c.value and "character n-grams" in c.value for c in at.caption)
-    for example, label in [("cup-final.txt", "sport"), ("markets-rally.txt", "business"), ("phone-launch.txt", "tech")]:
-        at.selectbox(key="example").set_value(example).run()
+    labels = ["business", "entertainment", "politics", "sport", "tech"]
+    assert [b.label for b in at.button if b.key.startswith("example::")] == labels  # one example per label
+    for label in labels:
+        at.button(key=f"example::{label}").click().run()
         assert not at.exception, at.exception
-        assert label in at.subheader[0].value, at.subheader[0].value
+        assert at.subheader[0].value.startswith(f"example of {label}: **{label}**"), at.subheader[0].value
+        assert not at.warning  # the examples are typical: no low-confidence notice
         # the bundled model fuses n-grams: each part's label and the n-grams behind the prediction are shown
         assert any("Encoder and n-grams" in m.value for m in at.markdown)
         terms = [d.value for d in at.dataframe if list(d.value.columns) == ["n-gram", "contribution"]]
         assert len(terms) == 1 and len(terms[0]) > 0 and (terms[0]["contribution"] > 0).all()
+
+
+def test_bundled_model_gives_foreign_text_the_low_confidence_notice(monkeypatch):
+    monkeypatch.delenv("TXL_MODEL", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert any("low-confidence notice" in m.value for m in at.markdown)  # the landing page says it exists
+    at.text_area(key="pasted").input("Le gouvernement a présenté mercredi un projet de loi sur les retraites qui "
+                                     "repousse l'âge légal de départ, provoquant la colère des syndicats.").run()
+    notice = at.warning[0].value
+    assert "Low confidence" in notice and "of its words are in the model's vocabulary" in notice
+
+
+def test_failed_files_are_rows_of_the_table_and_the_download_can_hold_the_top_parts(monkeypatch, model_dirs):
+    files = [("good.txt", b"the team won the match " * 30, "text/plain"),
+             ("bad.pdf", b"%PDF-1.4 broken", "application/pdf")]
+    at = upload(start(monkeypatch, model_dirs[0]), *files)
+    table = at.dataframe[0].value
+    assert list(table["document"]) == ["good.txt", "bad.pdf"] and table["problem"].iloc[1]
+    at.button(key="explain_all").click().run()
+    assert not at.exception, at.exception
+    assert "top parts" in at.get("download_button")[0].proto.label

@@ -226,6 +226,57 @@ def test_evaluate_writes_metrics_png_and_table(model, data, tmp_path):
         assert metrics["components"][part]["accuracy"] == pytest.approx((pred[f"{part}_label"] == pred["label"]).mean())
 
 
+def test_training_stores_a_notice_that_flags_foreign_text_and_spares_its_own_kind(model, data, tmp_path):
+    """confidence.json is measured on validation at training time: a text whose words the model never saw, or
+    that reads as no topic, gets the notice with its reason; most test documents of the training topics do not."""
+    from pipelines.model.inference import predict, prepare
+    from pipelines.model.model_dir import load_model_dir
+
+    md = prepare(load_model_dir(model), precision="float32")
+    assert md.confidence is not None and md.confidence.min_coverage is not None
+    assert "Low-confidence notice" in (model / "README.md").read_text()
+    texts = pd.read_csv(data / "test.csv")["text"].tolist()
+    foreign = ["le gouvernement français prépare une réforme des retraites pour les salariés du privé",
+               "preheat oven butter flour sugar eggs whisk bake minutes golden cake"]
+    preds = predict(md, texts + foreign)
+    assert all("of its words are in the model's vocabulary" in p.notice for p in preds[-2:])
+    assert sum(bool(p.notice) for p in preds[:-2]) <= 0.2 * len(texts)
+    # and `txl classify` writes it in the notice column
+    (tmp_path / "in.csv").write_text("text\n" + "\n".join(foreign) + "\n")
+    assert main(["classify", "--model", str(model), "--input", str(tmp_path / "in.csv"),
+                 "--output", str(tmp_path / "out.csv")]) == 0
+    assert pd.read_csv(tmp_path / "out.csv", keep_default_na=False)["notice"].str.startswith("low confidence").all()
+
+
+def test_evaluate_explains_calibrates_and_measures_the_notice(model, data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    (copy / "confidence.json").unlink()
+    args = ["evaluate", "--model", str(copy), "--data", str(data / "test.csv"), "--out", str(tmp_path / "ev"),
+            "--explain", "2", "--calibrate"]
+    assert main(args) == 0
+    from pipelines.model.confidence import Calibration
+
+    cal = Calibration.load(copy)
+    assert cal is not None and cal.n_documents == 60 and 0 < cal.min_probability <= 1
+    pred = pd.read_csv(tmp_path / "ev" / "predictions.csv", keep_default_na=False)
+    for text, column in zip(pred["text"], pred["explanation"]):  # the top 2 parts, as character spans of the text
+        parts = json.loads(column)
+        assert 1 <= len(parts) <= 2 and all(0 <= p["start"] < p["end"] <= len(text) for p in parts)
+        assert abs(parts[0]["effect"]) >= abs(parts[-1]["effect"])
+    assert "notice" not in json.loads((tmp_path / "ev" / "metrics.json").read_text())  # it had none then
+    # measured again only when asked: the thresholds are the model's
+    assert main([*args[:5], "--out", str(tmp_path / "ev2"), "--calibrate"]) == 2
+    assert main([*args[:5], "--out", str(tmp_path / "ev2"), "--calibrate", "--overwrite"]) == 0
+    metrics = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    pred = pd.read_csv(tmp_path / "ev2" / "predictions.csv", keep_default_na=False)
+    share = (pred["notice"] != "").mean()
+    assert metrics["notice"]["share"] == pytest.approx(share, abs=1e-6)
+    assert cal.flagged == pytest.approx(share, abs=1e-6)
+
+
 def test_saving_without_ngrams_removes_the_old_ones(model, tmp_path):
     import shutil
 

@@ -36,7 +36,7 @@ from pipelines.data.writers import (
     write_frame,
 )
 from pipelines.errors import UserError, int_at_least
-from pipelines.model.explain import explain
+from pipelines.model.explain import explanation
 from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import load_model_dir
 from pipelines.runtime import distributed as dist
@@ -128,7 +128,7 @@ def _classify(args, device) -> int:
         preds = predict(md, chunk[args.text_column].tolist(), batch_size=args.batch_size, progress=bar.update)
         frame = result_columns(chunk, preds, md.labels, args.top_k)
         if args.explain:
-            frame["explanation"] = [_explanation(md, text, args.explain) if not pred.error else "[]"
+            frame["explanation"] = [explanation(md, text, args.explain) if not pred.error else "[]"
                                     for text, pred in zip(chunk[args.text_column].tolist(), preds)]
         tmp = part_dir / f".part-{index:06d}.tmp"
         frame.to_parquet(tmp, index=False)
@@ -143,11 +143,6 @@ def _classify(args, device) -> int:
     resumed = f" ({len(finished)} chunks reused from an interrupted run)" if finished else ""
     print(f"txl classify: wrote {rows} rows to {args.output}{resumed}")
     return 0
-
-
-def _explanation(md, text: str, k: int) -> str:
-    out = explain(md, text)
-    return "[]" if out is None else out.to_json(k)
 
 
 def _estimated_rows(rows: int, fraction: float | None) -> int | None:

@@ -1,5 +1,8 @@
 """Measure a model directory on a labelled file: metrics.json, a confusion-matrix PNG, a per-class table, and
-predictions.csv (every document's text, true label, predicted label and probabilities, for error analysis).
+predictions.csv (every document's text, true label, predicted label, probabilities and low-confidence notice,
+for error analysis; with --explain K, the parts of each document that drove its prediction).
+With --calibrate, the low-confidence notice's thresholds are measured on the file's documents and stored in the
+model directory (pipelines/model/confidence.py).
 
 Labels in the file that the model never saw are reported and count as errors (the model cannot predict them).
 The documents are classified in chunks, each written whole into `<out>/predictions.partial/`: a large test
@@ -21,6 +24,9 @@ from tqdm import tqdm
 from pipelines.data.labeled_texts import load_labeled
 from pipelines.data.writers import content_hash, escape_formulas, job_folder, result_columns, write_atomic, write_frame
 from pipelines.errors import UserError, int_at_least
+from pipelines.model.confidence import FILE as CONFIDENCE_FILE
+from pipelines.model.confidence import Calibration, calibrate
+from pipelines.model.explain import explanation
 from pipelines.model.inference import predict, prepare
 from pipelines.model.metrics import compute_metrics
 from pipelines.model.model_dir import load_model_dir
@@ -41,7 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--chunk-rows", type=int_at_least(1), default=2000,
                    help="documents per restartable chunk: a rerun after a kill continues from the finished ones")
-    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier evaluation in --out")
+    p.add_argument("--explain", type=int_at_least(0), default=0, metavar="K",
+                   help="add an `explanation` column to predictions.csv: the K most influential parts of each "
+                        "document, as in `txl classify --explain` (slower: each document is read again in parts)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure the low-confidence notice's thresholds on these documents (held out from "
+                        "training: the validation split) and store them in the model directory (confidence.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier evaluation in --out "
+                   "(and the model's confidence.json with --calibrate)")
 
 
 OUT_FILES = ("predictions.csv", "metrics.json", "per_class.csv", "confusion_matrix.png")
@@ -89,13 +102,15 @@ def _fingerprint(args, texts: list[str], labels: list[str]) -> str:
     """Identifies one job: another model (any file's content), data set, split, column or option starts over
     instead of mixing."""
     digest = hashlib.sha1("\x00".join(texts + labels).encode("utf-8", "surrogatepass")).hexdigest()
-    key = [content_hash(args.model), digest, args.precision, args.chunk_rows]
+    key = [content_hash(args.model), digest, args.precision, args.chunk_rows, args.explain]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
 
-def predict_in_chunks(md, texts: list[str], labels: list[str], part: Path, *, chunk_rows: int) -> pd.DataFrame:
-    """Every document's prediction as a frame (text, label, predicted_label, score, prob_<label>, error),
-    made chunk by chunk; a chunk already in `part` is read back instead of classified again."""
+def predict_in_chunks(md, texts: list[str], labels: list[str], part: Path, *, chunk_rows: int,
+                      explain: int = 0) -> pd.DataFrame:
+    """Every document's prediction as a frame (text, label, predicted_label, score, prob_<label>, notice, error,
+    and with `explain` its top parts), made chunk by chunk; a chunk already in `part` is read back instead of
+    classified again."""
     frames, bar = [], tqdm(total=len(texts), unit="doc", dynamic_ncols=True, desc="evaluate")
     for start in range(0, len(texts), chunk_rows):
         target = part / f"part-{start // chunk_rows:06d}.parquet"
@@ -109,6 +124,9 @@ def predict_in_chunks(md, texts: list[str], labels: list[str], part: Path, *, ch
             if md.ngram is not None:  # what each part of the fused model alone predicts
                 frame["encoder_label"] = [p.encoder_label for p in preds]
                 frame["ngram_label"] = [p.ngram_label for p in preds]
+            if explain:
+                frame["explanation"] = [explanation(md, t, explain) if not p.error else "[]"
+                                        for t, p in zip(chunk["text"], preds)]
             tmp = target.with_name(f".{target.name}.tmp")
             frame.to_parquet(tmp, index=False)
             os.replace(tmp, target)
@@ -132,20 +150,60 @@ def _check_out(out: Path, *, overwrite: bool) -> None:
                         "another folder")
 
 
+def notice_figures(md, frame: pd.DataFrame, labels: list[str]) -> dict | None:
+    """What the low-confidence notice meant on these documents: the share that got it and the accuracy of those
+    and of the rest (None: the model has no notice)."""
+    if md.confidence is None or "notice" not in frame:
+        return None
+    flagged = frame["notice"].fillna("").astype(bool)
+    right = frame["predicted_label"].astype(str) == pd.Series(labels, index=frame.index).astype(str)
+    share = lambda mask: round(float(right[mask].mean()), 6) if mask.any() else None  # noqa: E731
+    return {"share": round(float(flagged.mean()), 6) if len(frame) else 0.0, "accuracy_flagged": share(flagged),
+            "accuracy_rest": share(~flagged)}
+
+
+def calibrate_model(md, texts: list[str], labels: list[str], frame: pd.DataFrame) -> Calibration:
+    """The notice's thresholds from these documents' predictions (`predict_in_chunks`)."""
+    done = frame["error"].fillna("") == ""
+    probs = frame.loc[done, [f"prob_{n}" for n in md.labels]].to_numpy()
+    index = {n: i for i, n in enumerate(md.labels)}
+    truth = [index.get(str(y), -1) for y, ok in zip(labels, done) if ok]
+    coverage = agree = None
+    if md.ngram is not None:
+        coverage = md.ngram.coverage([t for t, ok in zip(texts, done) if ok])
+        agree = (frame.loc[done, "encoder_label"] == frame.loc[done, "ngram_label"]).to_numpy()
+    return calibrate(probs, truth, coverage, agree, source="calibration")
+
+
+def _check_calibrate(args) -> None:
+    if not args.calibrate:
+        return
+    target = Path(args.model) / CONFIDENCE_FILE
+    if target.exists() and not args.overwrite:
+        raise UserError(f"{target} exists; pass --overwrite to measure it again on {args.data}")
+    if not os.access(args.model, os.W_OK):
+        raise UserError(f"--calibrate writes {target}, but {args.model} is read-only; copy the model first")
+
+
 def run(args: argparse.Namespace) -> int:
     _check_out(Path(args.out), overwrite=args.overwrite)
+    _check_calibrate(args)
     md = prepare(load_model_dir(args.model), precision=args.precision, device=args.device)
+    if args.calibrate and md.multi_label:
+        raise UserError("--calibrate: the low-confidence notice is for single-label models; this one is multi-label")
     texts, labels = load_labeled(args.data, text_column=args.text_column, label_column=args.label_column,
                                  split_column=args.split_column, split=args.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     part = job_folder(out / "predictions.partial", _fingerprint(args, texts, labels), "evaluate")
     resumed = len(list(part.glob("part-*.parquet")))
-    frame = predict_in_chunks(md, texts, labels, part, chunk_rows=args.chunk_rows)
+    frame = predict_in_chunks(md, texts, labels, part, chunk_rows=args.chunk_rows, explain=args.explain)
     metrics = evaluate(md, texts, labels, predicted=frame["predicted_label"].tolist())
     if "encoder_label" in frame:
         metrics["components"] = {part: _summary(evaluate(md, texts, labels, predicted=frame[f"{part}_label"].tolist()))
                                  for part in ("encoder", "ngram")}
+    if (notice := notice_figures(md, frame, labels)) is not None:
+        metrics["notice"] = notice
     write_frame([frame], out / "predictions.csv")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     table = pd.DataFrame(metrics["per_class"]).T.rename_axis("label").reset_index()
@@ -153,6 +211,11 @@ def run(args: argparse.Namespace) -> int:
     if "confusion_matrix" in metrics:
         plot_confusion(metrics["confusion_matrix"], metrics["labels"], out / "confusion_matrix.png")
     shutil.rmtree(part)
+    if args.calibrate:
+        md.confidence = calibrate_model(md, texts, labels, frame)
+        write_atomic(Path(args.model) / CONFIDENCE_FILE, md.confidence.save(Path(args.model))[CONFIDENCE_FILE])
+        print(f"txl evaluate: stored the low-confidence notice in {Path(args.model) / CONFIDENCE_FILE}: "
+              f"{md.confidence.summary()}")
     if metrics["labels_unknown_to_model"]:
         print(f"txl evaluate: {len(metrics['labels_unknown_to_model'])} labels in the data are unknown to the model "
               f"and count as errors: {', '.join(metrics['labels_unknown_to_model'][:5])}")

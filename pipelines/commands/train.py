@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -28,6 +29,8 @@ from pipelines.data.labeled_texts import columns_of, load_split, load_train_vali
 from pipelines.data.labels import SEPARATOR, LabelSet
 from pipelines.data.writers import write_atomic
 from pipelines.errors import UserError, bounded
+from pipelines.model.confidence import calibrate as calibrate_notice
+from pipelines.model.examples import pick as pick_examples
 from pipelines.model.inference import prepare
 from pipelines.model.model_dir import ModelDir, load_model_dir, save_model_dir
 from pipelines.runtime import distributed as dist
@@ -128,6 +131,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "frozen encoder (at inference speed; a random sample of them when --max-minutes allows no more) "
                    "and fit the head on their pooled vectors, then fine-tune from that model and keep the better "
                    "one on validation; off: fine-tune from the start's weights at once")
+    p.add_argument("--no-examples", action="store_true",
+                   help="do not keep one validation document per label in the model directory (examples.json, "
+                   "shown on the app's landing page): for a model shared without any of its data")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--multi-label", choices=("auto", "yes", "no"), default="auto",
                    help="yes: a|b|c labels name several classes; no: single-label (a label holding '|' is refused); "
@@ -203,7 +209,7 @@ def plan_of(args: argparse.Namespace, device: torch.device) -> TrainPlan:
     return TrainPlan(train=args.train, out=Path(args.out), recipe=_recipe(args, init, device), init=init,
                      valid=args.valid, test=args.test, columns=columns_of(args), positions=args.positions,
                      ngrams=args.ngrams, resume=args.resume, arch={n: getattr(args, n) for n in ARCH_DEFAULTS},
-                     frozen=args.frozen == "auto" and init is not None)
+                     frozen=args.frozen == "auto" and init is not None, examples=not args.no_examples)
 
 
 def _targets(labels: list[str], label_set: LabelSet) -> torch.Tensor:
@@ -321,11 +327,16 @@ def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, parts: Ngra
     best = load_model_dir(plan.out)
     prepare(best, precision=trainer.precision, device=str(trainer.device), keep_weights=True)  # saved below
     started = time.monotonic()
+    _, _, vtexts, vlabels = data
+    probs = trainer.best_probs  # the kept model's validation probabilities (None: not read in this process)
     if parts is not None:
-        _, _, vtexts, vlabels = data
-        encoder = encoder_scores(best, vtexts) if trainer.best_probs is None else \
-            scores_of(trainer.best_probs, multi_label=best.multi_label)
+        encoder = encoder_scores(best, vtexts) if probs is None else scores_of(probs, multi_label=best.multi_label)
         final = fuse_parts(best, parts, encoder, vlabels)
+        probs = None if best.multi_label else torch.softmax(best.ngram.fuse(encoder, parts.valid_scores), -1).numpy()
+    elif probs is not None and not best.multi_label:  # the encoder alone: its own validation reading
+        best.confidence = calibrate_notice(probs, np.asarray(LabelSet(best.labels).encode(vlabels)))
+    if plan.examples and probs is not None and not best.multi_label:
+        best.examples = pick_examples(vtexts, np.asarray(LabelSet(best.labels).encode(vlabels)), probs, best.labels)
     spent += time.monotonic() - started  # the fusion is part of the budget
     if plan.test:
         final.update(measure_test(best, *load_split(plan.test, plan.columns, "test")))
@@ -336,7 +347,8 @@ def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, parts: Ngra
     minutes = (spent + state.seconds) / 60
     kept = "frozen encoder + fitted head" if summary.get("frozen") and state.best_metrics == summary[
         "frozen_metrics"] else "fine-tuning"
-    summary.update(minutes=minutes, stopped=stopped, kept=kept)
+    summary.update(minutes=minutes, stopped=stopped, kept=kept,
+                   notice=best.confidence.summary() if best.confidence is not None else "", examples=len(best.examples))
     best.card = model_card(summary, final)
     best.metrics = {**final, "training": {"minutes": round(minutes, 2), "steps": state.step,
                                           "planned_steps": trainer.total, "stopped": state.stopped or "completed",
@@ -376,7 +388,7 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
         vtexts, vlabels = [vtexts[i] for i in frozen.valid_index], [vlabels[i] for i in frozen.valid_index]
         data = (texts, labels, vtexts, vlabels)
         if parts is not None:
-            parts = replace(parts, valid_scores=parts.valid_scores[frozen.valid_index])
+            parts = parts.subset(frozen.valid_index)
     spent = budget.ngrams + (frozen.seconds if frozen else 0.0)
     window = recipe.backprop_segments * model.config.segment_len
     tuning = replace(recipe, max_minutes=_tuning_minutes(plan, budget, frozen, [len(x) for x in ids], window))

@@ -89,7 +89,8 @@ def _write(frames: Iterable[pd.DataFrame], tmp: str, fmt: str) -> None:
 
 
 def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) -> pd.DataFrame:
-    """`chunk` with the predictions' columns: predicted_label, score, prob_<label>, top<k>_label/score, error."""
+    """`chunk` with the predictions' columns: predicted_label, score, prob_<label>, top<k>_label/score, notice (the
+    low-confidence notice, pipelines/model/confidence.py; empty when there is none), error."""
     out = chunk.copy()
     out["predicted_label"] = [p.label for p in preds]
     out["score"] = [p.score for p in preds]
@@ -99,6 +100,7 @@ def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) ->
     for k in range(top_k):
         out[f"top{k + 1}_label"] = [r[k][0] if len(r) > k else "" for r in ranked]
         out[f"top{k + 1}_score"] = [r[k][1] if len(r) > k else float("nan") for r in ranked]
+    out["notice"] = [p.notice for p in preds]
     out["error"] = [p.error for p in preds]
     return out
 

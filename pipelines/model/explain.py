@@ -142,3 +142,10 @@ def _effects(md: ModelDir, encoder: torch.Tensor, scores: torch.Tensor | None):
     return (target, (odds[0] - odds[1:]).tolist(), (log_p[0, target] - log_p[1:, target]).tolist(),
             (enc_term[0, target] - enc_term[1:, target]).tolist(),
             (ngram_term[0, target] - ngram_term[1:, target]).tolist())
+
+
+def explanation(md: ModelDir, text: str, k: int) -> str:
+    """The `explanation` column of `txl classify --explain K` and `txl evaluate --explain K`: the K most
+    influential parts as JSON ("[]" for a text without tokens)."""
+    out = explain(md, text)
+    return "[]" if out is None else out.to_json(k)

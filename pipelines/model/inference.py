@@ -54,6 +54,9 @@ class Prediction:
     encoder_label: str = ""
     ngram_label: str = ""
     terms: list[tuple[str, float]] = field(default_factory=list)
+    # "low confidence: ..." when the prediction is less certain than the model's usual on validation
+    # (pipelines/model/confidence.py); "" otherwise, and for a model without confidence.json
+    notice: str = ""
 
 
 _FREE_MEMORY = FreeMemoryEvery(60)  # one clock for every `predict` call of the process
@@ -183,6 +186,8 @@ def _predict_batch(md: ModelDir, encodings: list[token_ids.Tokens], texts: list[
     scores = md.ngram.scores(texts) if md.ngram is not None else None
     logits = encoder_logits if scores is None else md.ngram.fuse(encoder_logits, scores)
     probs = _probabilities(md, logits)
+    cal = md.confidence
+    coverage = md.ngram.coverage(texts) if cal is not None and cal.min_coverage is not None and md.ngram else None
     preds = []
     for row, e in enumerate(encodings):
         pred = _prediction(md, probs[row], len(e))
@@ -190,6 +195,10 @@ def _predict_batch(md: ModelDir, encodings: list[token_ids.Tokens], texts: list[
             pred.encoder_label = _label_of(md, _probabilities(md, encoder_logits[row:row + 1])[0],
                                            md.model.config.thresholds)
             pred.ngram_label = _label_of(md, _probabilities(md, torch.as_tensor(scores[row:row + 1]))[0], None)
+        if cal is not None:
+            agree = None if scores is None else bool(encoder_logits[row].argmax() == int(scores[row].argmax()))
+            pred.notice = cal.notice(float(probs[row].max()), None if coverage is None else float(coverage[row]),
+                                     agree)
         if explain:
             pred.segments = _explain(md, out.segment_logits[row].float().cpu(), e, probs[row])
             if md.ngram is not None:

@@ -4,6 +4,8 @@
     tokenizer.json     the subword tokenizer               labels.json         label names, in logit order
     README.md          the model card                      metrics.json        measured validation/test metrics
     ngram.json, ngram.safetensors   the n-gram component fused with the encoder, when trained with one
+    confidence.json    the low-confidence notice's thresholds, measured on validation (pipelines/model/confidence.py)
+    examples.json      one validation document per label, for the app's landing page (pipelines/model/examples.py)
 
 Files are written whole (temporary name, then rename), `config.json` last, so a directory never holds new
 weights with an old config.
@@ -19,6 +21,11 @@ from tokenizers import Tokenizer
 
 from pipelines.data.word_tokenizer import load_tokenizer
 from pipelines.errors import UserError
+from pipelines.model.confidence import FILE as CONFIDENCE_FILE
+from pipelines.model.confidence import Calibration
+from pipelines.model.examples import FILE as EXAMPLES_FILE
+from pipelines.model.examples import files as example_files
+from pipelines.model.examples import load as load_examples
 from pipelines.model.ngrams import FILES as NGRAM_FILES
 from pipelines.model.ngrams import NgramModel
 from txl_core import CheckpointError, load_pretrained
@@ -38,6 +45,8 @@ class ModelDir:
     precision: str = "float32"  # set by inference.prepare
     device: object = None
     ngram: NgramModel | None = None  # fused with the encoder's logits (pipelines/model/ngrams.py)
+    confidence: Calibration | None = None  # the low-confidence notice's thresholds (pipelines/model/confidence.py)
+    examples: dict[str, str] = field(default_factory=dict)  # {label: an example text} (pipelines/model/examples.py)
 
     @property
     def multi_label(self) -> bool:
@@ -48,6 +57,13 @@ def save_model_dir(directory: str | Path, md: ModelDir) -> None:
     directory = Path(directory)
     extra = {"tokenizer.json": md.tokenizer.to_str(), "labels.json": json.dumps(md.labels, indent=1) + "\n",
              "README.md": md.card, "metrics.json": json.dumps(md.metrics, indent=1, sort_keys=True) + "\n"}
+    if md.confidence is not None:
+        extra.update(md.confidence.save(directory))
+    else:  # thresholds measured for another model would mislead
+        (directory / CONFIDENCE_FILE).unlink(missing_ok=True)
+    extra.update(example_files(md.examples))
+    if not md.examples:  # another model's examples would mislead
+        (directory / EXAMPLES_FILE).unlink(missing_ok=True)
     if md.ngram is not None:
         extra.update(md.ngram.files())
     else:  # an encoder saved alone must not be read with an earlier run's n-grams
@@ -108,7 +124,10 @@ def load_model_dir(directory: str | Path) -> ModelDir:
     if ngram is not None and ngram.coef.shape[0] not in (len(labels), 1 if len(labels) == 2 else -1):
         raise UserError(f"{directory}: the n-gram component scores {ngram.coef.shape[0]} classes, the model "
                         f"{len(labels)}; the files come from different models")
-    return ModelDir(model, tokenizer, labels, card, metrics, directory, ngram=ngram)
+    confidence = Calibration.load(directory) if not model.config.multi_label else None
+    examples = {k: v for k, v in load_examples(directory).items() if k in labels}
+    return ModelDir(model, tokenizer, labels, card, metrics, directory, ngram=ngram, confidence=confidence,
+                    examples=examples)
 
 
 @dataclass

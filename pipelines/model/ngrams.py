@@ -37,6 +37,7 @@ FILES = ("ngram.json", "ngram.safetensors")
 SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase": True}
 # character 2-5-grams within words: spelling variants, names and word parts the word n-grams split apart
 CHAR_SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 5], "sublinear_tf": True, "min_df": 2, "lowercase": True}
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # TfidfVectorizer's default: the words of the word n-grams
 CHUNK_CHARS = 20_000  # a longer text is counted in pieces: memory bounded by this, not by the text
 _SPACE = re.compile(r"\s")
 _LAST_WORD = re.compile(r"\s\S+\s*\Z")
@@ -185,6 +186,23 @@ class NgramModel:
         if not self.multi_label and self.coef.shape[0] == 1:
             s = np.concatenate([-s / 2, s / 2], axis=1)
         return s.astype(np.float32)
+
+    def coverage(self, texts: list[str]) -> np.ndarray:
+        """Per text, the share of its words (the word n-grams' tokens, lowercased) that are single-word terms of
+        the model: low for a text in another language or on a subject the training texts never touched. NaN for
+        a text without words. Read word by word: memory does not grow with the text."""
+        if getattr(self, "_words", None) is None:
+            self._words = frozenset(t for t in self.terms[:self.n_word_terms] if " " not in t)
+        word = re.compile(TOKEN_PATTERN)
+        out = np.full(len(texts), np.nan, dtype=np.float32)
+        for i, text in enumerate(texts):
+            known = total = 0
+            for match in word.finditer(text if isinstance(text, str) else ""):
+                total += 1
+                known += match.group().lower() in self._words
+            if total:
+                out[i] = known / total
+        return out
 
     def fuse(self, encoder_logits: torch.Tensor, scores: np.ndarray) -> torch.Tensor:
         """Fused logits (N, L) from the encoder's logits (N, L) and `scores` (N, L)."""

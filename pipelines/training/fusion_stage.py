@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pipelines.data.labels import LabelSet
 from pipelines.model import ngrams as ngram_module
+from pipelines.model.confidence import calibrate as calibrate_notice
 from pipelines.model.fusion import calibrate, fit_fusion
 from pipelines.model.inference import predict
 from pipelines.model.metrics import compute_metrics, decided_labels, tune_thresholds
@@ -60,12 +61,20 @@ class NgramParts:
     n_fit: int  # the documents the kept fit was offered
     refit: bool
     seconds: float
+    valid_coverage: np.ndarray | None = None  # (N_valid,) the share of known words (`NgramModel.coverage`)
+
+    def subset(self, index: list[int]) -> NgramParts:
+        """The same parts, the validation arrays kept for the documents `index` only."""
+        coverage = None if self.valid_coverage is None else self.valid_coverage[index]
+        return replace(self, valid_scores=self.valid_scores[index], valid_coverage=coverage)
 
     def files(self) -> dict[str, str | bytes]:
         """For the checkpoint folder: a resumed run skips the stage."""
         meta = {"n_fit": self.n_fit, "refit": self.refit, "seconds": self.seconds}
         return {**self.final.files(), PARTS_FILE: json.dumps(meta),
-                SCORES_FILE: save_arrays({"valid_scores": self.valid_scores})}
+                SCORES_FILE: save_arrays(
+                    {"valid_scores": self.valid_scores,
+                     **({} if self.valid_coverage is None else {"valid_coverage": self.valid_coverage})})}
 
     @classmethod
     def load(cls, folder: Path) -> NgramParts | None:
@@ -75,8 +84,9 @@ class NgramParts:
         if final is None:
             return None
         meta = json.loads((folder / PARTS_FILE).read_text())
-        scores = load_arrays((folder / SCORES_FILE).read_bytes())["valid_scores"]
-        return cls(scores, final, int(meta["n_fit"]), bool(meta["refit"]), float(meta["seconds"]))
+        arrays = load_arrays((folder / SCORES_FILE).read_bytes())
+        return cls(arrays["valid_scores"], final, int(meta["n_fit"]), bool(meta["refit"]), float(meta["seconds"]),
+                   arrays.get("valid_coverage"))
 
 
 PARTS_FILE, SCORES_FILE = "ngram_stage.json", "ngram_valid_scores.safetensors"
@@ -102,12 +112,12 @@ def fit_parts(texts: list[str], labels: list[str], vtexts: list[str], vlabels: l
         if dist.is_main():
             tqdm.write("txl: no n-grams fused: the training texts hold no word of two or more letters")
         return None
-    scores = ngram.scores(vtexts)
+    scores, coverage = ngram.scores(vtexts), ngram.coverage(vtexts)  # by the fit that never saw them
     n_fit, took = len(texts), time.perf_counter() - started
     refit = refit and ngram.fit_documents == len(texts) and (seconds is None or 2.2 * took <= seconds)
     if refit:
         ngram, n_fit = fit(texts + vtexts, labels + vlabels), n_fit + len(vtexts)
-    return NgramParts(scores, ngram, n_fit, refit, time.perf_counter() - started)
+    return NgramParts(scores, ngram, n_fit, refit, time.perf_counter() - started, coverage)
 
 
 def fuse_ngrams(best: ModelDir, texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str],
@@ -140,6 +150,10 @@ def fuse_parts(best: ModelDir, parts: NgramParts, encoder: torch.Tensor, vlabels
         ngram.thresholds = best.model.config.thresholds if kept == "encoder" else None
         out["validation"] = out[f"validation_{kept}"]
     best.ngram = ngram
+    if not best.multi_label:
+        fused = torch.softmax(ngram.fuse(encoder, scores), dim=-1).numpy()
+        agree = encoder.argmax(1).numpy() == np.asarray(scores).argmax(1)
+        best.confidence = calibrate_notice(fused, truth.numpy(), parts.valid_coverage, agree)
     out["fusion"] = dict(ngram.fusion, n_terms=len(ngram.terms), n_word_terms=ngram.n_word_terms,
                          fit_documents=ngram.fit_documents, fit_on=SPLITS[parts.refit])
     if dist.is_main() and ngram.fit_documents < parts.n_fit:

@@ -29,6 +29,12 @@ def model_card(summary: dict, metrics: dict) -> str:
         lines += ["", f"The encoder's log-probabilities are fused with {features(f)} fit on {read}: logits = "
                   f"{f['a']:.3g} x encoder + {f['b']:.3g} x n-gram scores, {weights} "
                   "(`txl train --ngrams`, pipelines/model/ngrams.py, pipelines/model/fusion.py)."]
+    if summary.get("notice"):
+        lines += ["", f"Low-confidence notice (pipelines/model/confidence.py, thresholds in confidence.json): "
+                  f"{summary['notice']}."]
+    if summary.get("examples"):
+        lines += ["", f"examples.json holds {summary['examples']} validation documents, one per label, shown on the "
+                  "app's landing page (`txl train --no-examples` leaves them out)."]
     return "\n".join(lines) + "\n"
 
 

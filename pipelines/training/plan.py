@@ -38,6 +38,7 @@ class TrainPlan:
     ngrams: str = "fuse"
     resume: bool = False
     frozen: bool = False  # read with the frozen encoder and fit the head before fine-tuning
+    examples: bool = True  # keep one validation document per label for the app (pipelines/model/examples.py)
     arch: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self):
