@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import importlib
 import importlib.util
 import os
@@ -131,13 +132,39 @@ def _guarded(name: str, work: Callable[[], int]) -> int:
     except KeyboardInterrupt as e:
         say(f"interrupted: {e}" if isinstance(e, Interrupted) and str(e) else "interrupted")
         return EXIT_INTERRUPTED
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
+    except OSError as e:
+        if e.errno not in USER_ERRNOS:
+            return _internal(say, e)
         if _debug():
             traceback.print_exc()
-        detail = f": {_one_line(e)}" if _one_line(e) else ""
-        hint = "" if _debug() else " (rerun with TXL_DEBUG=1 for the traceback)"
-        say(f"internal error: {type(e).__name__}{detail}{hint}")
-        return EXIT_INTERNAL
+        where = f" at {e.filename}" if e.filename else ""
+        say(f"error: {USER_ERRNOS[e.errno]}{where}; {USER_FIXES[e.errno]} (what was finished is kept: rerun the "
+            "same command to continue)")
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
+        return _internal(say, e)
+
+
+def _internal(say: Callable[[str], None], e: BaseException) -> int:
+    if _debug():
+        traceback.print_exception(e)
+    detail = f": {_one_line(e)}" if _one_line(e) else ""
+    hint = "" if _debug() else " (rerun with TXL_DEBUG=1 for the traceback)"
+    say(f"internal error: {type(e).__name__}{detail}{hint}")
+    return EXIT_INTERNAL
+
+
+# failures of the machine a user can fix, whenever they happen: one line and exit 2, not an internal error
+USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted", errno.EMFILE: "too many open files",
+               errno.ENAMETOOLONG: "a file name is too long", errno.EISDIR: "a folder stands where a file goes",
+               errno.ENOTDIR: "a file stands where a folder goes"}
+USER_FIXES = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+              errno.EROFS: "write elsewhere", errno.EACCES: "fix the permissions or write elsewhere",
+              errno.EPERM: "fix the permissions or write elsewhere", errno.EMFILE: "raise the limit (ulimit -n)",
+              errno.ENAMETOOLONG: "choose a shorter name", errno.EISDIR: "choose another name",
+              errno.ENOTDIR: "choose another path"}
 
 
 def _warning_printer(name: str, default):

@@ -75,8 +75,10 @@ def _planted_dir(model: Path, tmp_path: Path, name: str, form: str) -> tuple[Pat
 def test_model_loaders_never_run_a_planted_pickle(model, tmp_path, name, form):
     bad, marker = _planted_dir(model, tmp_path, name, form)
     if name != "tokenizer.json":
-        with pytest.raises(CheckpointError):
+        with pytest.raises(CheckpointError) as refused:
             load_pretrained(bad)
+        if name != "config.json":  # named for what it is, not as damage
+            assert "pickle" in str(refused.value) and "never loaded" in str(refused.value), refused.value
     with pytest.raises(UserError) as caught:
         load_model_dir(bad)
     assert "\n" not in str(caught.value)
@@ -108,7 +110,7 @@ def test_commands_given_a_planted_model_exit_2(model, tmp_path, capsys, flag):
     else:
         args = ["train", "--init", str(bad), "--train", str(tmp_path / "in.csv"), "--out", str(tmp_path / "new")]
     assert main(args) == 2
-    assert "damaged or truncated" in capsys.readouterr().err and not marker.exists()
+    assert "never loaded" in capsys.readouterr().err and not marker.exists()
 
 
 def test_resume_with_a_planted_optimizer_checkpoint_runs_nothing(tmp_path, capsys):

@@ -47,9 +47,23 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
             except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # safetensors and torch raise several types for damaged files
-            raise CheckpointError(f"{path} is damaged or truncated ({type(e).__name__}); "
-                                  "copy the model directory again") from None
+            raise CheckpointError(_unreadable(path, e)) from None
     raise CheckpointError(f"{directory} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why a weight file was refused: a pickle that holds more than tensors (code or Python objects, never
+    loaded), or damage."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+        return (f"{path} is a pickle that holds code or Python objects beside its tensors; those are never loaded "
+                "(only plain tensors are read). Use a model saved by txl, or convert the file to safetensors where "
+                "you trust its source")
+    if path.suffix == ".safetensors" and (head == b"PK" or head[:1] == b"\x80"):
+        return (f"{path} is a pickle (torch.save) file, not safetensors; a pickle can hold code, so it is never "
+                "loaded under this name. Use a model saved by txl")
+    return f"{path} is damaged or truncated ({type(e).__name__}); copy the model directory again"
 
 
 def _architecture(config: dict, state: dict) -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from sklearn.svm import LinearSVC
 from pipelines.data.labeled_texts import load_labeled
 from pipelines.data.labels import LabelSet
 from pipelines.data.tables import table_columns
+from pipelines.data.writers import write_atomic
 from pipelines.errors import UserError, bounded
 from pipelines.model.metrics import compute_metrics
 
@@ -71,13 +70,8 @@ def _check_separate(args: argparse.Namespace) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Whole or not at all: a temporary file renamed into place (not modeldir's, which would import torch)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Whole or not at all: a temporary file renamed into place."""
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,11 +26,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from pipelines.data.sources import check_readable
 from pipelines.data.tables import iter_table
 from pipelines.data.writers import (
+    check_writable,
     content_hash,
     job_folder,
     output_format,
+    output_lock,
     refuse_overwrite,
     result_columns,
     write_frame,
@@ -80,14 +83,14 @@ def _check_output(args) -> None:
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise UserError("--output is the input file; choose another name so the input is not overwritten")
     refuse_overwrite(args.output, overwrite=args.overwrite)
+    check_writable(Path(args.output).parent, "--output")
 
 
 def run(args: argparse.Namespace) -> int:
     _check_output(args)
-    if not Path(args.input).is_file():
-        raise UserError(f"input file {args.input} not found")
-    with dist.session(args.device) as device:  # joins the process group under torchrun; nothing otherwise
-        return _classify(args, device)
+    check_readable(Path(args.input), "give the path of a table file")
+    with output_lock(args.output, "classify"), dist.session(args.device) as device:
+        return _classify(args, device)  # under torchrun each rank joins the process group; nothing otherwise
 
 
 def _finished_chunks(args) -> tuple[Path, set[str]]:

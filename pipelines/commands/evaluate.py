@@ -22,7 +22,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipelines.data.labeled_texts import load_labeled
-from pipelines.data.writers import content_hash, escape_formulas, job_folder, result_columns, write_atomic, write_frame
+from pipelines.data.writers import (
+    check_writable,
+    content_hash,
+    escape_formulas,
+    job_folder,
+    output_lock,
+    result_columns,
+    write_atomic,
+    write_frame,
+)
 from pipelines.errors import UserError, int_at_least
 from pipelines.model.confidence import FILE as CONFIDENCE_FILE
 from pipelines.model.confidence import Calibration, calibrate
@@ -188,6 +197,12 @@ def _check_calibrate(args) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_out(Path(args.out), overwrite=args.overwrite)
     _check_calibrate(args)
+    check_writable(Path(args.out), "--out")
+    with output_lock(args.out, "evaluate"):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     md = prepare(load_model_dir(args.model), precision=args.precision, device=args.device)
     if args.calibrate and md.multi_label:
         raise UserError("--calibrate: the low-confidence notice is for single-label models; this one is multi-label")

@@ -26,6 +26,7 @@ from pipelines.data.tables import (
     OPENERS,
     iter_table,
 )
+from pipelines.data.sources import check_readable
 from pipelines.errors import UserError
 from txl_core import TXLLMHeadModel
 from txl_core.memory import Mems
@@ -57,10 +58,7 @@ def iter_documents(paths: Iterable[str | Path], *, text_column: str = "text") ->
     or each `text_column` cell of a table (csv/tsv/jsonl/parquet). A line is a unit, as in WikiText, where
     a line is a paragraph or a heading; blank lines only separate them."""
     for path in map(Path, paths):
-        if path.is_dir():
-            raise UserError(f"{path} is a folder; give text files or tables")
-        if not path.is_file():
-            raise UserError(f"file {path} not found; check the path (relative paths start at {Path.cwd()})")
+        check_readable(path, "give text files or tables")
         if _is_table(path):
             for chunk in iter_table(path, columns=[text_column], text_column=text_column):
                 yield from (t.strip() for t in chunk[text_column] if t.strip())

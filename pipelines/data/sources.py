@@ -80,14 +80,40 @@ def checked(source: str | Path | Source) -> tuple[Source, str]:
     """The source and its format, once it is known to exist, be supported and not be empty."""
     source = Source.of(source)
     path = source.path
-    if path is not None and path.is_dir():
-        raise UserError(f"{path} is a folder; give the path of a table file ({SUPPORTED})")
-    if path is not None and not path.is_file():
-        raise UserError(f"file {path} not found; check the path (relative paths start at {Path.cwd()})")
+    if path is not None:
+        check_readable(path, f"give the path of a table file ({SUPPORTED})")
     fmt = table_format(source)
     if source.size == 0:
         raise UserError(f"{source.name} is empty; it needs a header row and at least one data row")
     return source, fmt
+
+
+def check_readable(path: Path, what: str) -> None:
+    """A one-line UserError unless `path` is a regular file this process may read: a folder, a pipe or device
+    (such as /dev/stdin), a symbolic link that loops or leads nowhere, and a file without read permission are
+    each named for what they are (`what`: what to give instead, for a folder)."""
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link that loops back on itself; point it at a file") from None
+        if os.path.islink(path):
+            raise UserError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; fix the "
+                            "link or pass the file itself") from None
+        if e.errno == errno.EACCES:
+            raise UserError(f"{path} cannot be reached: permission denied on a folder of its path") from None
+        raise UserError(f"file {path} not found; check the path (relative paths start at {Path.cwd()})") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path} is a folder; {what}")
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode) or stat.S_ISBLK(mode):
+        kind = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise UserError(f"{path} is {kind}, not a file: txl reads its input more than once (to count and to "
+                        "resume); save the data to a file and pass that")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{path} cannot be read (permission denied); fix its permissions or copy it")
 
 
 def _compression(source: Source):

@@ -6,8 +6,9 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -55,12 +56,68 @@ def refuse_overwrite(path: str | os.PathLike, *, overwrite: bool, flag: str = "-
         raise UserError(f"{path} already exists; pass {flag} to replace it, or choose another name")
 
 
+def check_writable(folder: Path, flag: str) -> None:
+    """Before any work starts: the folder an output goes into can be written (the folders missing on its path
+    are created later). A one-line UserError names the first folder that exists and why it cannot be."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag}: {existing} is a file, not a folder; choose another place")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot write in {existing} (read-only or permission denied); choose another place")
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike, command: str) -> Iterator[None]:
+    """Held while a job writes `path` (and its `.partial` folder): a second job on the same output stops at once
+    with a one-line UserError naming the process that holds it, instead of both writing (or one deleting the
+    other's chunks). The lock file, `.<name>.lock` beside the output, is removed when the job ends; a killed
+    job's lock is released by the system with its process. Under torchrun only rank 0 takes it."""
+    import fcntl
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"another txl {command} (process {holder}) is writing {path}; wait for it to finish, "
+                            "or choose another output") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # not a lock file its last holder removed
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    except OSError as e:  # a full disk under pyarrow says neither where nor which file: the output's path, then
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def write_frame(frames: Iterable[pd.DataFrame], path: str | os.PathLike) -> None:
     """Write the frames one after the other into `path`, through a temporary file renamed at the end."""
     path = Path(path)
     fmt = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _file_mode())
     os.close(fd)
     try:
         _write(frames, tmp, fmt)
@@ -105,13 +162,25 @@ def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) ->
     return out
 
 
+def _file_mode() -> int:
+    """The permissions a new file gets under the user's umask (mkstemp's temporary files are private, 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write a file under a temporary name in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
-        f.write(content)
-    os.replace(tmp, path)
+    os.fchmod(fd, _file_mode())
+    try:
+        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    finally:  # a full disk leaves no half-written temporary file behind
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def content_hash(*paths: str | os.PathLike) -> str:
