@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -148,18 +149,22 @@ def _write(frames: Iterable[pd.DataFrame], tmp: str, fmt: str) -> None:
 def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) -> pd.DataFrame:
     """`chunk` with the predictions' columns: predicted_label, score, prob_<label>, top<k>_label/score, notice (the
     low-confidence notice, pipelines/model/confidence.py; empty when there is none), error."""
-    out = chunk.copy()
-    out["predicted_label"] = [p.label for p in preds]
-    out["score"] = [p.score for p in preds]
-    for name in labels:
-        out[f"prob_{name}"] = [p.probs.get(name, float("nan")) for p in preds]
-    ranked = [sorted(p.probs.items(), key=lambda kv: -kv[1]) for p in preds] if top_k else []
+    columns = {"predicted_label": [p.label for p in preds], "score": [p.score for p in preds]}
+    probs = np.full((len(preds), len(labels)), np.nan)
+    index = {name: i for i, name in enumerate(labels)}
+    for row, p in enumerate(preds):
+        for name, value in p.probs.items():
+            probs[row, index[name]] = value
+    columns.update({f"prob_{name}": probs[:, i] for i, name in enumerate(labels)})
+    ranked = [sorted(p.probs.items(), key=lambda kv: -kv[1])[:top_k] for p in preds] if top_k else []
     for k in range(top_k):
-        out[f"top{k + 1}_label"] = [r[k][0] if len(r) > k else "" for r in ranked]
-        out[f"top{k + 1}_score"] = [r[k][1] if len(r) > k else float("nan") for r in ranked]
-    out["notice"] = [p.notice for p in preds]
-    out["error"] = [p.error for p in preds]
-    return out
+        columns[f"top{k + 1}_label"] = [r[k][0] if len(r) > k else "" for r in ranked]
+        columns[f"top{k + 1}_score"] = [r[k][1] if len(r) > k else float("nan") for r in ranked]
+    columns["notice"] = [p.notice for p in preds]
+    columns["error"] = [p.error for p in preds]
+    # one concat: a column added at a time to a wide frame made pandas warn once per label (6,059 warnings)
+    added = pd.DataFrame(columns, index=chunk.index)
+    return pd.concat([chunk.drop(columns=[c for c in added.columns if c in chunk.columns]), added], axis=1)
 
 
 def _file_mode() -> int:

@@ -10,9 +10,22 @@ from sklearn.metrics import (
 )
 
 
+DENSE_CONFUSION = 100  # labels up to which the confusion matrix is kept whole; past it, its largest cells only
+TOP_CONFUSIONS = 1000
+
+
 def single_label_metrics(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
-    """Accuracy, macro/micro F1, per-class precision/recall/F1/support and the confusion matrix."""
+    """Accuracy, macro/micro F1, per-class precision/recall/F1/support and the confusion matrix: whole up to
+    DENSE_CONFUSION labels; past it (a matrix of 10,000 labels is 10^8 cells, 700 MB of JSON) the
+    TOP_CONFUSIONS most frequent (true, predicted, count) errors, counted without building the matrix."""
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    if len(labels) > DENSE_CONFUSION:
+        from collections import Counter
+
+        errors = Counter((t, q) for t, q in zip(y_true, y_pred) if t != q)
+        confusion = {"confusions": [[t, q, n] for (t, q), n in errors.most_common(TOP_CONFUSIONS)]}
+    else:
+        confusion = {"confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
     return {
         "n_documents": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -21,7 +34,7 @@ def single_label_metrics(y_true: list[str], y_pred: list[str], labels: list[str]
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                              "support": int(s[i])} for i, name in enumerate(labels)},
         "labels": labels,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        **confusion,
     }
 
 

@@ -1,0 +1,35 @@
+"""Thousands of labels: the outputs scale with the labels, not with their square, and pandas stays quiet."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pandas as pd
+
+from pipelines.data.writers import result_columns
+from pipelines.model.inference import Prediction
+from pipelines.model.metrics import DENSE_CONFUSION, compute_metrics
+
+
+def test_past_a_size_the_confusion_matrix_is_its_largest_cells():
+    labels = [f"l{i:04d}" for i in range(3000)]
+    truth = [labels[i % 3000] for i in range(9000)]
+    pred = [labels[(i + (i % 13 == 0)) % 3000] for i in range(9000)]  # every 13th document one label off
+    metrics = compute_metrics(truth, pred, labels, multi_label=False)
+    assert "confusion_matrix" not in metrics and len(json.dumps(metrics)) < 2_000_000
+    errors = sum(t != p for t, p in zip(truth, pred))
+    assert sum(n for _, _, n in metrics["confusions"]) == errors  # under TOP_CONFUSIONS cells: all of them
+    assert all(t != p for t, p, _ in metrics["confusions"])
+    small = compute_metrics(truth[:50], pred[:50], labels[:DENSE_CONFUSION], multi_label=False)
+    assert len(small["confusion_matrix"]) == DENSE_CONFUSION  # a matrix that fits a page is kept whole
+
+
+def test_result_columns_for_thousands_of_labels_warn_nothing():
+    labels = [f"l{i}" for i in range(2000)]
+    preds = [Prediction(labels[i], 0.5, {name: 1 / 2000 for name in labels}, 10) for i in range(3)]
+    chunk = pd.DataFrame({"text": ["a", "b", "c"], "score": [1, 2, 3]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = result_columns(chunk, preds, labels, 3)
+    assert list(out.columns[:4]) == ["text", "predicted_label", "score", "prob_l0"]
+    assert out["score"].tolist() == [0.5] * 3 and out.shape == (3, 1 + 2 + 2000 + 6 + 2)
