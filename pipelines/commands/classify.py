@@ -21,13 +21,14 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
 from pipelines.data.sources import check_readable
-from pipelines.data.tables import iter_table
+from pipelines.data.tables import iter_table, text_column_problem
 from pipelines.data.writers import (
     check_writable,
     content_hash,
@@ -38,7 +39,7 @@ from pipelines.data.writers import (
     result_columns,
     write_frame,
 )
-from pipelines.errors import UserError, int_at_least
+from pipelines.errors import DataWarning, UserError, int_at_least
 from pipelines.model.explain import explanation
 from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import load_model_dir
@@ -112,6 +113,10 @@ def _classify(args, device) -> int:
         args.top_k = len(md.labels)
     chunks = iter_table(args.input, chunk_rows=args.chunk_rows, text_column=args.text_column)
     first = next(chunks, None)  # a missing column or an unreadable file fails here, before anything is written
+    problem = None if first is None else text_column_problem(first[args.text_column].tolist(),
+                                                             Path(args.input).name, args.text_column)
+    if problem and dist.is_main():
+        warnings.warn(problem, DataWarning, stacklevel=1)
     part_dir, finished = _finished_chunks(args)
     todo = rows = 0
     bar = tqdm(unit="doc", dynamic_ncols=True, desc="classify", disable=not dist.is_main(),

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data.labels import SEPARATOR, normalize_label, stratified_split
-from pipelines.data.tables import as_text, read_table, table_columns
+from pipelines.data.tables import as_text, read_table, table_columns, text_column_problem
 from pipelines.errors import DataWarning, UserError
 
 SPLIT_NAMES = (("train", "training"), ("valid", "validation", "val", "dev"), ("test", "testing"))
@@ -52,6 +52,9 @@ def load_labeled(path: str | Path, *, text_column: str = "text", label_column: s
     if has_split:
         frame = _select_split(frame, path, split_column, split)
     texts = [as_text(t) for t in frame[text_column]]
+    problem = text_column_problem(texts[:2000], path.name, text_column)
+    if problem and "is empty in all" not in problem:  # an empty column is refused below
+        warnings.warn(problem, DataWarning, stacklevel=2)
     labels = [normalize_label(_label_text(y)) for y in frame[label_column]]
     no_text = [i for i, t in enumerate(texts) if not t.strip()]
     no_label = [i for i, y in enumerate(labels) if not y and texts[i].strip()]

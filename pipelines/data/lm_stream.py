@@ -8,6 +8,7 @@ i - 1 of the same row, so the memory a segment leaves is the true left context o
 """
 from __future__ import annotations
 
+import itertools
 import math
 from array import array
 from collections.abc import Iterable, Iterator
@@ -18,15 +19,17 @@ from pathlib import Path
 import torch
 
 from pipelines.data.bpe_tokenizer import SPECIAL, encode_batch
+from pipelines.data.decoding import check_not_binary, decode
+from pipelines.data.sources import check_readable, max_row_bytes
 from pipelines.data.tables import (
     DAMAGED,
     ENCODING,
     FALLBACK,
     FORMATS,
     OPENERS,
+    PEEK_BYTES,
     iter_table,
 )
-from pipelines.data.sources import check_readable
 from pipelines.errors import UserError
 from txl_core import TXLLMHeadModel
 from txl_core.memory import Mems
@@ -43,10 +46,26 @@ def _is_table(path: Path) -> bool:
 
 
 def _text_lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded. A binary file is refused from its first bytes, and a line longer than
+    `max_row_bytes` (TXL_MAX_DOC_MB) as soon as it is read past it: memory is bounded by the setting, not by
+    the file (a small .xz can hold one line of gigabytes)."""
     opener = OPENERS.get(path.suffix.lower(), open)
+    limit = max_row_bytes()
     try:
         with opener(path, "rb") as raw:
-            for line in raw:
+            first, size = [], 0
+            lines = iter(lambda: raw.readline(limit + 1), b"")
+            for line in lines:  # the first lines, up to PEEK_BYTES, are looked at before any is used
+                first.append(line)
+                size += len(line)
+                if size >= PEEK_BYTES:
+                    break
+            head = b"".join(first)[:PEEK_BYTES]
+            check_not_binary(path.name, head, decode(head)[0], what="text")
+            for line in itertools.chain(first, lines):
+                if len(line) > limit:
+                    raise UserError(f"{path.name} has a line longer than {limit / 1e6:g} MB; raise TXL_MAX_DOC_MB "
+                                    "to read it, or break the text into lines (each line is one document)")
                 yield line.decode(ENCODING, errors=FALLBACK)
     except DAMAGED as e:
         raise UserError(f"cannot read {path.name}: the file is damaged, truncated or not what its name says "

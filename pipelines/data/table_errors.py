@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
@@ -24,9 +25,15 @@ def reading(name: str, fmt: str, *, locate: Callable[[], str | None] | None = No
     """Turn the parsers' and decompressors' exceptions into one-line UserErrors. `locate`, for JSON lines, says
     where the first line that is not a JSON object is (pandas does not say)."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)  # rows longer than the header: data loss
+            yield
     except UserError:
         raise
+    except pd.errors.ParserWarning:
+        raise UserError(f"cannot parse {name}: some rows have more fields than the header, so their text would be "
+                        "cut at a delimiter; check the delimiter, and that texts holding the delimiter, quotes or "
+                        "newlines are in double quotes") from None
     except pd.errors.ParserError as e:
         raise UserError(f"cannot parse {name}: {last_line(e)}; check the delimiter, and that texts "
                         "holding the delimiter, quotes or newlines are in double quotes") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from pipelines.data.sources import (
     SUPPORTED,
     Source,
     checked,
+    max_row_bytes,
     opened,
     table_format,
 )
@@ -83,9 +85,17 @@ def _peek(source: Source, fmt: str) -> bytes:
     return head
 
 
-def _raw_csv_header(head: bytes, fmt: str) -> list[str]:
-    # pandas silently renames a repeated column 'a' to 'a.1', so repeats are looked for in the raw header
-    return next(csv.reader(io.StringIO(decode(head)[0]), delimiter=_sep(fmt)), [])
+def _raw_csv_header(source: Source, fmt: str, encoding: tuple[str, str]) -> list[str]:
+    """The header row as written: pandas silently renames a repeated column 'a' to 'a.1', so repeats are looked
+    for here. Read from the file, not from the peeked bytes: a header can be longer than they are."""
+    with opened(source) as (_, stream):
+        text = io.TextIOWrapper(stream, encoding=encoding[0], errors=encoding[1], newline="")
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, max_row_bytes()))
+        try:
+            return next(csv.reader(text, delimiter=_sep(fmt)), [])
+        finally:
+            csv.field_size_limit(limit)
 
 
 def _sep(fmt: str) -> str:
@@ -93,7 +103,9 @@ def _sep(fmt: str) -> str:
 
 
 def _csv_reader(stream, fmt: str, encoding: tuple[str, str], **kwargs):
-    return pd.read_csv(stream, sep=_sep(fmt), dtype=str, keep_default_na=False, compression=None,
+    # index_col=False: rows with one field more than the header would otherwise make the first field an index and
+    # shift every column by one, silently (`reading` turns pandas' warning about it into an error)
+    return pd.read_csv(stream, sep=_sep(fmt), dtype=str, keep_default_na=False, compression=None, index_col=False,
                        encoding=encoding[0], encoding_errors=encoding[1], **kwargs)
 
 
@@ -125,7 +137,7 @@ def _layout(source: Source, fmt: str) -> _Layout:
             if fmt == "jsonl":  # JSON lines have no header: the keys of the first rows stand for it
                 with _jsonl_reader(stream, encoding, chunksize=100) as reader:
                     return _Layout(list(objects_only(next(iter(reader))).columns), encoding)
-            check_repeats(_raw_csv_header(head, fmt), source.name)
+            check_repeats(_raw_csv_header(source, fmt, encoding), source.name)
             columns = [str(c) for c in _csv_reader(stream, fmt, encoding, nrows=0).columns]
     check_delimiter(source.name, fmt, columns)
     return _Layout(columns, encoding)
@@ -264,6 +276,37 @@ def iter_table(source: str | Path | Source, *, chunk_rows: int = DEFAULT_CHUNK_R
     if fallen_back:
         warnings.warn(fallback_note(source.name, fallen_back, f" (from about row {first_row})"), DataWarning,
                       stacklevel=2)
+
+
+_NUMBER = re.compile(r"\s*[-+]?(\d[\d,_]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*%?\s*\Z")
+
+
+def text_column_problem(values: list[str], source: str, column: str) -> str | None:
+    """What is wrong with a text column, judged on its first rows (`values`, cells as strings): empty in every
+    row, numbers rather than text, or JSON objects (the model would read braces and keys as words). None when
+    it looks like text."""
+    filled = [v for v in values if v.strip()]
+    where = f"{source}: column {column!r}"
+    if not filled:
+        return (f"{where} is empty in all of the first {len(values):,} rows; every row gets 'empty text'. Pass "
+                "--text-column with the column that holds the documents")
+    if sum(bool(_NUMBER.match(v)) for v in filled) >= 0.9 * len(filled):
+        return (f"{where} holds numbers, not text (the first: {filled[0].strip()[:20]!r}); the model reads them as "
+                "words. Is it the right --text-column?")
+    objects = sum(v.lstrip().startswith("{") and v.rstrip().endswith("}") and _is_object(v) for v in filled[:200])
+    if objects >= 0.5 * min(len(filled), 200):
+        return (f"{where} holds JSON objects (the first: {filled[0].strip()[:40]!r}…); the model reads their "
+                "braces and keys as words. Put the text field in a column of its own")
+    return None
+
+
+def _is_object(value: str) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
 
 
 def as_text(value) -> str:

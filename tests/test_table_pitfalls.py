@@ -1,0 +1,44 @@
+"""Tables that parse into something else than the user meant: rows one field longer than the header, a header
+longer than the reader's first look, and text columns that hold no text."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.data.tables import PEEK_BYTES, iter_table, read_table, text_column_problem
+from pipelines.errors import UserError
+
+
+def test_rows_longer_than_the_header_are_refused_not_shifted(tmp_path):
+    path = tmp_path / "rag.csv"
+    path.write_text("text\nthe team won, the final\nthe vote, was lost\n")  # pandas made 'the team won' an index
+    for read in (lambda: read_table(path), lambda: list(iter_table(path, text_column="text"))):
+        with pytest.raises(UserError, match="more fields than the header"):
+            read()
+
+
+def test_a_header_longer_than_the_first_look_is_read_whole(tmp_path):
+    columns = [f"column_{i:06d}" for i in range(PEEK_BYTES // 10)]  # a header of about 1.4 x PEEK_BYTES
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(["text", *columns]) + "\n" + ",".join(["the team won", *["1"] * len(columns)]) + "\n")
+    chunk = next(iter_table(path, text_column="text", columns=["text", columns[-1]]))
+    assert chunk["text"].tolist() == ["the team won"] and chunk[columns[-1]].tolist() == ["1"]
+    path.write_text(",".join(["text", *columns, "text"]) + "\n")  # a repeat past the first look is still seen
+    with pytest.raises(UserError, match="text"):
+        read_table(path)
+
+
+@pytest.mark.parametrize("values, phrase", [
+    (["", " ", ""], "is empty in all of the first 3 rows"),
+    (["3.14", "42", "-7", "1e5", "12%"], "holds numbers, not text"),
+    ([json.dumps({"title": f"t{i}", "body": "the team won"}) for i in range(5)], "holds JSON objects"),
+])
+def test_text_columns_without_text_are_named(values, phrase):
+    problem = text_column_problem(values, "in.csv", "text")
+    assert problem is not None and phrase in problem and problem.startswith("in.csv: column 'text'")
+
+
+def test_real_text_is_no_problem():
+    texts = ["The minister lost the vote.", "3 goals in 90 minutes", "{curly} braces in prose", "2024"]
+    assert text_column_problem(texts, "in.csv", "text") is None
