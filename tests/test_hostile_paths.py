@@ -105,3 +105,11 @@ def test_outputs_get_the_users_usual_permissions(model, tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "o.csv").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+@pytest.mark.parametrize("flags, phrase", [(["--d-model", "33", "--n-head", "2"], "must be even"),
+                                           (["--d-model", "4", "--n-head", "8"], "smaller than --n-head"),
+                                           (["--d-model", "1000000", "--n-layer", "40"], "more than this machine's")])
+def test_model_flags_that_cannot_make_a_model_are_refused_before_reading(tmp_path, capsys, flags, phrase):
+    assert main(["train", "--train", str(tmp_path / "never-read.csv"), "--out", str(tmp_path / "m"), *flags]) == 2
+    assert phrase in capsys.readouterr().err and not (tmp_path / "m").exists()

@@ -1,6 +1,8 @@
 """What a `txl train` run will do, resolved once from its options: nothing rewrites it afterwards."""
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -44,6 +46,27 @@ class TrainPlan:
     def __post_init__(self):
         object.__setattr__(self, "arch", MappingProxyType({k: v for k, v in dict(self.arch).items()
                                                            if v is not None}))
+
+
+def check_shape(given: Mapping[str, object]) -> None:
+    """A new model's shape flags (with the defaults), refused in one line before any data is read when they
+    cannot make a model: d_model odd (the relative positions' sinusoids come in sin/cos pairs) or smaller than
+    n_head, or a model whose training state would not fit this machine's memory."""
+    arch = {name: given.get(name, default) for name, default in ARCH_DEFAULTS.items()}
+    d_model, n_head = int(arch["d_model"]), int(arch["n_head"])
+    if d_model % 2:
+        raise UserError(f"--d-model {d_model} must be even (the relative positions' sinusoids come in sin/cos "
+                        f"pairs); try --d-model {d_model + 1}")
+    if d_model < n_head:
+        raise UserError(f"--d-model {d_model} is smaller than --n-head {n_head}: each head needs at least one "
+                        "dimension; choose fewer heads or a wider model")
+    d_inner, n_layer, vocab = int(arch["d_inner"]), int(arch["n_layer"]), int(arch["vocab_size"])
+    params = vocab * d_model * 2 + n_layer * (5 * d_model * d_model + 2 * d_model * d_inner)
+    need, have = 16 * params, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # weights, grads, Adam
+    if need > have:
+        raise UserError(f"the model these flags describe has about {params / 1e6:,.0f}M parameters: training it "
+                        f"needs about {need / 2**30:,.0f} GiB, more than this machine's {have / 2**30:,.0f} GiB; "
+                        "choose a smaller --d-model, --n-layer, --d-inner or --vocab-size")
 
 
 def architecture(given: Mapping[str, object], start: dict | None) -> dict:
