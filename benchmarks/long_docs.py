@@ -32,7 +32,10 @@ RESULTS, TABLE = HERE / "long_docs.json", HERE / "RESULTS.md"
 START, END = "<!-- long-docs:start -->", "<!-- long-docs:end -->"
 NAMES = {"default": "txl-doc default recipe", "first512": "same recipe, first 512 words only",
          "mem0": "same recipe, --mem-len 0 (no memory across segments)", "tfidf": "TF-IDF + LinearSVC, full texts",
-         "tfidf512": "TF-IDF + LinearSVC, first 512 words"}
+         "tfidf512": "TF-IDF + LinearSVC, first 512 words",
+         "peer_embeddings": "peer: frozen MiniLM chunk embeddings + logistic regression (benchmarks/peer.py)",
+         "peer_stacked": "peer: MiniLM chunk embeddings stacked beside TF-IDF in one LinearSVC"}
+VARIANTS = ("default", "first512", "mem0", "tfidf", "tfidf512")  # what this script runs (the peer: peer.py)
 
 
 def machine() -> str:
@@ -98,7 +101,7 @@ def write_table(rows: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(FILES), required=True)
-    p.add_argument("--variants", nargs="+", choices=sorted(NAMES), default=["tfidf", "tfidf512", "default"])
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["tfidf", "tfidf512", "default"])
     p.add_argument("--minutes", type=float, default=30.0, help="--max-minutes of the recipe's runs")
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     p.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "long_docs")

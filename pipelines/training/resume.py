@@ -32,6 +32,14 @@ def checkpoint_dir(out: str | Path) -> Path:
     return ck
 
 
+def _link(src, dst) -> None:
+    """A file never changes in place here, so sharing it is safe (a copy where links are not possible)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def write_checkpoint(out: str | Path, files: dict[str, Content]) -> Path:
     """Make `files` (name -> content) the checkpoint of `out`; the current checkpoint's other files (the
     tokenizer and settings a run writes when it starts) are carried over. Returns the checkpoint folder."""
@@ -41,11 +49,12 @@ def write_checkpoint(out: str | Path, files: dict[str, Content]) -> Path:
     new.mkdir(parents=True)
     if ck.is_dir():
         for src in ck.iterdir():
-            if src.is_file() and src.name not in files and not src.name.startswith("."):
-                try:
-                    os.link(src, new / src.name)  # a file never changes in place here, so sharing it is safe
-                except OSError:
-                    shutil.copy2(src, new / src.name)
+            if src.name in files or src.name.startswith("."):
+                continue
+            if src.is_dir():  # the frozen stage's cached vectors: kept for a resume and for benchmarks/peer.py
+                shutil.copytree(src, new / src.name, copy_function=_link)
+            elif src.is_file():
+                _link(src, new / src.name)
     for name, content in files.items():
         if callable(content):
             content(new / name)
