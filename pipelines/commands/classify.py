@@ -15,6 +15,7 @@ any number of processes. See docs/SCALING.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import itertools
 import json
@@ -45,6 +46,7 @@ from pipelines.model.inference import predict, prepare
 from pipelines.model.model_dir import load_model_dir
 from pipelines.runtime import distributed as dist
 from pipelines.runtime.device import PRECISIONS
+from pipelines.runtime.memory import release_free_memory
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -139,12 +141,19 @@ def _classify(args, device) -> int:
             frame["explanation"] = [explanation(md, text, args.explain) if not pred.error else "[]"
                                     for text, pred in zip(chunk[args.text_column].tolist(), preds)]
         tmp = part_dir / f".part-{index:06d}.tmp"
+        release_free_memory()  # what reading the chunk freed goes back before pyarrow copies its text
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, target)
     bar.close()
     dist.barrier()  # every chunk is written
     if not dist.is_main():
         return 0
+    # the model and the last chunk are done with: the merge below then peaks at what it holds, not on top of them
+    # (a 1M-token document: 1.15x the memory of a 4k-token one before, measured with /usr/bin/time)
+    del md, first, chunks
+    chunk = frame = preds = None  # noqa: F841
+    gc.collect()
+    release_free_memory()
     parts = sorted(part_dir.glob("part-*.parquet"))
     write_frame((pd.read_parquet(p) for p in parts), args.output)  # atomic: temporary name, then rename
     shutil.rmtree(part_dir)

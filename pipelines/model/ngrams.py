@@ -96,12 +96,13 @@ def _counts(vec, text: str):
     if len(text) <= CHUNK_CHARS:
         return count([text])
     unit = _LAST_WORD if vec.analyzer == "char_wb" else re.compile(vec.token_pattern)
-    total = np.zeros(len(vec.vocabulary_), dtype=np.float64)
-    for piece, overlap in _pieces(text, unit):
-        total += count([piece]).toarray()[0]
+    total = sp.csr_matrix((1, len(vec.vocabulary_)), dtype=np.float64)  # sparse: as large as the text's n-grams,
+    for piece, overlap in _pieces(text, unit):                          # not the vocabulary (8 MB a row dense)
+        total = total + count([piece])
         if overlap:
-            total -= count([overlap]).toarray()[0]
-    return sp.csr_matrix(total.astype(np.float32))
+            total = total - count([overlap])
+    total.eliminate_zeros()
+    return total.astype(np.float32)
 
 
 def _pieces(text: str, unit: re.Pattern):
