@@ -422,6 +422,6 @@ def _train(args: argparse.Namespace, device: torch.device) -> int:
         return 0
     line = ", ".join(f"{k} accuracy {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f}" for k, v in final.items()
                      if "accuracy" in v)
-    print(f"txl train: saved {out} after {state.step} steps, {state.seconds / 60:.1f} min "
-          f"({state.stopped or 'completed'}); {line}")
+    print(f"txl train: saved {out} after {summary['minutes']:.1f} min, {state.step} fine-tuning steps "
+          f"({state.stopped or 'completed'}); kept {summary['kept']}; {line}")
     return 0
