@@ -239,7 +239,9 @@ def explanation_ui(text: str, out, top: int = 5) -> None:
         excerpt = excerpt[:240] + ("…" if len(excerpt) > 240 else "")
         lines.append(f"- **{p.effect:+.3f}** [{unit} {k + 1}](#part-{k}) (characters {p.start:,}-{p.end:,}; encoder "
                      f"{p.encoder:+.3f}, n-grams {p.ngrams:+.3f}): {html.escape(excerpt)}")
-    st.markdown(f"**The {min(top, len(out.parts))} most influential {unit}s**\n\n" + "\n".join(lines))
+    shown = min(top, len(out.parts))
+    heading = f"The most influential {unit}" if shown == 1 else f"The {shown} most influential {unit}s"
+    st.markdown(f"**{heading}**\n\n" + "\n".join(lines))
     st.html(highlight_html(text, out))
 
 
@@ -257,7 +259,8 @@ def overview_html(out) -> str:
     legend = (f'<div style="font:12px sans-serif;margin-top:4px"><span style="background:{_color(peak, peak)}">'
               f'&nbsp;+{peak:.2f} supports {html.escape(out.label)}&nbsp;</span> &nbsp; <span style="background:'
               f'{_color(-peak, peak)}">&nbsp;−{peak:.2f} speaks against it&nbsp;</span> &nbsp; '
-              f'start of the document on the left, end on the right; {len(out.parts):,} {out.parts[0].unit}s</div>') if out.parts else ""
+              f'start of the document on the left, end on the right; {len(out.parts):,} {out.parts[0].unit}'
+              f'{"s" if len(out.parts) > 1 else ""}</div>') if out.parts else ""
     return f'<div style="display:flex;gap:1px;border:1px solid #ccc">{cells}</div>{legend}'
 
 

@@ -77,6 +77,20 @@ def test_a_short_documents_sentences_are_occluded_through_the_fused_model(fused)
         assert np.isfinite(p.encoder) and np.isfinite(p.ngrams) and p.ngrams != 0
 
 
+@pytest.mark.parametrize("text, parts", [
+    ("The striker scored twice, the keeper saved a penalty; the coach was pleased.", 3),  # clauses
+    ("the team won the cup after a late goal in extra time", 3),  # runs of four words
+])
+def test_a_one_sentence_document_is_explained_phrase_by_phrase(fused, text, parts):
+    out = ex.explain(fused, text)
+    assert [p.unit for p in out.parts] == ["phrase"] * parts
+    assert "".join(text[p.start:p.end] for p in out.parts) == text
+    target = fused.labels.index(out.label)
+    without = _log_p(fused, [text[:p.start] + text[p.end:] for p in out.parts], target)
+    np.testing.assert_allclose([p.log_prob for p in out.parts], _log_p(fused, [text], target)[0] - without,
+                               atol=1e-4)
+
+
 def test_the_top_parts_are_ranked_by_size_and_written_as_json(fused):
     out = ex.explain(fused, " ".join(make_corpus(60, seed=7).text))
     top = json.loads(out.to_json(3))

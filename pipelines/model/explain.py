@@ -24,6 +24,7 @@ from pipelines.model.model_dir import ModelDir
 from txl_core.occlusion import occlude_segments
 
 SHORT_TOKENS = 600  # documents of at most this many tokens (about 450 words) are explained sentence by sentence
+# (a one-sentence document phrase by phrase)
 MAX_SENTENCES = 400  # a short document with more sentences than this is explained by segments
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n\s*\n")
 
@@ -67,6 +68,20 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
 
 
+_CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
+PHRASE_WORDS = 4  # a one-sentence text without commas is explained by runs of this many words
+
+
+def phrase_spans(text: str) -> list[tuple[int, int]]:
+    """A one-sentence text's parts: its clauses (cut after , ; :), else runs of PHRASE_WORDS words; the spans
+    cover the text, the whitespace after each part included."""
+    cuts = [0] + [m.end() for m in _CLAUSE_END.finditer(text) if 0 < m.end() < len(text)] + [len(text)]
+    if len(cuts) <= 2:
+        words = [m.start() for m in re.finditer(r"\S+", text)]
+        cuts = [0] + words[PHRASE_WORDS::PHRASE_WORDS] + [len(text)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if text[a:b].strip()]
+
+
 def segment_spans(offsets: np.ndarray, segment_len: int, n_chars: int) -> list[tuple[int, int]]:
     """[start, end) characters of each segment's tokens, widened to meet the next segment's first token: the
     spans cover the text."""
@@ -86,9 +101,11 @@ def explain(md: ModelDir, text: str, *, on_segment=None) -> Explanation | None:
         return None
     seg_len = md.model.config.segment_len
     n_segments = -(-len(tokens) // seg_len)
-    spans = sentence_spans(text) if len(tokens) <= SHORT_TOKENS else []
+    spans, unit = (sentence_spans(text), "sentence") if len(tokens) <= SHORT_TOKENS else ([], "segment")
+    if len(tokens) <= SHORT_TOKENS and len(spans) <= 1:  # one sentence: its clauses, or runs of words
+        spans, unit = phrase_spans(text), "phrase"
     if 1 < len(spans) <= MAX_SENTENCES:
-        unit, reads = "sentence", len(spans) + 1.0
+        reads = len(spans) + 1.0
         variants = [text[:a] + text[b:] for a, b in spans]
         ids = [tokens.ids] + [e.ids if len(e) else np.zeros(0, np.int32) for e in
                               token_ids.encode(md.tokenizer, variants)]
