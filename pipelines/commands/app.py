@@ -24,7 +24,8 @@ def command(args) -> list[str]:
     script = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
            "--server.port", str(args.port), "--server.address", args.host,
-           "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false"]
+           "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer"]  # a visitor sees no Deploy button or developer menu
     return cmd + (["--", "--model", str(args.model)] if args.model else [])
 
 
