@@ -33,3 +33,25 @@ def test_result_columns_for_thousands_of_labels_warn_nothing():
         out = result_columns(chunk, preds, labels, 3)
     assert list(out.columns[:4]) == ["text", "predicted_label", "score", "prob_l0"]
     assert out["score"].tolist() == [0.5] * 3 and out.shape == (3, 1 + 2 + 2000 + 6 + 2)
+
+
+def test_the_ngram_stage_reads_less_text_in_its_time_when_there_are_thousands_of_labels(monkeypatch):
+    """liblinear fits one SVM a class: the sample the n-grams read in their share of the budget shrinks with
+    the classes, so a 1-minute budget holds with 10,000 labels (it ran 5 minutes past)."""
+    from pipelines.data.labels import LabelSet
+    from pipelines.training import fusion_stage
+
+    seen = {}
+
+    def fake_fit(texts, targets, *, multi_label, n_labels, chars, limit):
+        seen[n_labels] = limit
+        return None
+
+    monkeypatch.setattr(fusion_stage, "fit_ngram", fake_fit)
+    for n in (5, 10_000):
+        names = [f"l{i}" for i in range(n)]
+        fusion_stage.fit_parts(["a text"], ["l0"], [], [], LabelSet(names), seconds=15.0)
+    assert seen[5] == 3_750_000  # 15 s / 1.2 at 0.3M characters a second
+    assert seen[10_000] * 100 < seen[5]
+    cost = fusion_stage.seconds_per_char(10_000)
+    assert seen[10_000] * cost <= 15.0 / 1.2

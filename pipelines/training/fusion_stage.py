@@ -93,6 +93,14 @@ PARTS_FILE, SCORES_FILE = "ngram_stage.json", "ngram_valid_scores.safetensors"
 
 
 NGRAM_CHARS_PER_SECOND = 300_000  # one fit with character n-grams, scoring included (CPU-B: 0.29M/s, CPU-A 0.45M/s)
+# liblinear fits one SVM a class: past 20 classes each costs about this much more per character (CPU-A, 2,000 bbc
+# texts, 4.3M characters: 5 classes 21 s, 200 classes 104 s, measured beside a reading job, scaled to the rate above)
+SECONDS_PER_CHAR_PER_LABEL = 6.5e-8
+
+
+def seconds_per_char(n_labels: int) -> float:
+    """The n-gram fit's cost per character of text for `n_labels` classes."""
+    return 1 / NGRAM_CHARS_PER_SECOND + max(0, n_labels - 20) * SECONDS_PER_CHAR_PER_LABEL
 
 
 def fit_parts(texts: list[str], labels: list[str], vtexts: list[str], vlabels: list[str], label_set: LabelSet, *,
@@ -104,7 +112,9 @@ def fit_parts(texts: list[str], labels: list[str], vtexts: list[str], vlabels: l
     training texts hold no word of two or more letters. Needs no encoder: `txl train` runs it first, so its
     time is measured, not guessed, before the rest of the budget is split."""
     started = time.perf_counter()
-    limit = None if seconds is None else max(1_000_000, int(NGRAM_CHARS_PER_SECOND * seconds / 1.2))
+    cost = seconds_per_char(len(label_set.names))  # thousands of labels: a smaller sample in the same time
+    limit = None if seconds is None else max(int(1_000_000 / NGRAM_CHARS_PER_SECOND / cost),
+                                             int(seconds / 1.2 / cost))
     fit = lambda t, y: fit_ngram(t, np.asarray(label_set.encode(y)), multi_label=label_set.multi_label,  # noqa: E731
                                  n_labels=len(label_set.names), chars=chars, limit=limit)
     ngram = fit(texts, labels)
