@@ -41,6 +41,19 @@ def _log_p(md, texts, target):
     return np.log([p.probs[md.labels[target]] for p in predict(md, texts)])
 
 
+def _fused_log_p(md, text, spans, target, encoder_ids=None, only=None):
+    """log p(target) of the text and of each variant without one part (those of `only`, default all), brute
+    force for the encoder (each variant read again, or `encoder_ids` when given) and by the n-grams' linear
+    shares (`span_contributions` of all the parts)."""
+    only = range(len(spans)) if only is None else only
+    ids = encoder_ids or [token_ids.encode(md.tokenizer, [t])[0].ids
+                          for t in [text] + [text[:spans[k][0]] + text[spans[k][1]:] for k in only]]
+    enc = ex._encoder_logits(md, ids)
+    whole = md.ngram.scores([text])
+    scores = np.concatenate([whole, whole - md.ngram.span_contributions(text, spans)[list(only)]])
+    return torch.log_softmax(md.ngram.fuse(enc, scores).double(), dim=-1)[:, target].numpy()
+
+
 def test_a_long_documents_segments_are_occluded_exactly(fused):
     text = " ".join(make_corpus(60, seed=5).text)  # thousands of tokens: many segments of 16
     out = ex.explain(fused, text)
@@ -52,13 +65,11 @@ def test_a_long_documents_segments_are_occluded_exactly(fused):
     assert out.reads <= 1 + window(fused.model)
     target = fused.labels.index(out.label)
     for k in (0, 3, len(out.parts) - 1):
-        kept = np.concatenate([tokens.ids[:k * t], tokens.ids[(k + 1) * t:]])
-        enc = ex._encoder_logits(fused, [tokens.ids, kept])  # the encoder reading the document without segment k
-        a, b = out.parts[k].start, out.parts[k].end
-        scores = torch.as_tensor(fused.ngram.scores([text, text[:a] + text[b:]]))
-        log_p = torch.log_softmax(fused.ngram.fuse(enc, scores.numpy()).double(), dim=-1)
-        assert out.parts[k].log_prob == pytest.approx(float(log_p[0, target] - log_p[1, target]), abs=1e-4)
-        odds = log_p[:, target] - torch.log1p(-log_p[:, target].exp())
+        kept = np.concatenate([tokens.ids[:k * t], tokens.ids[(k + 1) * t:]])  # the document without segment k
+        spans = [(p.start, p.end) for p in out.parts]
+        log_p = _fused_log_p(fused, text, spans, target, encoder_ids=[tokens.ids, kept], only=[k])
+        assert out.parts[k].log_prob == pytest.approx(float(log_p[0] - log_p[1]), abs=1e-4)
+        odds = log_p - np.log1p(-np.exp(log_p))
         assert out.parts[k].effect == pytest.approx(float(odds[0] - odds[1]), abs=1e-4)
 
 
@@ -69,9 +80,8 @@ def test_a_short_documents_sentences_are_occluded_through_the_fused_model(fused)
     assert [p.unit for p in out.parts] == ["sentence"] * 4
     assert "".join(text[p.start:p.end] for p in out.parts) == text
     target = fused.labels.index(out.label)
-    whole = _log_p(fused, [text], target)[0]
-    without = _log_p(fused, [text[:p.start] + text[p.end:] for p in out.parts], target)
-    np.testing.assert_allclose([p.log_prob for p in out.parts], whole - without, atol=1e-4)
+    log_p = _fused_log_p(fused, text, [(p.start, p.end) for p in out.parts], target)
+    np.testing.assert_allclose([p.log_prob for p in out.parts], log_p[0] - log_p[1:], atol=1e-4)
     assert all(np.sign(p.effect) == np.sign(p.log_prob) for p in out.parts)
     for p in out.parts:  # the two terms of the fused logit move it by their sum
         assert np.isfinite(p.encoder) and np.isfinite(p.ngrams) and p.ngrams != 0
@@ -86,9 +96,20 @@ def test_a_one_sentence_document_is_explained_phrase_by_phrase(fused, text, part
     assert [p.unit for p in out.parts] == ["phrase"] * parts
     assert "".join(text[p.start:p.end] for p in out.parts) == text
     target = fused.labels.index(out.label)
-    without = _log_p(fused, [text[:p.start] + text[p.end:] for p in out.parts], target)
-    np.testing.assert_allclose([p.log_prob for p in out.parts], _log_p(fused, [text], target)[0] - without,
-                               atol=1e-4)
+    log_p = _fused_log_p(fused, text, [(p.start, p.end) for p in out.parts], target)
+    np.testing.assert_allclose([p.log_prob for p in out.parts], log_p[0] - log_p[1:], atol=1e-4)
+
+
+def test_the_ngram_shares_add_up_and_credit_each_part_with_its_own_words(fused):
+    ngram = fused.ngram
+    sport, tech = "the match goal team player coach season " * 3, "software chip computer network data code " * 3
+    text = sport + "\n\n" + tech
+    whole = ngram.scores([text])[0] - ngram.intercept
+    np.testing.assert_allclose(ngram.span_contributions(text, [(0, len(text))])[0], whole, atol=1e-5)
+    parts = ngram.span_contributions(text, [(0, len(sport) + 2), (len(sport) + 2, len(text))])
+    np.testing.assert_allclose(parts.sum(0), whole, atol=0.05 * np.abs(whole).max())  # but the bigram between
+    s, t = ngram_labels = fused.labels.index("sport"), fused.labels.index("tech")
+    assert parts[0, s] > parts[1, s] and parts[1, t] > parts[0, t], ngram_labels
 
 
 def test_the_top_parts_are_ranked_by_size_and_written_as_json(fused):

@@ -5,9 +5,11 @@ near 0 whatever one part of a long document says, while its log-odds still show 
 
 A long document's parts are the encoder's segments (exact, at a bounded multiple of one reading:
 txl_core/occlusion.py); a short one's (at most SHORT_TOKENS tokens) are its sentences, each removed in turn
-and the rest read again. With an n-gram part the fused model is explained: the n-gram scores of each occluded
-text are computed again, and each effect is split into the two terms of the fused logit (the encoder's and the
-n-grams'), which add up to the change of that logit.
+and the rest read again (a one-sentence document's, its clauses or runs of words). With an n-gram part the fused
+model is explained: the encoder's term by occlusion, the n-grams' by their own linear terms (each part's share of
+every n-gram it holds, `NgramModel.span_contributions`: occluding a part would renormalise the document's tf-idf
+vector and credit the part with what the others lose); each effect is split into those two terms of the fused
+logit, which add up to the change of that logit.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ class Influence:
     """Characters [start, end) of the text (a segment or a sentence); `effect`: the predicted class's log-odds
     with the whole text minus without this part (positive: the part supports the prediction); `log_prob`: the
     same for its log-probability (same sign); `encoder` and `ngrams`: the change of each term of the fused logit
-    of that class (they add up to the change of the logit; `ngrams` is 0 without an n-gram part)."""
+    of that class, the encoder's with the part removed, the n-grams' the part's linear share (they add up to the
+    change of the logit; `ngrams` is 0 without an n-gram part)."""
 
     start: int
     end: int
@@ -106,21 +109,23 @@ def explain(md: ModelDir, text: str, *, on_segment=None) -> Explanation | None:
         spans, unit = phrase_spans(text), "phrase"
     if 1 < len(spans) <= MAX_SENTENCES:
         reads = len(spans) + 1.0
-        variants = [text[:a] + text[b:] for a, b in spans]
+        variants = [text[:a] + text[b:] for a, b in spans]  # what the encoder reads without each part
         ids = [tokens.ids] + [e.ids if len(e) else np.zeros(0, np.int32) for e in
                               token_ids.encode(md.tokenizer, variants)]
         encoder = _encoder_logits(md, ids)
     else:
         unit = "segment"
         spans = segment_spans(tokens.offsets, seg_len, len(text))
-        variants = [text[:a] + text[b:] for a, b in spans]
         model = md.model
         with torch.inference_mode(), _autocast(md):
             out = occlude_segments(model, torch.as_tensor(tokens.ids, dtype=torch.long, device=md.device),
                                    on_segment=on_segment)
         encoder = torch.cat([out.logits[None], out.occluded]).float().cpu()
         reads = out.segment_reads / n_segments
-    scores = None if md.ngram is None else torch.as_tensor(md.ngram.scores([text] + variants))
+    scores = None
+    if md.ngram is not None:  # the n-grams by their own linear terms: each part's share taken off the scores
+        whole = md.ngram.scores([text])
+        scores = torch.as_tensor(np.concatenate([whole, whole - md.ngram.span_contributions(text, spans)]))
     target, effect, log_prob, enc_term, ngram_term = _effects(md, encoder, scores)
     parts = [Influence(a, b, float(e), float(lp), float(x), float(y), unit)
              for (a, b), e, lp, x, y in zip(spans, effect, log_prob, enc_term, ngram_term)]
