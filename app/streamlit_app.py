@@ -161,7 +161,7 @@ def many_results_ui(md, docs, preds, failed: dict[str, str]) -> int:
     top parts of every document on request; returns the index of the document to inspect."""
     table = results_table(docs, preds, md.labels, failed)
     st.dataframe(table, use_container_width=True, hide_index=True)
-    key = hashlib.sha1("\0".join(d.text for d in docs).encode("utf-8", "surrogatepass")).hexdigest()
+    key = hashlib.sha1("\0".join([str(md.path), *(d.text for d in docs)]).encode("utf-8", "surrogatepass")).hexdigest()
     done = st.session_state.get("explained_all", {}).get(key)
     if done is None and st.button(f"Add the {TOP_PARTS} most influential parts of every document to the download "
                                   "(each document is read again, part by part)", key="explain_all"):
