@@ -206,8 +206,6 @@ def _recipe(args, init: str | None, device: torch.device) -> Recipe:
 def plan_of(args: argparse.Namespace, device: torch.device) -> TrainPlan:
     """Every option of the run, resolved once."""
     init = _resolve_init(args)
-    if init is None:
-        check_shape({n: getattr(args, n) for n in SHAPE_FLAGS if getattr(args, n, None) is not None})
     return TrainPlan(train=args.train, out=Path(args.out), recipe=_recipe(args, init, device), init=init,
                      valid=args.valid, test=args.test, columns=columns_of(args), positions=args.positions,
                      ngrams=args.ngrams, resume=args.resume, arch={n: getattr(args, n) for n in ARCH_DEFAULTS},
@@ -370,9 +368,12 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, device: torch.device) -> int:
     torch.manual_seed(args.seed)
     _check_out(Path(args.out), resume=args.resume, overwrite=args.overwrite)
-    plan = plan_of(args, device)  # flags that cannot make a model are refused before any data is read
+    shape = {n: getattr(args, n) for n in SHAPE_FLAGS if getattr(args, n, None) is not None}
+    if shape:  # flags that cannot make a model are refused before any data is read
+        check_shape(shape)
     texts, labels, vtexts, vlabels = load_train_valid(args.train, args.valid, columns=columns_of(args), seed=args.seed)
     label_set = _label_set(labels, vlabels, args.multi_label)
+    plan = plan_of(args, device)
     out, recipe = plan.out, plan.recipe
     model, tokenizer, fresh = start_model(plan, label_set, texts)
     if dist.world() > 1:  # one dropout stream per rank: equal masks on every rank would correlate the noise
