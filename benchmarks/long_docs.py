@@ -78,11 +78,25 @@ def run_variant(dataset: str, variant: str, data: Path, minutes: float, runs: Pa
         _run([*txl, "evaluate", "--model", str(out), "--data", str(table), "--split", "test",
               "--out", str(out / "test")])
         metrics = json.loads((out / "test" / "metrics.json").read_text())
-    test = metrics
-    return {"dataset": dataset, "variant": variant, "minutes": round(took, 1), "machine": machine(),
-            "accuracy": round(100 * test["accuracy"], 2), "macro_f1": round(100 * test["macro_f1"], 2),
-            "command": f"python -m benchmarks.long_docs --dataset {dataset} --variants {variant}"
-                       + ("" if variant.startswith("tfidf") else f" --minutes {minutes:g}")}
+    return result_row(dataset, variant, took, metrics,
+                      f"python -m benchmarks.long_docs --dataset {dataset} --variants {variant}"
+                      + ("" if variant.startswith("tfidf") else f" --minutes {minutes:g}"))
+
+
+def result_row(dataset: str, variant: str, minutes: float, metrics: dict, command: str) -> dict:
+    """One run's entry of benchmarks/long_docs.json, on this machine."""
+    return {"dataset": dataset, "variant": variant, "minutes": round(minutes, 1), "machine": machine(),
+            "accuracy": round(100 * metrics["accuracy"], 2), "macro_f1": round(100 * metrics["macro_f1"], 2),
+            "command": command}
+
+
+def record(row: dict) -> None:
+    """Print `row`, append it to benchmarks/long_docs.json and rewrite the table in RESULTS.md."""
+    print(json.dumps(row), flush=True)
+    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    rows.append(row)
+    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    write_table(rows)
 
 
 def write_table(rows: list[dict]) -> None:
@@ -106,13 +120,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     p.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "long_docs")
     args = p.parse_args()
-    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for variant in args.variants:
-        row = run_variant(args.dataset, variant, args.data, args.minutes, args.runs)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
-        write_table(rows)
+        record(run_variant(args.dataset, variant, args.data, args.minutes, args.runs))
 
 
 if __name__ == "__main__":

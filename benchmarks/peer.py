@@ -18,7 +18,6 @@ the table in RESULTS.md is rewritten (benchmarks/long_docs.py).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 from sklearn.svm import LinearSVC
 
-from benchmarks.long_docs import FILES, HERE, RESULTS, machine, write_table
+from benchmarks.long_docs import FILES, HERE, record, result_row
 from pipelines.data import token_ids
 from pipelines.data.labeled_texts import Columns, load_split, load_train_valid
 from pipelines.model.inference import pooled_features, prepare
@@ -97,18 +96,11 @@ def main() -> None:
     svm = LinearSVC(C=1.0).fit(stack(tfidf, x), labels)
     predicted = {"peer_embeddings": lr.predict((test_x - mean) / std).tolist(),
                  "peer_stacked": svm.predict(stack(vectorizer.transform(test_texts), test_x)).tolist()}
-    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     minutes = (time.time() - started) / 60
     for variant, guess in predicted.items():
         m = compute_metrics(test_labels, guess, sorted(set(labels) | set(test_labels)), multi_label=False)
-        row = {"dataset": args.dataset, "variant": variant, "minutes": round(minutes, 1), "machine": machine(),
-               "accuracy": round(100 * m["accuracy"], 2), "macro_f1": round(100 * m["macro_f1"], 2),
-               "command": f"python -m benchmarks.peer --dataset {args.dataset} (after the mem0 variant; "
-                          f"{len(texts):,} training documents read)"}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
-    write_table(rows)
+        record(result_row(args.dataset, variant, minutes, m, f"python -m benchmarks.peer --dataset {args.dataset} "
+                          f"(after the mem0 variant; {len(texts):,} training documents read)"))
 
 
 if __name__ == "__main__":

@@ -138,8 +138,8 @@ def _guarded(name: str, work: Callable[[], int]) -> int:
         if _debug():
             traceback.print_exc()
         where = f" at {e.filename}" if e.filename else ""
-        say(f"error: {USER_ERRNOS[e.errno]}{where}; {USER_FIXES[e.errno]} (what was finished is kept: rerun the "
-            "same command to continue)")
+        what, fix = USER_ERRNOS[e.errno]
+        say(f"error: {what}{where}; {fix} (what was finished is kept: rerun the same command to continue)")
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback on request
         return _internal(say, e)
@@ -155,16 +155,15 @@ def _internal(say: Callable[[str], None], e: BaseException) -> int:
 
 
 # failures of the machine a user can fix, whenever they happen: one line and exit 2, not an internal error
-USER_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "operation not permitted", errno.EMFILE: "too many open files",
-               errno.ENAMETOOLONG: "a file name is too long", errno.EISDIR: "a folder stands where a file goes",
-               errno.ENOTDIR: "a file stands where a folder goes"}
-USER_FIXES = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
-              errno.EROFS: "write elsewhere", errno.EACCES: "fix the permissions or write elsewhere",
-              errno.EPERM: "fix the permissions or write elsewhere", errno.EMFILE: "raise the limit (ulimit -n)",
-              errno.ENAMETOOLONG: "choose a shorter name", errno.EISDIR: "choose another name",
-              errno.ENOTDIR: "choose another path"}
+USER_ERRNOS = {errno.ENOSPC: ("no space left on the disk", "free some space or write elsewhere"),
+               errno.EDQUOT: ("disk quota exceeded", "free some space or write elsewhere"),
+               errno.EROFS: ("the file system is read-only", "write elsewhere"),
+               errno.EACCES: ("permission denied", "fix the permissions or write elsewhere"),
+               errno.EPERM: ("operation not permitted", "fix the permissions or write elsewhere"),
+               errno.EMFILE: ("too many open files", "raise the limit (ulimit -n)"),
+               errno.ENAMETOOLONG: ("a file name is too long", "choose a shorter name"),
+               errno.EISDIR: ("a folder stands where a file goes", "choose another name"),
+               errno.ENOTDIR: ("a file stands where a folder goes", "choose another path")}
 
 
 def _warning_printer(name: str, default):

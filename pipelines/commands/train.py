@@ -333,10 +333,12 @@ def _finish(plan: TrainPlan, state, summary: dict, trainer: Trainer, parts: Ngra
         encoder = encoder_scores(best, vtexts) if probs is None else scores_of(probs, multi_label=best.multi_label)
         final = fuse_parts(best, parts, encoder, vlabels)
         probs = None if best.multi_label else torch.softmax(best.ngram.fuse(encoder, parts.valid_scores), -1).numpy()
-    elif probs is not None and not best.multi_label:  # the encoder alone: its own validation reading
-        best.confidence = calibrate_notice(probs, np.asarray(LabelSet(best.labels).encode(vlabels)))
-    if plan.examples and probs is not None and not best.multi_label:
-        best.examples = pick_examples(vtexts, np.asarray(LabelSet(best.labels).encode(vlabels)), probs, best.labels)
+    if probs is not None and not best.multi_label:
+        truth = np.asarray(LabelSet(best.labels).encode(vlabels))
+        if parts is None:  # the encoder alone: its own validation reading (fuse_parts calibrates a fused model)
+            best.confidence = calibrate_notice(probs, truth)
+        if plan.examples:
+            best.examples = pick_examples(vtexts, truth, probs, best.labels)
     spent += time.monotonic() - started  # the fusion is part of the budget
     if plan.test:
         final.update(measure_test(best, *load_split(plan.test, plan.columns, "test")))
