@@ -49,7 +49,7 @@ def test_notice_says_why_and_disagreement_counts_only_where_it_is_rare():
 def test_calibration_round_trips_and_a_damaged_file_costs_only_the_notice(tmp_path):
     probs, truth = _validation(50)
     cal = calibrate(probs, truth, np.full(50, 0.9), np.ones(50, bool))
-    (tmp_path / "confidence.json").write_text(cal.save(tmp_path)["confidence.json"])
+    (tmp_path / "confidence.json").write_text(cal.files()["confidence.json"])
     assert Calibration.load(tmp_path) == cal
     (tmp_path / "confidence.json").write_text("{not json")
     assert Calibration.load(tmp_path) is None

@@ -228,7 +228,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     shutil.rmtree(part)
     if args.calibrate:
         md.confidence = calibrate_model(md, texts, labels, frame)
-        write_atomic(Path(args.model) / CONFIDENCE_FILE, md.confidence.save(Path(args.model))[CONFIDENCE_FILE])
+        write_atomic(Path(args.model) / CONFIDENCE_FILE, md.confidence.files()[CONFIDENCE_FILE])
         print(f"txl evaluate: stored the low-confidence notice in {Path(args.model) / CONFIDENCE_FILE}: "
               f"{md.confidence.summary()}")
     if metrics["labels_unknown_to_model"]:

@@ -70,8 +70,8 @@ class Calibration:
         return (f"{self.flagged:.0%} of {self.n_documents} {self.source} documents got it; "
                 f"{self.accuracy_flagged:.0%} of those were classified right{rest}")
 
-    def save(self, directory: Path) -> dict[str, str]:
-        """The file for `save_model_dir`'s extra files."""
+    def files(self) -> dict[str, str]:
+        """{file name: content} for the model directory."""
         return {FILE: json.dumps(asdict(self), indent=1) + "\n"}
 
     @classmethod

@@ -58,7 +58,7 @@ def save_model_dir(directory: str | Path, md: ModelDir) -> None:
     extra = {"tokenizer.json": md.tokenizer.to_str(), "labels.json": json.dumps(md.labels, indent=1) + "\n",
              "README.md": md.card, "metrics.json": json.dumps(md.metrics, indent=1, sort_keys=True) + "\n"}
     if md.confidence is not None:
-        extra.update(md.confidence.save(directory))
+        extra.update(md.confidence.files())
     else:  # thresholds measured for another model would mislead
         (directory / CONFIDENCE_FILE).unlink(missing_ok=True)
     extra.update(example_files(md.examples))
