@@ -399,3 +399,38 @@ def test_a_config_that_does_not_fit_the_weights_is_refused_before_the_model_is_b
     make_corpus(3, seed=1).to_csv(tmp_path / "in.csv", index=False)
     code, err, _ = classify(capsys, copy, tmp_path / "in.csv")
     assert_one_line_error(code, err, phrase)
+
+
+@pytest.mark.parametrize("name", ["bomb.csv.xz", "bomb.jsonl.gz", "bomb.tsv.bz2", "bomb.parquet", "bomb.txt.xz"])
+def test_a_compression_bomb_is_refused_before_the_work(capsys, model, tmp_path, monkeypatch, name):
+    """Many short rows packed past TXL_MAX_EXPANSION (100:1 by default; 20:1 here, which gzip can reach on a
+    test's rows): refused in one line before any row is classified (a small file is decompressed once first),
+    by classify, train and pretrain alike; with the ratio raised, the same file is read."""
+    import bz2
+    import lzma
+
+    from pipelines.data import sources
+    monkeypatch.setattr(sources, "EXPANSION_FLOOR", 200_000)  # the rule, at a size a test can afford
+    monkeypatch.setenv("TXL_MAX_EXPANSION", "20")
+    frame = pd.DataFrame({"text": ["the team won the final and the crowd cheered"] * 20_000, "label": "sport"})
+    frame.loc[::2, "label"] = "politics"
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.astype("category").to_parquet(path, compression="zstd")  # dictionary-encoded: a few KB
+    else:
+        raw = ("\n".join(frame["text"]) if ".txt" in name else frame.to_json(orient="records", lines=True)
+               if "jsonl" in name else frame.to_csv(index=False, sep="\t" if "tsv" in name else ",")).encode()
+        path.write_bytes({"xz": lzma.compress, "gz": gzip.compress, "bz2": bz2.compress}[name.rsplit(".", 1)[1]](raw))
+    assert path.stat().st_size * 20 < 200_000 < len(frame) * 45
+    if ".txt" in name:
+        code, err = cli(capsys, "pretrain", "--text", str(path), "--out", str(tmp_path / "lm"), "--max-minutes", "1")
+        assert_one_line_error(code, err, "TXL_MAX_EXPANSION")
+        return
+    code, err, out = classify(capsys, model, path)
+    assert_one_line_error(code, err, "expands over 20:1")
+    assert "TXL_MAX_EXPANSION" in err and not out.exists() and not Path(str(out) + ".partial").exists()
+    code, err = cli(capsys, "train", "--train", str(path), "--out", str(tmp_path / "t"), *TINY, "--init", "none")
+    assert_one_line_error(code, err, "expands over 20:1")
+    monkeypatch.setenv("TXL_MAX_EXPANSION", "1e6")
+    code, err, out = classify(capsys, model, path, "--chunk-rows", "5000")
+    assert code == 0 and len(pd.read_csv(out)) == len(frame)

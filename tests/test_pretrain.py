@@ -217,3 +217,17 @@ def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path, text, lm_dir, ca
     assert main(["pretrain", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("txl pretrain: error:"), err
+
+
+def test_text_that_is_no_language_is_warned_about_and_measured_finite(tmp_path, capsys):
+    """Base64 lines: one warning line before training, and a per-word perplexity that stays a number (a word of
+    hundreds of tokens overflowed exp() at the end of the run: an internal error after all the work)."""
+    import base64
+    rng = random.Random(0)
+    text = tmp_path / "blobs.txt"
+    text.write_text("\n".join(base64.b64encode(rng.randbytes(600)).decode() for _ in range(60)) + "\n")
+    assert _run(tmp_path / "lm", text, "--max-steps", "3") == 0
+    err = capsys.readouterr().err
+    assert err.count("does not look like language: it has almost no spaces") == 1
+    metrics = json.loads((tmp_path / "lm" / "metrics.json").read_text())
+    assert math.isfinite(metrics["held_out_word_ppl"]) and metrics["held_out_word_ppl"] > 1e6

@@ -1,11 +1,15 @@
 """Tables that parse into something else than the user meant: rows one field longer than the header, a header
-longer than the reader's first look, and text columns that hold no text."""
+longer than the reader's first look, and text columns that hold no text, or no language."""
 from __future__ import annotations
 
+import base64
 import json
+import random
+from pathlib import Path
 
 import pytest
 
+from pipelines.data.decoding import not_prose
 from pipelines.data.tables import PEEK_BYTES, iter_table, read_table, text_column_problem
 from pipelines.errors import UserError
 
@@ -31,6 +35,8 @@ def test_a_header_longer_than_the_first_look_is_read_whole(tmp_path):
 
 @pytest.mark.parametrize("values, phrase", [
     (["", " ", ""], "is empty in all of the first 3 rows"),
+    ([base64.b64encode(random.Random(i).randbytes(300)).decode() for i in range(10)], "almost no spaces"),
+    (["".join(chr(0xE000 + (i * 7919 + j * 31) % 6000) for j in range(200)) for i in range(10)], "private-use"),
     (["3.14", "42", "-7", "1e5", "12%"], "holds numbers, not text"),
     ([json.dumps({"title": f"t{i}", "body": "the team won"}) for i in range(5)], "holds JSON objects"),
 ])
@@ -42,3 +48,22 @@ def test_text_columns_without_text_are_named(values, phrase):
 def test_real_text_is_no_problem():
     texts = ["The minister lost the vote.", "3 goals in 90 minutes", "{curly} braces in prose", "2024"]
     assert text_column_problem(texts, "in.csv", "text") is None
+
+
+@pytest.mark.parametrize("text", [
+    "The minister lost the vote, and the opposition called for an election before the summer recess. " * 20,
+    "中华人民共和国是工人阶级领导的、以工农联盟为基础的人民民主专政的社会主义国家。" * 30,
+    "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 40,
+    "اللغة العربية هي أكثر اللغات السامية تحدثا وإحدى أكثر اللغات انتشارا في العالم " * 20,
+    "Привет, this is a mixed текст with English words и русские слова. 😀🎉 #blessed ❤️‍🔥 " * 20,
+    Path(__file__).read_text(),  # code: spaces, one script
+])
+def test_language_of_any_script_is_prose(text):
+    assert not_prose(text) is None
+
+
+def test_text_that_is_no_language_is_named():
+    rng = random.Random(0)
+    assert "almost no spaces" in not_prose(base64.b64encode(rng.randbytes(3000)).decode())
+    assert "almost no spaces" in not_prose(rng.randbytes(1500).hex())
+    assert "unassigned or private-use" in not_prose("".join(chr(rng.randrange(0x20, 0x30000)) for _ in range(5000)))

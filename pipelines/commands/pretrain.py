@@ -11,16 +11,19 @@ measures perplexity, with --eval-mem-len steps of memory.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from pipelines.commands.train import FLAG_BOUNDS
 from pipelines.data.bpe_tokenizer import train_tokenizer
+from pipelines.data.decoding import not_prose
 from pipelines.data.lm_stream import (
     EOS,
     count_words,
@@ -29,7 +32,7 @@ from pipelines.data.lm_stream import (
     read_documents,
 )
 from pipelines.data.word_tokenizer import load_tokenizer
-from pipelines.errors import UserError, bounded
+from pipelines.errors import DataWarning, UserError, bounded
 from pipelines.model.model_dir import load_lm_dir
 from pipelines.runtime.device import resolve_device
 from pipelines.runtime.memory import tune_cpu_allocator
@@ -174,8 +177,12 @@ def model_card(summary: dict) -> str:
         json.dumps(summary["recipe"], indent=1, sort_keys=True), "```", "",
         f"Trained {m['steps']} steps ({m['train_tokens_seen']:,} tokens) in {m['minutes']:.1f} min on "
         f"{summary['machine']} ({m['stopped']}).", "", "## Held-out perplexity", "",
-        f"{m['held_out_ppl']:.2f} per BPE token, {m['held_out_word_ppl']:.2f} per word (whitespace words and "
+        f"{_ppl(m['held_out_ppl'])} per BPE token, {_ppl(m['held_out_word_ppl'])} per word (whitespace words and "
         f"one `<eos>` per line), read in segments of {m['eval_segment_len']} with {m['eval_mem_len']} steps of memory.", ""])
+
+
+def _ppl(value: float) -> str:
+    return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"
 
 
 def _measure(args, model: TXLLMHeadModel, held: torch.Tensor, held_words: float) -> dict:
@@ -184,7 +191,8 @@ def _measure(args, model: TXLLMHeadModel, held: torch.Tensor, held_words: float)
     segment_len = args.eval_segment_len or model.config.segment_len
     result = perplexity(model, held, segment_len=segment_len, mem_len=mem_len, batch_size=args.eval_batch_size,
                         clamp_len=args.clamp_len)
-    word_ppl = math.exp(result.nll / result.tokens * held.numel() / held_words)
+    word_ppl = math.exp(min(result.nll / result.tokens * held.numel() / held_words, 700))  # text that is no
+    # language (base64, random characters) has words of many tokens: its perplexity overflows a float past this
     return {"held_out_ppl": result.ppl, "held_out_word_ppl": word_ppl, "held_out_tokens": result.tokens,
             "eval_mem_len": mem_len, "eval_segment_len": segment_len}
 
@@ -195,6 +203,9 @@ def _eval_only(args) -> int:
         raise UserError("--eval-only needs --init DIR, the language model to measure")
     lm = load_lm_dir(args.init)
     docs = read_documents(args.text, text_column=args.text_column)
+    if why := not_prose("\n".join(itertools.islice(docs, 2000))):
+        warnings.warn(f"{', '.join(map(str, args.text))} does not look like language: {why}; a language model "
+                      "trained on it learns nothing that carries over to text", DataWarning, stacklevel=1)
     device = resolve_device(args.device)
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -216,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already holds a model; choose another --out or pass --resume")
     torch.manual_seed(args.seed)
     docs = read_documents(args.text, text_column=args.text_column)
+    if why := not_prose("\n".join(itertools.islice(docs, 2000))):
+        warnings.warn(f"{', '.join(map(str, args.text))} does not look like language: {why}; a language model "
+                      "trained on it learns nothing that carries over to text", DataWarning, stacklevel=1)
     model, tokenizer, resumed, args = _model_and_tokenizer(args, docs)
     train, held, held_words = _streams(args, tokenizer, docs)
     _check_length(train, args)
@@ -240,6 +254,6 @@ def run(args: argparse.Namespace) -> int:
     model.save_pretrained(out, extra_files={"tokenizer.json": tokenizer.to_str(), "README.md": model_card(summary),
                                             "metrics.json": json.dumps(metrics, indent=1, sort_keys=True) + "\n"})
     print(f"txl pretrain: saved {out} after {state.step} steps, {state.seconds / 60:.1f} min "
-          f"({metrics['stopped']}); held-out perplexity {metrics['held_out_ppl']:.2f} per token, "
-          f"{metrics['held_out_word_ppl']:.2f} per word")
+          f"({metrics['stopped']}); held-out perplexity {_ppl(metrics['held_out_ppl'])} per token, "
+          f"{_ppl(metrics['held_out_word_ppl'])} per word")
     return 0

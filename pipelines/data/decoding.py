@@ -82,6 +82,37 @@ def looks_binary(text: str) -> bool:
     return "\0" in sample or controls > 0.1 * len(sample)
 
 
+NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN",
+                    "IDEOGRAPHIC", "YI")
+
+
+def not_prose(text: str) -> str | None:
+    """Why `text` (a sample of documents) is probably not language, or None: many control, unassigned or
+    private-use characters (or U+FFFD), almost no spaces in a script that uses them (base64, hex, minified
+    data), or letters of many scripts with none dominant (random Unicode, or text decoded with the wrong
+    encoding). A model trains on such text without complaint and learns nothing that transfers."""
+    sample = text[:SAMPLE_CHARS]
+    if len(sample) < 1000:
+        return None
+    odd = sum(c == "\ufffd" or unicodedata.category(c) in ("Cn", "Co", "Cs")
+              or (unicodedata.category(c) == "Cc" and c not in "\t\n\r\f\v") for c in sample)
+    if odd > 0.05 * len(sample):
+        return f"{odd / len(sample):.0%} of its characters are control, unassigned or private-use ones"
+    letters = [c for c in sample if c.isalpha()]
+    scripts: dict[str, int] = {}
+    for c in letters:
+        script = unicodedata.name(c, "UNKNOWN").split(" ")[0]
+        scripts[script] = scripts.get(script, 0) + 1
+    unspaced = sum(n for script, n in scripts.items() if script in NO_SPACE_SCRIPTS)
+    spaces = sum(c.isspace() for c in sample)
+    if spaces < 0.02 * len(sample) and unspaced < 0.3 * max(len(letters), 1):
+        return (f"it has almost no spaces (words of {len(sample) / max(spaces, 1):,.0f} characters on average), "
+                "like encoded data (base64, hex)")
+    if len(scripts) >= 8 and max(scripts.values()) < 0.5 * len(letters):
+        return f"it mixes letters of {len(scripts)} scripts with none dominant, like random characters"
+    return None
+
+
 def check_not_binary(name: str, head: bytes, text: str, *, what: str) -> None:
     """Refuse `name` (whose first bytes are `head`, decoded `text`) when it looks binary; `what` it should be."""
     if looks_binary(text):

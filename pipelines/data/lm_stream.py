@@ -20,7 +20,7 @@ import torch
 
 from pipelines.data.bpe_tokenizer import SPECIAL, encode_batch
 from pipelines.data.decoding import check_not_binary, decode
-from pipelines.data.sources import check_readable, max_row_bytes
+from pipelines.data.sources import check_readable, decompressed, max_row_bytes
 from pipelines.data.tables import (
     DAMAGED,
     ENCODING,
@@ -48,11 +48,12 @@ def _is_table(path: Path) -> bool:
 def _text_lines(path: Path) -> Iterator[str]:
     """The file's lines, decoded. A binary file is refused from its first bytes, and a line longer than
     `max_row_bytes` (TXL_MAX_DOC_MB) as soon as it is read past it: memory is bounded by the setting, not by
-    the file (a small .xz can hold one line of gigabytes)."""
-    opener = OPENERS.get(path.suffix.lower(), open)
+    the file (a small .xz can hold one line of gigabytes). A compressed file may not expand past
+    TXL_MAX_EXPANSION times its size (`sources.Expansion`)."""
+    opener = OPENERS.get(path.suffix.lower())
     limit = max_row_bytes()
     try:
-        with opener(path, "rb") as raw:
+        with open(path, "rb") as stored, (decompressed(opener, stored, path.name) if opener else stored) as raw:
             first, size = [], 0
             lines = iter(lambda: raw.readline(limit + 1), b"")
             for line in lines:  # the first lines, up to PEEK_BYTES, are looked at before any is used

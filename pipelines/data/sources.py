@@ -132,6 +132,55 @@ def max_row_bytes() -> int:
 
 
 DEFAULT_MAX_DOC_MB = 64
+DEFAULT_MAX_EXPANSION = 100  # xz makes 3-5:1 of prose and 10-20:1 of repetitive tables; bombs make 1,000:1 and more
+EXPANSION_FLOOR = 100_000_000  # any compressed file may expand to this many bytes, whatever its ratio
+
+
+def max_expansion() -> float:
+    """How many times its stored size a compressed file may expand to, past `EXPANSION_FLOOR` bytes:
+    TXL_MAX_EXPANSION (default 100)."""
+    try:
+        ratio = float(os.environ.get("TXL_MAX_EXPANSION", DEFAULT_MAX_EXPANSION))
+    except ValueError:
+        raise UserError(f"TXL_MAX_EXPANSION={os.environ['TXL_MAX_EXPANSION']!r} is not a number") from None
+    return ratio
+
+
+class Expansion(io.RawIOBase):
+    """A decompressed stream that refuses to expand more than `max_expansion` times the compressed bytes read so
+    far (`raw`'s position), once past `EXPANSION_FLOOR`: a file of a few hundred KB cannot turn into hours of
+    work or gigabytes of rows (a compression bomb), whatever the command does with its rows."""
+
+    def __init__(self, stream: BinaryIO, raw: BinaryIO, name: str):
+        super().__init__()
+        self.stream, self.raw, self.name = stream, raw, name
+        self.ratio, self.out = max_expansion(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stream.close()  # the decompressor; `raw` belongs to the caller
+        super().close()
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[:len(data)] = data
+        self._count(len(data))
+        return len(data)
+
+    def _count(self, n: int) -> None:
+        self.out += n
+        if self.out > EXPANSION_FLOOR and self.out > self.ratio * max(self.raw.tell(), 1):
+            raise UserError(f"{self.name} expands over {self.ratio:g}:1 when decompressed ({self.out / 1e6:,.0f} MB "
+                            f"from {self.raw.tell() / 1e3:,.0f} KB so far), like a compression bomb; if it is "
+                            "genuine, decompress it first or set TXL_MAX_EXPANSION to a larger ratio")
+
+
+def decompressed(opener, raw: BinaryIO, name: str) -> BinaryIO:
+    """`raw`'s bytes decompressed by `opener` (gzip.open, lzma.open, ...), with the `Expansion` check."""
+    return io.BufferedReader(Expansion(opener(raw, "rb"), raw, name))
 
 
 class RowCapped(io.RawIOBase):
@@ -195,5 +244,10 @@ def opened(source: Source) -> Iterator[tuple[BinaryIO, BinaryIO]]:
         if opener is None:
             yield raw, capped(raw)
             return
-        with opener(raw, "rb") as stream:
+        if source.size * max_expansion() <= EXPANSION_FLOOR:  # small enough to be a bomb: find out before any work
+            with decompressed(opener, raw, source.name) as probe:
+                while probe.read(1 << 20):
+                    pass
+            raw.seek(0)
+        with decompressed(opener, raw, source.name) as stream:
             yield raw, capped(stream)

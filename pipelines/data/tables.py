@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.data import sources
 from pipelines.data.decoding import (
     ENCODING,
     FALLBACK,
@@ -27,6 +30,7 @@ from pipelines.data.decoding import (
     encoding_of,
     fallback_bytes,
     fallback_note,
+    not_prose,
     text_lines,
 )
 from pipelines.data.sources import (
@@ -36,6 +40,7 @@ from pipelines.data.sources import (
     SUPPORTED,
     Source,
     checked,
+    max_expansion,
     max_row_bytes,
     opened,
     table_format,
@@ -128,7 +133,12 @@ def _layout(source: Source, fmt: str) -> _Layout:
     with _reading(source, fmt):
         if fmt == "parquet":
             with source.open() as raw:
-                names = pq.ParquetFile(raw).schema_arrow.names
+                file = pq.ParquetFile(raw)
+                names = file.schema_arrow.names
+                if source.size * max_expansion() <= sources.EXPANSION_FLOOR:  # small enough to be a bomb: find out now
+                    decoded = 0
+                    for batch in file.iter_batches(batch_size=65_536):
+                        decoded = _expanded(source, decoded + _decoded_bytes(batch))
             check_repeats(names, source.name)
             return _Layout(names)
         head = _peek(source, fmt)
@@ -141,6 +151,32 @@ def _layout(source: Source, fmt: str) -> _Layout:
             columns = [str(c) for c in _csv_reader(stream, fmt, encoding, nrows=0).columns]
     check_delimiter(source.name, fmt, columns)
     return _Layout(columns, encoding)
+
+
+def _decoded_bytes(batch) -> int:
+    """What a Parquet batch's values take once decoded: a dictionary-encoded column of text counts each row's
+    text, not the dictionary's (pandas and the model see one string a row)."""
+    size = 0
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type) and (pa.types.is_string(column.type.value_type)
+                                                    or pa.types.is_large_string(column.type.value_type)
+                                                    or pa.types.is_binary(column.type.value_type)):
+            lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+            size += int(pc.sum(lengths).as_py() or 0) + 8 * len(column)
+        else:
+            size += column.nbytes
+    return size
+
+
+def _expanded(source: Source, decoded: int) -> int:
+    """`decoded` (bytes of a Parquet file's values read so far), refused past `sources.Expansion`'s bound: a
+    Parquet file compresses and dictionary-encodes inside, so a few hundred KB can hold gigabytes of rows."""
+    ratio = max_expansion()
+    if decoded > sources.EXPANSION_FLOOR and decoded > ratio * source.size:
+        raise UserError(f"{source.name} expands over {ratio:g}:1 when decoded ({decoded / 1e6:,.0f} MB of values "
+                        f"from a {source.size / 1e3:,.0f} KB file), like a compression bomb; if it is genuine, set "
+                        "TXL_MAX_EXPANSION to a larger ratio")
+    return decoded
 
 
 def table_columns(source: str | Path | Source) -> list[str]:
@@ -224,9 +260,9 @@ def _read_chunks(source: Source, fmt: str, layout: _Layout, chunk_rows: int,
     if fmt == "parquet":
         with source.open() as raw:
             file = pq.ParquetFile(raw)
-            total, done = max(file.metadata.num_rows, 1), 0
+            total, done, decoded = max(file.metadata.num_rows, 1), 0, 0
             for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
-                done += batch.num_rows
+                done, decoded = done + batch.num_rows, _expanded(source, decoded + _decoded_bytes(batch))
                 yield batch.to_pandas(), done / total, 0
         return
     size, since = max(source.size, 1), fallback_bytes()  # pandas decodes its first block on opening
@@ -283,8 +319,8 @@ _NUMBER = re.compile(r"\s*[-+]?(\d[\d,_]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*%?\s*\Z"
 
 def text_column_problem(values: list[str], source: str, column: str) -> str | None:
     """What is wrong with a text column, judged on its first rows (`values`, cells as strings): empty in every
-    row, numbers rather than text, or JSON objects (the model would read braces and keys as words). None when
-    it looks like text."""
+    row, numbers rather than text, JSON objects (the model would read braces and keys as words), or no language
+    at all (`decoding.not_prose`). None when it looks like text."""
     filled = [v for v in values if v.strip()]
     where = f"{source}: column {column!r}"
     if not filled:
@@ -297,6 +333,8 @@ def text_column_problem(values: list[str], source: str, column: str) -> str | No
     if objects >= 0.5 * min(len(filled), 200):
         return (f"{where} holds JSON objects (the first: {filled[0].strip()[:40]!r}…); the model reads their "
                 "braces and keys as words. Put the text field in a column of its own")
+    if why := not_prose("\n".join(filled)):
+        return f"{where} does not look like language: {why}. Is it the right --text-column?"
     return None
 
 
