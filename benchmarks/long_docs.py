@@ -70,7 +70,8 @@ def run_variant(dataset: str, variant: str, data: Path, minutes: float, runs: Pa
     out = runs / f"{dataset}.{variant}"
     txl = [sys.executable, "-m", "pipelines.cli"]
     if variant.startswith("tfidf"):
-        took = _run([*txl, "baseline", "--train", str(table), "--test", str(table), "--out", str(out) + ".json"])
+        took = _run([*txl, "baseline", "--train", str(table), "--test", str(table), "--out", str(out) + ".json",
+                      "--overwrite"])
         metrics = json.loads(Path(str(out) + ".json").read_text())
     else:
         extra = ["--mem-len", "0"] if variant == "mem0" else []

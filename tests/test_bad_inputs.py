@@ -434,3 +434,110 @@ def test_a_compression_bomb_is_refused_before_the_work(capsys, model, tmp_path, 
     monkeypatch.setenv("TXL_MAX_EXPANSION", "1e6")
     code, err, out = classify(capsys, model, path, "--chunk-rows", "5000")
     assert code == 0 and len(pd.read_csv(out)) == len(frame)
+
+
+def test_input_columns_named_like_outputs_are_kept_renamed_and_carriage_returns_stay_in_their_cell(
+        capsys, model, tmp_path):
+    """An earlier run's output classified again keeps its old columns as input_<name> (they were dropped,
+    silently); a bare '\\r' inside a cell is quoted in CSV and TSV output (it split the row when read back)."""
+    path = tmp_path / "again.csv"
+    path.write_text('text,score,error\n"the team won\rthe final",s1,e1\nthe vote was lost,s2,\n', newline="")
+    for suffix in (".csv", ".tsv"):
+        out = tmp_path / f"out{suffix}"
+        code, err = cli(capsys, "classify", "--model", str(model), "--input", str(path), "--output", str(out))
+        assert code == 0 and "'score', 'error' are also output columns" in err
+        back = pd.read_csv(out, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False)
+        assert len(back) == 2 and back["text"].tolist()[0] == "the team won\rthe final"
+        assert back["input_score"].tolist() == ["s1", "s2"] and back["input_error"].tolist() == ["e1", ""]
+        assert set(back["error"]) == {""} and back["score"].between(0, 1).all()
+
+
+def test_a_partial_folder_of_the_users_is_never_emptied(capsys, model, tmp_path):
+    """`<output>.partial/` holding a file no job writes is refused in one line and left alone; one whose job.json
+    is damaged (and nothing else) is another job's: started over, not an internal error."""
+    data = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["the team won", "the vote was lost"]}).to_csv(data, index=False)
+    part = tmp_path / "out.csv.partial"
+    part.mkdir()
+    (part / "notes.txt").write_text("mine")
+    code, err = cli(capsys, "classify", "--model", str(model), "--input", str(data), "--output",
+                    str(tmp_path / "out.csv"))
+    assert_one_line_error(code, err, "holds files it did not write (notes.txt)")
+    assert (part / "notes.txt").read_text() == "mine"
+    (part / "notes.txt").unlink()
+    (part / "job.json").write_text("not json")
+    code, err = cli(capsys, "classify", "--model", str(model), "--input", str(data), "--output",
+                    str(tmp_path / "out.csv"))
+    assert code == 0 and "belongs to another job; starting over" in err and not part.exists()
+
+
+@pytest.mark.parametrize("value", ["1e30", "nan", "-1", "0", "inf"])
+def test_limits_from_the_environment_must_be_positive_numbers(capsys, model, tmp_path, monkeypatch, value):
+    data = tmp_path / "in.csv.gz"
+    data.write_bytes(gzip.compress(b"text\nthe team won\n"))
+    for name in ("TXL_MAX_DOC_MB", "TXL_MAX_EXPANSION"):
+        monkeypatch.setenv(name, value)
+        code, err, _ = classify(capsys, model, data, "--overwrite")
+        assert_one_line_error(code, err, f"{name}={value!r} is not")
+        monkeypatch.delenv(name)
+
+
+def test_deeply_nested_json_lines_are_one_line_errors(capsys, model, tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "ok", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+    code, err, _ = classify(capsys, model, path)
+    assert_one_line_error(code, err, "line 2 nests arrays or objects too deep")
+
+
+def test_text_label_and_split_columns_must_differ(capsys, model, tmp_path):
+    data = tmp_path / "in.csv"
+    make_corpus(30, seed=0).to_csv(data, index=False)
+    code, err = cli(capsys, "train", "--train", str(data), "--out", str(tmp_path / "m"), "--text-column", "label",
+                    *TINY, "--init", "none")
+    assert_one_line_error(code, err, "must be different columns")
+    code, err = cli(capsys, "evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "e"),
+                    "--label-column", "text")
+    assert_one_line_error(code, err, "must be different columns")
+
+
+def test_baseline_never_replaces_a_file_unasked(capsys, tmp_path):
+    data, test, out = tmp_path / "in.csv", tmp_path / "test.csv", tmp_path / "mine.json"
+    make_corpus(40, seed=0).to_csv(data, index=False)
+    make_corpus(20, seed=1).to_csv(test, index=False)
+    out.write_text('{"user": 1}')
+    code, err = cli(capsys, "baseline", "--train", str(data), "--test", str(test), "--out", str(out))
+    assert_one_line_error(code, err, "already exists; pass --overwrite")
+    assert out.read_text() == '{"user": 1}'
+    assert cli(capsys, "baseline", "--train", str(data), "--test", str(test), "--out", str(out), "--overwrite")[0] == 0
+    assert "accuracy" in json.loads(out.read_text())
+
+
+def test_model_files_that_disagree_are_refused(capsys, model, tmp_path):
+    """A repeated label in config.json, labels.json naming others, or a tokenizer of another size (smaller
+    as well as larger) come from different models: exit 2, before any row is read."""
+    data = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["the team won"]}).to_csv(data, index=False)
+    cases = {"repeat": lambda d: _edit_config(d, labels=["politics", "politics", "tech"]),
+             "listed": lambda d: (d / "labels.json").write_text('["a", "b", "c"]'),
+             "tokenizer": lambda d: shutil.copy(_smaller_tokenizer(tmp_path), d / "tokenizer.json")}
+    phrases = {"repeat": "repeats the label(s) 'politics'", "listed": "labels.json and config.json name different",
+               "tokenizer": "the files come from different models"}
+    for name, damage in cases.items():
+        bad = tmp_path / name
+        shutil.copytree(model, bad)
+        damage(bad)
+        code, err, _ = classify(capsys, bad, data, "--overwrite")
+        assert_one_line_error(code, err, phrases[name])
+
+
+def _edit_config(directory: Path, **changes) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def _smaller_tokenizer(tmp_path: Path) -> Path:
+    from pipelines.data.bpe_tokenizer import train_tokenizer
+    path = tmp_path / "small_tokenizer.json"
+    train_tokenizer(make_corpus(30, seed=3)["text"], vocab_size=280).save(str(path))
+    return path

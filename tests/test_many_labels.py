@@ -31,8 +31,9 @@ def test_result_columns_for_thousands_of_labels_warn_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = result_columns(chunk, preds, labels, 3)
-    assert list(out.columns[:4]) == ["text", "predicted_label", "score", "prob_l0"]
-    assert out["score"].tolist() == [0.5] * 3 and out.shape == (3, 1 + 2 + 2000 + 6 + 2)
+    assert list(out.columns[:5]) == ["text", "input_score", "predicted_label", "score", "prob_l0"]
+    assert out["score"].tolist() == [0.5] * 3 and out.shape == (3, 2 + 2 + 2000 + 6 + 2)
+    assert out["input_score"].tolist() == [1, 2, 3]  # an input column named like an output one is kept, renamed
 
 
 def test_the_ngram_stage_reads_less_text_in_its_time_when_there_are_thousands_of_labels(monkeypatch):

@@ -19,7 +19,7 @@ from sklearn.svm import LinearSVC
 from pipelines.data.labeled_texts import load_labeled
 from pipelines.data.labels import LabelSet
 from pipelines.data.tables import table_columns
-from pipelines.data.writers import write_atomic
+from pipelines.data.writers import refuse_overwrite, write_atomic
 from pipelines.errors import UserError, bounded
 from pipelines.model.metrics import compute_metrics
 
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--C", type=bounded(float, above=0), default=1.0, help="SVM regularisation (default 1.0, which gives the "
                    "reference numbers)")
     p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def fit_predict(train_texts: list[str], train_labels: list[str], test_texts: list[str], *,
@@ -77,6 +78,8 @@ def _write_json(path: Path, data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     columns = dict(text_column=args.text_column, label_column=args.label_column, split_column=args.split_column)
     _check_separate(args)
+    if args.out:
+        refuse_overwrite(args.out, overwrite=args.overwrite)
     train_x, train_y = load_labeled(args.train, split=args.train_split, **columns)
     test_x, test_y = load_labeled(args.test, split=args.test_split, **columns)
     started = time.perf_counter()

@@ -47,6 +47,10 @@ def load_labeled(path: str | Path, *, text_column: str = "text", label_column: s
     or no label are dropped with a DataWarning; a UserError when no row is left.
     """
     path = Path(path)
+    if text_column == label_column or (split is not None and split_column in (text_column, label_column)):
+        raise UserError(f"the text, label and split columns must be different columns, not {text_column!r}, "
+                        f"{label_column!r} and {split_column!r}; name them with --text-column, --label-column and "
+                        "--split-column")
     has_split = split is not None and split_column in table_columns(path)
     frame = read_table(path, columns=[text_column, label_column, *([split_column] if has_split else [])])
     if has_split:

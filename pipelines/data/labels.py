@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -16,7 +17,9 @@ SEPARATOR = "|"
 
 
 def normalize_label(label: str) -> str:
-    """Spaces stripped; a multi-label ' b | a|b' becomes 'b|a' (first-seen order, no empties or repeats)."""
+    """Spaces stripped, Unicode in its composed form (NFC: 'café' typed or pasted is one label); a multi-label
+    ' b | a|b' becomes 'b|a' (first-seen order, no empties or repeats)."""
+    label = unicodedata.normalize("NFC", label)
     if SEPARATOR not in label:
         return label.strip()
     parts = (part.strip() for part in label.split(SEPARATOR))

@@ -8,6 +8,7 @@ import bz2
 import gzip
 import io
 import lzma
+import math
 import os
 import zlib
 from collections.abc import Iterator
@@ -124,11 +125,20 @@ def max_row_bytes() -> int:
     """The longest row a table may hold, in bytes once decompressed: TXL_MAX_DOC_MB megabytes (default 64). A
     document this long is read flat by the model, but a row is parsed whole, so the limit bounds the memory a
     small (compressed) file can take."""
+    return int(_positive("TXL_MAX_DOC_MB", DEFAULT_MAX_DOC_MB, "a number of megabytes") * 1e6)
+
+
+def _positive(name: str, default: float, what: str) -> float:
+    """The environment variable `name` as a positive, finite number (`default` when unset)."""
+    raw = os.environ.get(name)
     try:
-        mb = float(os.environ.get("TXL_MAX_DOC_MB", DEFAULT_MAX_DOC_MB))
+        value = default if raw is None else float(raw)
     except ValueError:
-        raise UserError(f"TXL_MAX_DOC_MB={os.environ['TXL_MAX_DOC_MB']!r} is not a number of megabytes") from None
-    return int(mb * 1e6)
+        value = math.nan
+    if not 0 < value < 1e12:
+        raise UserError(f"{name}={raw!r} is not {what}: give a positive number, or unset it for the default "
+                        f"({default:g})")
+    return value
 
 
 DEFAULT_MAX_DOC_MB = 64
@@ -139,11 +149,7 @@ EXPANSION_FLOOR = 100_000_000  # any compressed file may expand to this many byt
 def max_expansion() -> float:
     """How many times its stored size a compressed file may expand to, past `EXPANSION_FLOOR` bytes:
     TXL_MAX_EXPANSION (default 100)."""
-    try:
-        ratio = float(os.environ.get("TXL_MAX_EXPANSION", DEFAULT_MAX_EXPANSION))
-    except ValueError:
-        raise UserError(f"TXL_MAX_EXPANSION={os.environ['TXL_MAX_EXPANSION']!r} is not a number") from None
-    return ratio
+    return _positive("TXL_MAX_EXPANSION", DEFAULT_MAX_EXPANSION, "a ratio")
 
 
 class Expansion(io.RawIOBase):

@@ -43,6 +43,9 @@ def reading(name: str, fmt: str, *, locate: Callable[[], str | None] | None = No
         raise UserError(_unparseable(name, fmt, e, locate)) from None
     except PermissionError:
         raise UserError(f"cannot read {name}: permission denied; check the file's permissions") from None
+    except RecursionError:
+        raise UserError(f"cannot parse {name}: it nests arrays or objects too deep to read (thousands of levels); "
+                        "flatten the values, or keep only the text and label") from None
     except DAMAGED as e:
         raise UserError(f"cannot read {name}: the file is damaged, truncated or not what its name says "
                         f"({last_line(e)})") from None
@@ -69,6 +72,8 @@ def first_bad_json_line(lines: Iterable[str]) -> str | None:
             value = json.loads(line)
         except json.JSONDecodeError as e:
             return f"line {number} is not valid JSON ({e.msg})"
+        except RecursionError:
+            return f"line {number} nests arrays or objects too deep to read"
         if not isinstance(value, dict):
             return f"line {number} is {kinds.get(type(value), 'a number')}, not an object"
     return None

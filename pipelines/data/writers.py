@@ -1,8 +1,10 @@
 """Writing result tables: the format follows the file name, and the file appears only when complete."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -143,12 +145,42 @@ def _write(frames: Iterable[pd.DataFrame], tmp: str, fmt: str) -> None:
             if fmt == "jsonl":
                 frame.to_json(f, orient="records", lines=True, force_ascii=False)
             else:
-                escape_formulas(frame).to_csv(f, index=False, header=i == 0, sep="\t" if fmt == "tsv" else ",")
+                frame = escape_formulas(frame)
+                frame.to_csv(f, index=False, header=i == 0, sep="\t" if fmt == "tsv" else ",",
+                             quoting=csv.QUOTE_NONNUMERIC if _has_carriage_return(frame) else csv.QUOTE_MINIMAL)
 
 
-def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) -> pd.DataFrame:
+def _has_carriage_return(frame: pd.DataFrame) -> bool:
+    """Whether a text cell holds a bare '\r': the csv module quotes the '\n' line end's characters only, and an
+    unquoted '\r' ends the row for most readers (pandas included), shifting the rest into a new one."""
+    return any(frame[c].map(lambda v: isinstance(v, str) and "\r" in v).any() for c in frame.columns
+               if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype))
+
+
+def output_columns(labels: list[str], top_k: int, *extra: str) -> list[str]:
+    """The columns `result_columns` adds (and `extra` ones a command adds after it, e.g. explanation)."""
+    tops = [f"top{k + 1}_{what}" for k in range(top_k) for what in ("label", "score")]
+    return ["predicted_label", "score", *(f"prob_{name}" for name in labels), *tops, "notice", "error", *extra]
+
+
+def renamed_inputs(columns, reserved) -> dict[str, str]:
+    """Input columns named like an output column, and the names they keep in the output: `input_<name>` (never
+    dropped: a table that is itself an earlier run's output keeps its old predictions beside the new ones)."""
+    taken, renamed = {str(c) for c in columns} | set(reserved), {}
+    for column in columns:
+        if column in reserved:
+            new = f"input_{column}"
+            while new in taken:
+                new = f"input_{new}"
+            taken.add(new)
+            renamed[column] = new
+    return renamed
+
+
+def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int, *extra: str) -> pd.DataFrame:
     """`chunk` with the predictions' columns: predicted_label, score, prob_<label>, top<k>_label/score, notice (the
-    low-confidence notice, pipelines/model/confidence.py; empty when there is none), error."""
+    low-confidence notice, pipelines/model/confidence.py; empty when there is none), error. Input columns of the
+    same names (or of the `extra` ones the caller adds) are kept as `input_<name>` (`renamed_inputs`)."""
     columns = {"predicted_label": [p.label for p in preds], "score": [p.score for p in preds]}
     probs = np.full((len(preds), len(labels)), np.nan)
     index = {name: i for i, name in enumerate(labels)}
@@ -164,7 +196,8 @@ def result_columns(chunk: pd.DataFrame, preds, labels: list[str], top_k: int) ->
     columns["error"] = [p.error for p in preds]
     # one concat: a column added at a time to a wide frame made pandas warn once per label (6,059 warnings)
     added = pd.DataFrame(columns, index=chunk.index)
-    return pd.concat([chunk.drop(columns=[c for c in added.columns if c in chunk.columns]), added], axis=1)
+    kept = chunk.rename(columns=renamed_inputs(chunk.columns, [*added.columns, *extra]))
+    return pd.concat([kept, added], axis=1)
 
 
 def _file_mode() -> int:
@@ -205,11 +238,26 @@ def content_hash(*paths: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+_JOB_FILE = re.compile(r"job\.json|\.job\.json\..+|\.?part-\d{6}(\.parquet)?(\.tmp)?")  # what a job writes there
+
+
+def _job_fingerprint(part: Path) -> str | None:
+    try:
+        return json.loads((part / "job.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):  # missing, damaged or not an object: not this job's
+        return None
+
+
 def job_folder(part: Path, fingerprint: str, command: str) -> Path:
     """The folder of a restartable job's finished chunks: kept when its `job.json` holds `fingerprint` (the
-    same job, interrupted), emptied when it belongs to another job (never mixed), created when missing."""
+    same job, interrupted), emptied when it belongs to another job (never mixed), created when missing. A folder
+    there that holds files no job writes is the user's: refused, never emptied."""
     stamp = part / "job.json"
-    if part.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != fingerprint):
+    if part.exists() and _job_fingerprint(part) != fingerprint:
+        strangers = [] if not part.is_dir() else [f.name for f in part.iterdir() if not _JOB_FILE.fullmatch(f.name)]
+        if not part.is_dir() or strangers:
+            raise UserError(f"{part} is in the way of this job's finished chunks and holds files it did not write "
+                            f"({', '.join(sorted(strangers)[:3]) or 'it is a file'}); move it away or delete it")
         print(f"txl {command}: {part} belongs to another job; starting over", file=sys.stderr)
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)

@@ -113,10 +113,11 @@ def load_model_dir(directory: str | Path) -> ModelDir:
         tokenizer = load_tokenizer(directory / "tokenizer.json")
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise UserError(f"{directory}/tokenizer.json is damaged ({str(e)[:120]}); copy the model again") from None
-    if tokenizer.get_vocab_size() > model.config.vocab_size:
+    if tokenizer.get_vocab_size() != model.config.vocab_size:  # `txl train` writes them equal, whatever the start
         raise UserError(f"{directory}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
-                        f"only {model.config.vocab_size}; the files come from different models")
+                        f"{model.config.vocab_size}; the files come from different models")
     labels = model.config.labels or [f"LABEL_{i}" for i in range(model.config.num_labels)]
+    _check_labels(directory, labels)
     card = (directory / "README.md").read_text() if (directory / "README.md").is_file() else ""
     metrics_path = directory / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -128,6 +129,22 @@ def load_model_dir(directory: str | Path) -> ModelDir:
     examples = {k: v for k, v in load_examples(directory).items() if k in labels}
     return ModelDir(model, tokenizer, labels, card, metrics, directory, ngram=ngram, confidence=confidence,
                     examples=examples)
+
+
+def _check_labels(directory: Path, labels: list[str]) -> None:
+    """Labels name the logits one to one: no repeats, and labels.json (when there) names the same ones."""
+    repeated = sorted({y for y in labels if labels.count(y) > 1})
+    if repeated:
+        raise UserError(f"{directory}/config.json repeats the label(s) {', '.join(map(repr, repeated))}; each logit "
+                        "needs its own name: copy the model again")
+    path = directory / "labels.json"
+    try:
+        listed = json.loads(path.read_text()) if path.is_file() else labels
+    except (ValueError, UnicodeDecodeError):
+        listed = None
+    if listed != labels:
+        raise UserError(f"{directory}: labels.json and config.json name different labels; the files come from "
+                        "different models (or one was edited): copy the model again")
 
 
 @dataclass
