@@ -302,3 +302,14 @@ def test_long_texts_are_counted_in_pieces_exactly(words, spaces, chunk):
             ngrams.CHUNK_CHARS = original
         np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-6)
         np.testing.assert_allclose(scored, vec.transform([text]).toarray(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_word_longer_than_the_reach_is_counted_in_bounded_pieces():
+    """One 'word' of 400,000 characters (encoded data): pieces of at most (REACH + 1) x CHUNK_CHARS, each read
+    once (counted whole, one 5 MB word took 2.6 GB); a word within the reach is never cut."""
+    run = "ab" * 200_000
+    pieces = list(ngram_module._pieces(run, ngram_module._LAST_WORD))
+    assert "".join(p for p, _ in pieces) == run and all(shared == "" for _, shared in pieces)
+    assert max(len(p) for p, _ in pieces) <= (ngram_module.REACH + 1) * ngram_module.CHUNK_CHARS
+    text = "x" * 50_000 + " tail"
+    assert [p for p, _ in ngram_module._pieces(text, ngram_module._LAST_WORD)][0] == "x" * 50_000

@@ -67,3 +67,20 @@ def test_text_that_is_no_language_is_named():
     assert "almost no spaces" in not_prose(base64.b64encode(rng.randbytes(3000)).decode())
     assert "almost no spaces" in not_prose(rng.randbytes(1500).hex())
     assert "unassigned or private-use" in not_prose("".join(chr(rng.randrange(0x20, 0x30000)) for _ in range(5000)))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_table_of_too_many_columns_is_refused_at_its_header(tmp_path, suffix):
+    """A table of documents has a few columns; 120,000 ran past 150 s (a quadratic repeat check, then pandas):
+    refused from the header, in one line."""
+    import pandas as pd
+
+    from pipelines.data.tables import MAX_COLUMNS
+    frame = pd.DataFrame([["the team won", *range(MAX_COLUMNS)]], columns=["text", *map(str, range(MAX_COLUMNS))])
+    path = tmp_path / f"wide{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    with pytest.raises(UserError, match=f"has {MAX_COLUMNS + 1:,} columns"):
+        next(iter_table(path, text_column="text"))
+    narrow = frame.iloc[:, :MAX_COLUMNS]
+    narrow.to_csv(path, index=False) if suffix == ".csv" else narrow.to_parquet(path)
+    assert next(iter_table(path, text_column="text"))["text"].tolist() == ["the team won"]

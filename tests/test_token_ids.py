@@ -1,4 +1,5 @@
-"""Long texts are tokenized in pieces cut at spaces: the ids and offsets equal those of the whole text."""
+"""Long texts are tokenized in pieces cut at spaces: the ids and offsets equal those of the whole text wherever
+a space comes within `REACH` pieces (here: pieces of at least 10 characters, a plain space every 8 words)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.data.bpe_tokenizer import train_tokenizer
-from pipelines.data.token_ids import cuts, encode
+from pipelines.data.token_ids import REACH, cuts, encode
 from pipelines.training.starts import _bert_tokenizer
 from tests.synth import make_corpus
 from tests.test_init_from import bert_dir
@@ -22,10 +23,10 @@ def _text(words, spaces) -> str:
 
 @settings(max_examples=60, deadline=None)
 @given(words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=80),
-       spaces=st.lists(st.sampled_from(SPACES), min_size=1, max_size=80), piece=st.integers(1, 40),
+       spaces=st.lists(st.sampled_from(SPACES), min_size=1, max_size=7), piece=st.integers(10, 40),
        lead=st.sampled_from(["", " ", "\n"]))
 def test_pieces_give_the_whole_texts_ids_and_offsets(words, spaces, piece, lead):
-    text = lead + _text(words, spaces)
+    text = lead + _text(words, [*spaces, " "])  # a plain space within every 8 words: a cut within REACH pieces
     whole = BPE.encode(text, add_special_tokens=False)
     (got,) = encode(BPE, [text], offsets=True, piece_chars=piece)
     assert got.ids.tolist() == whole.ids
@@ -49,7 +50,8 @@ def test_cuts_fall_on_a_space_after_a_word_and_bound_the_pieces():
     for at in bounds[1:-1]:
         assert text[at] == " " and not text[at - 1].isspace()
     assert max(b - a for a, b in zip(bounds, bounds[1:])) < 30 + 20  # to the next space after a word
-    assert cuts("x" * 100, 10) == [0, 100]  # no space: one piece
+    assert cuts("x" * 90, 10) == [0, 90]  # no space, but within REACH pieces: one piece
+    assert cuts("x" * 100, 10) == [0, 90, 100]  # past it: cut inside the run
 
 
 def test_short_and_empty_texts_are_encoded_whole():
@@ -57,3 +59,21 @@ def test_short_and_empty_texts_are_encoded_whole():
     got = encode(BPE, texts)
     assert [t.ids.tolist() for t in got] == [e.ids for e in BPE.encode_batch(texts, add_special_tokens=False)]
     assert got[0].ids.dtype == np.int32 and got[0].offsets is None
+
+
+def test_text_without_spaces_is_cut_at_marks_and_bounded():
+    """Base64 (no spaces) is cut before a '/' or '+' that follows a letter or digit, where byte-level BPE splits
+    too (reading the mark with a space before it): the ids differ from the whole text's only at the cuts. A run
+    of letters alone is cut every REACH + 1 pieces."""
+    import base64
+    import random
+    blob = base64.b64encode(random.Random(0).randbytes(30_000)).decode()
+    bounds = cuts(blob, 500)
+    assert len(bounds) > len(blob) // (500 * (1 + REACH)) and all(blob[b] in "+/" for b in bounds[1:-1])
+    (got,) = encode(BPE, [blob], piece_chars=500)
+    whole = BPE.encode(blob, add_special_tokens=False).ids
+    pieces = [BPE.encode(blob[a:b], add_special_tokens=False).ids for a, b in zip(bounds, bounds[1:])]
+    assert got.ids.tolist() == [i for p in pieces for i in p] and abs(len(got) - len(whole)) <= len(bounds)
+    run = "ab" * 50_000
+    bounds = cuts(run, 500)
+    assert bounds[0] == 0 and bounds[-1] == len(run) and max(b - a for a, b in zip(bounds, bounds[1:])) <= 500 * (1 + REACH)

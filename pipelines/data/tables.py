@@ -140,6 +140,7 @@ def _layout(source: Source, fmt: str) -> _Layout:
                     for batch in file.iter_batches(batch_size=65_536):
                         decoded = _expanded(source, decoded + _decoded_bytes(batch))
             check_repeats(names, source.name)
+            _check_width(source, names)
             return _Layout(names)
         head = _peek(source, fmt)
         encoding = encoding_of(head)
@@ -147,9 +148,12 @@ def _layout(source: Source, fmt: str) -> _Layout:
             if fmt == "jsonl":  # JSON lines have no header: the keys of the first rows stand for it
                 with _jsonl_reader(stream, encoding, chunksize=100) as reader:
                     return _Layout(list(objects_only(next(iter(reader))).columns), encoding)
-            check_repeats(_raw_csv_header(source, fmt, encoding), source.name)
+            header = _raw_csv_header(source, fmt, encoding)
+            _check_width(source, header)
+            check_repeats(header, source.name)
             columns = [str(c) for c in _csv_reader(stream, fmt, encoding, nrows=0).columns]
     check_delimiter(source.name, fmt, columns)
+    _check_width(source, columns)
     return _Layout(columns, encoding)
 
 
@@ -177,6 +181,15 @@ def _expanded(source: Source, decoded: int) -> int:
                         f"from a {source.size / 1e3:,.0f} KB file), like a compression bomb; if it is genuine, set "
                         "TXL_MAX_EXPANSION to a larger ratio")
     return decoded
+
+
+MAX_COLUMNS = 10_000  # a table of documents has a few; 60,000 took 80 s and 1.3 GB for two rows
+
+
+def _check_width(source: Source, columns: list[str]) -> None:
+    if len(columns) > MAX_COLUMNS:
+        raise UserError(f"{source.name} has {len(columns):,} columns; txl reads tables of at most {MAX_COLUMNS:,}. "
+                        "Keep the text column and the few others you want in the output")
 
 
 def table_columns(source: str | Path | Source) -> list[str]:

@@ -16,8 +16,10 @@ from typing import Sequence
 import numpy as np
 
 PIECE_CHARS = 20_000
+REACH = 8  # how many pieces' length a cut at a space may lie past the piece
 BATCH_TEXTS = 256  # short texts encoded per call: bounds the Encodings alive at once
 _CUT = re.compile(r"(?<=\S) ")
+_MARK = re.compile(r"(?<=\w)(?=[^\w\s])")
 
 
 @dataclass(frozen=True)
@@ -41,16 +43,21 @@ def _tokens(encoding, shift: int, offsets: bool) -> Tokens:
 
 def cuts(text: str, piece_chars: int) -> list[int]:
     """Piece boundaries 0 = c0 < c1 < ... = len(text): each inner one a space that follows a non-space, the
-    first at least `piece_chars` after the previous cut (a text without one stays whole). A piece then starts
-    with a space, which byte-level BPE reads as the next word's own (it adds no prefix space), and a run of
-    whitespace is never split."""
+    first at least `piece_chars` after the previous cut. A piece then starts with a space, which byte-level BPE
+    reads as the next word's own (it adds no prefix space), and a run of whitespace is never split. Where no
+    such space comes within `REACH` more pieces (encoded data, text without spaces), the cut falls before a
+    punctuation mark or symbol that follows a letter or digit (every tokenizer here splits there too; byte-level
+    BPE then reads the mark with a space before it), or, failing that, inside the run: memory stays bounded,
+    and the ids differ from the whole text's only at such cuts."""
     out, start = [0], 0
     while len(text) - start > piece_chars:
-        match = _CUT.search(text, start + piece_chars)
-        if match is None:
+        at, until = start + piece_chars, start + piece_chars * (1 + REACH)
+        match = _CUT.search(text, at, until)
+        if match is None and until >= len(text):
             break
-        out.append(match.start())
-        start = match.start()
+        match = match or _MARK.search(text, at, until)
+        start = until if match is None else match.start()
+        out.append(start)
     return out + [len(text)]
 
 

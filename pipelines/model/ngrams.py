@@ -39,6 +39,7 @@ SETTINGS = {"ngram_range": [1, 2], "sublinear_tf": True, "min_df": 2, "lowercase
 CHAR_SETTINGS = {"analyzer": "char_wb", "ngram_range": [2, 5], "sublinear_tf": True, "min_df": 2, "lowercase": True}
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # TfidfVectorizer's default: the words of the word n-grams
 CHUNK_CHARS = 20_000  # a longer text is counted in pieces: memory bounded by this, not by the text
+REACH = 8  # a word may run this many pieces' length past a piece's end before it is cut inside
 _SPACE = re.compile(r"\s")
 _LAST_WORD = re.compile(r"\s\S+\s*\Z")
 FIT_ONLY = {"min_df"}  # a setting of the fit; a loaded vectorizer has its vocabulary
@@ -65,7 +66,7 @@ class _Features:
     sklearn lists every n-gram of a text before counting it (a 6 MB text made gigabytes of strings). Pieces
     end at whitespace and each starts with the previous piece's last word, whose own counts are subtracted
     again: both analyzers' n-grams never cross more than one word boundary (word 1-2-grams, character n-grams
-    within words), so the summed counts equal the whole text's exactly.
+    within words), so the summed counts equal the whole text's exactly (for words shorter than REACH pieces).
     """
 
     def __init__(self, parts: list):
@@ -109,10 +110,20 @@ def _pieces(text: str, unit: re.Pattern):
     """(piece, the part it shares with the previous piece or ""): pieces of about CHUNK_CHARS characters that
     end at whitespace, each starting where the previous one's last unit starts: its last word for character
     n-grams within words, its last token for word n-grams (a bigram joins tokens across words that hold none).
-    A piece always reaches past the previous one's end, so the reading moves on whatever the words' lengths."""
+    A piece always reaches past the previous one's end, so the reading moves on whatever the words' lengths.
+    A "word" longer than REACH pieces (encoded data, text without spaces) is cut inside, with no overlap: exact
+    for shorter words, bounded beyond (one 5 MB word took 2.6 GB counted whole)."""
     start, shared, reached = 0, "", 0
     while True:
-        end = len(text) if len(text) - start <= CHUNK_CHARS else _word_end(text, max(start + CHUNK_CHARS, reached + 1))
+        if len(text) - start <= CHUNK_CHARS:
+            yield text[start:], shared
+            return
+        at = max(start + CHUNK_CHARS, reached + 1)
+        end = _word_end(text, at, at + REACH * CHUNK_CHARS)
+        if end is None:  # no whitespace within REACH pieces' length: cut the word here
+            yield text[start:at], shared
+            start, shared, reached = at, "", at
+            continue
         yield text[start:end], shared
         if end >= len(text):
             return
@@ -131,10 +142,13 @@ def _last_start(unit: re.Pattern, text: str, start: int, end: int) -> int:
     return last
 
 
-def _word_end(text: str, at: int) -> int:
-    """The end of the word running at `at` (the next whitespace), or the text's end."""
-    match = _SPACE.search(text, at)
-    return len(text) if match is None else match.start()
+def _word_end(text: str, at: int, until: int) -> int | None:
+    """The end of the word running at `at` (the next whitespace, or the text's end); None when it is not
+    before `until`."""
+    match = _SPACE.search(text, at, until)
+    if match is not None:
+        return match.start()
+    return len(text) if until >= len(text) else None
 
 
 @dataclass
