@@ -541,3 +541,16 @@ def _smaller_tokenizer(tmp_path: Path) -> Path:
     path = tmp_path / "small_tokenizer.json"
     train_tokenizer(make_corpus(30, seed=3)["text"], vocab_size=280).save(str(path))
     return path
+
+
+def test_resume_with_other_model_flags_is_refused(capsys, tmp_path):
+    """A model flag given again with --resume that differs from the interrupted run's was silently ignored."""
+    data = tmp_path / "train.csv"
+    make_corpus(60, seed=0).to_csv(data, index=False)
+    out = tmp_path / "run"
+    flags = [*TINY, "--init", "none", "--ngrams", "off"]
+    assert cli(capsys, "train", "--train", str(data), "--out", str(out), *flags)[0] == 0
+    code, err = cli(capsys, "train", "--train", str(data), "--out", str(out), *flags, "--resume", "--d-model", "32",
+                    "--dropout", "0.3")
+    assert_one_line_error(code, err, "was started with --d-model 16, not 32; --dropout 0.1, not 0.3")
+    assert cli(capsys, "train", "--train", str(data), "--out", str(out), *flags, "--resume")[0] == 0

@@ -48,6 +48,9 @@ def reading(name: str, fmt: str, *, locate: Callable[[], str | None] | None = No
         raise UserError(f"cannot parse {name}: it nests arrays or objects too deep to read (thousands of levels); "
                         "flatten the values, or keep only the text and label") from None
     except DAMAGED as e:
+        if "too much memory" in str(e):  # zstd --long=31: a valid file whose window would take gigabytes
+            raise UserError(f"cannot read {name}: it was compressed with a window too large to decompress in "
+                            "bounded memory (zstd --long above 27); recompress it with plain zstd") from None
         raise UserError(f"cannot read {name}: the file is damaged, truncated or not what its name says "
                         f"({last_line(e)})") from None
 

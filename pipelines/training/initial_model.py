@@ -39,8 +39,23 @@ def _resumed(plan: TrainPlan, label_set: LabelSet):
     if list(config.labels) != list(label_set.names):
         raise UserError(f"the checkpoint in {ck} was trained on labels {config.labels[:5]}, not this data's; "
                         "pass the same --train, or another --out")
+    _check_flags_repeat(plan, config, ck)
     fresh = json.loads((ck / FRESH).read_text()) if (ck / FRESH).is_file() else []
     return TXLDocumentClassifier(config), load_tokenizer(ck / "tokenizer.json"), fresh
+
+
+def _check_flags_repeat(plan: TrainPlan, config: TXLConfig, ck) -> None:
+    """A model flag given again with --resume must be the checkpoint's: the run continues as it started, and a
+    changed flag would be silently ignored. (--vocab-size is left out: a small corpus yields fewer tokens.)"""
+    saved = {"d_model": config.d_model, "n_layer": config.n_layer, "n_head": config.n_head, "d_inner": config.d_inner,
+             "segment_len": config.segment_len, "mem_len": config.mem_len, "dropout": config.dropout,
+             "pooling": config.pooling, "attention": "bidirectional" if config.bidirectional else "causal"}
+    changed = [f"--{name.replace('_', '-')} {saved[name]}, not {value}" for name, value in plan.arch.items()
+               if name in saved and value != saved[name]
+               and not (isinstance(value, float) and abs(value - float(saved[name])) < 1e-9)]
+    if changed:
+        raise UserError(f"the run in {ck.parent} was started with {'; '.join(changed)}; --resume continues it as "
+                        "it started: repeat its flags, or train into another --out")
 
 
 def _from_start(plan: TrainPlan, label_set: LabelSet):
