@@ -346,7 +346,7 @@ def test_multi_label_is_announced_or_turned_off(capsys, tmp_path):
     assert code == 0 and "training a multi-label model" not in err
 
 
-@pytest.mark.parametrize("name", ["big.csv.xz", "big.jsonl.gz", "big.tsv"])
+@pytest.mark.parametrize("name", ["big.csv.xz", "big.jsonl.gz", "big.tsv", "big.parquet"])
 def test_a_row_over_the_limit_is_refused_before_it_is_held(capsys, model, tmp_path, monkeypatch, name):
     """A small compressed file that decompresses to one huge cell: refused as soon as the row passes
     TXL_MAX_DOC_MB, in one line; rows under it, quoted newlines and all, are read."""
@@ -358,6 +358,10 @@ def test_a_row_over_the_limit_is_refused_before_it_is_held(capsys, model, tmp_pa
            frame.to_csv(index=False, sep="\t" if "tsv" in name else ",")).encode()
     path.write_bytes(lzma.compress(raw) if name.endswith(".xz") else gzip.compress(raw) if name.endswith(".gz")
                      else raw)
+    if name.endswith(".parquet"):  # a Parquet cell: the same limit, for a chunked and a whole read
+        frame.to_parquet(path)
+        code, err = cli(capsys, "train", "--train", str(path), "--out", str(tmp_path / "t"), *TINY, "--init", "none")
+        assert_one_line_error(code, err, "TXL_MAX_DOC_MB")
     code, err, _ = classify(capsys, model, path)
     assert_one_line_error(code, err, "TXL_MAX_DOC_MB")
     ok = pd.DataFrame({"text": [("line one\nline two, \"quoted\" " * 2000)[:30_000] for _ in range(20)]})

@@ -138,7 +138,7 @@ def _layout(source: Source, fmt: str) -> _Layout:
                 if source.size * max_expansion() <= sources.EXPANSION_FLOOR:  # small enough to be a bomb: find out now
                     decoded = 0
                     for batch in file.iter_batches(batch_size=65_536):
-                        decoded = _expanded(source, decoded + _decoded_bytes(batch))
+                        decoded = _expanded(source, decoded + _decoded_bytes(batch, source))
             check_repeats(names, source.name)
             _check_width(source, names)
             return _Layout(names)
@@ -157,19 +157,29 @@ def _layout(source: Source, fmt: str) -> _Layout:
     return _Layout(columns, encoding)
 
 
-def _decoded_bytes(batch) -> int:
+def _decoded_bytes(batch, source: Source) -> int:
     """What a Parquet batch's values take once decoded: a dictionary-encoded column of text counts each row's
-    text, not the dictionary's (pandas and the model see one string a row)."""
-    size = 0
+    text, not the dictionary's (pandas and the model see one string a row). A cell longer than
+    `max_row_bytes` (TXL_MAX_DOC_MB) is refused, as a row of a text table is."""
+    size, limit = 0, max_row_bytes()
     for column in batch.columns:
-        if pa.types.is_dictionary(column.type) and (pa.types.is_string(column.type.value_type)
-                                                    or pa.types.is_large_string(column.type.value_type)
-                                                    or pa.types.is_binary(column.type.value_type)):
+        values = column.dictionary if pa.types.is_dictionary(column.type) else column
+        if _is_text(values.type) and len(values):
+            longest = pc.max(pc.binary_length(values)).as_py() or 0
+            if longest > limit:
+                raise UserError(f"{source.name} holds a cell over {limit / 1e6:g} MB; such a document is refused to "
+                                "keep memory bounded: set TXL_MAX_DOC_MB to a larger number of megabytes to read it")
+        if values is not column and _is_text(values.type):
             lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
             size += int(pc.sum(lengths).as_py() or 0) + 8 * len(column)
         else:
             size += column.nbytes
     return size
+
+
+def _is_text(kind) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+        or pa.types.is_large_binary(kind)
 
 
 def _expanded(source: Source, decoded: int) -> int:
@@ -209,17 +219,22 @@ def _read_whole(source: Source, fmt: str, layout: _Layout, columns: list[str] | 
                 rows: int | None) -> pd.DataFrame:
     with opened(source) as (_, stream):
         if fmt == "parquet":
-            return _parquet_rows(stream, columns, rows)
+            return _parquet_rows(source, stream, columns, rows)
         if fmt == "jsonl":
             frame = objects_only(_jsonl_rows(stream, layout.encoding, rows))
             return frame.reindex(columns=columns) if columns else frame
         return _csv_reader(stream, fmt, layout.encoding, usecols=columns, nrows=rows)
 
 
-def _parquet_rows(stream, columns: list[str] | None, rows: int | None) -> pd.DataFrame:
-    if rows is None:
-        return pq.read_table(stream, columns=columns).to_pandas()
+def _parquet_rows(source: Source, stream, columns: list[str] | None, rows: int | None) -> pd.DataFrame:
     file = pq.ParquetFile(stream)
+    if rows is None:  # batch by batch, each checked, rather than pq.read_table's one unchecked read
+        batches, decoded = [], 0
+        for batch in file.iter_batches(batch_size=65_536, columns=columns):
+            decoded = _expanded(source, decoded + _decoded_bytes(batch, source))
+            batches.append(batch)
+        schema = file.schema_arrow if columns is None else pa.schema([file.schema_arrow.field(c) for c in columns])
+        return pa.Table.from_batches(batches, schema=batches[0].schema if batches else schema).to_pandas()
     batch = next(file.iter_batches(batch_size=rows, columns=columns), None)
     return pd.DataFrame(columns=columns or file.schema_arrow.names) if batch is None else batch.to_pandas()
 
@@ -275,7 +290,7 @@ def _read_chunks(source: Source, fmt: str, layout: _Layout, chunk_rows: int,
             file = pq.ParquetFile(raw)
             total, done, decoded = max(file.metadata.num_rows, 1), 0, 0
             for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
-                done, decoded = done + batch.num_rows, _expanded(source, decoded + _decoded_bytes(batch))
+                done, decoded = done + batch.num_rows, _expanded(source, decoded + _decoded_bytes(batch, source))
                 yield batch.to_pandas(), done / total, 0
         return
     size, since = max(source.size, 1), fallback_bytes()  # pandas decodes its first block on opening
