@@ -558,3 +558,15 @@ def test_resume_with_other_model_flags_is_refused(capsys, tmp_path):
                     "--dropout", "0.3")
     assert_one_line_error(code, err, "was started with --d-model 16, not 32; --dropout 0.1, not 0.3")
     assert cli(capsys, "train", "--train", str(data), "--out", str(out), *flags, "--resume")[0] == 0
+
+
+def test_a_file_of_the_users_named_like_the_lock_is_left_alone(capsys, model, tmp_path):
+    data, lock = tmp_path / "in.csv", tmp_path / ".in.csv.out.csv.lock"
+    pd.DataFrame({"text": ["the team won"]}).to_csv(data, index=False)
+    lock.write_text("my notes")
+    code, err, _ = classify(capsys, model, data)
+    assert_one_line_error(code, err, "is in the way of this job's lock file")
+    assert lock.read_text() == "my notes"
+    lock.write_text("12345")  # a killed job's stale lock: taken over
+    code, err, _ = classify(capsys, model, data)
+    assert code == 0 and not lock.exists()
