@@ -405,7 +405,8 @@ def test_a_config_that_does_not_fit_the_weights_is_refused_before_the_model_is_b
     assert_one_line_error(code, err, phrase)
 
 
-@pytest.mark.parametrize("name", ["bomb.csv.xz", "bomb.jsonl.gz", "bomb.tsv.bz2", "bomb.parquet", "bomb.txt.xz"])
+@pytest.mark.parametrize("name", ["bomb.csv.xz", "bomb.jsonl.gz", "bomb.tsv.bz2", "bomb.parquet", "plain.parquet",
+                                  "bomb.txt.xz"])
 def test_a_compression_bomb_is_refused_before_the_work(capsys, model, tmp_path, monkeypatch, name):
     """Many short rows packed past TXL_MAX_EXPANSION (100:1 by default; 20:1 here, which gzip can reach on a
     test's rows): refused in one line before any row is classified (a small file is decompressed once first),
@@ -419,8 +420,8 @@ def test_a_compression_bomb_is_refused_before_the_work(capsys, model, tmp_path, 
     frame = pd.DataFrame({"text": ["the team won the final and the crowd cheered"] * 20_000, "label": "sport"})
     frame.loc[::2, "label"] = "politics"
     path = tmp_path / name
-    if name.endswith(".parquet"):
-        frame.astype("category").to_parquet(path, compression="zstd")  # dictionary-encoded: a few KB
+    if name.endswith(".parquet"):  # categories, or plain strings in dictionary-encoded pages: a few KB either way
+        (frame.astype("category") if name.startswith("bomb") else frame).to_parquet(path, compression="zstd")
     else:
         raw = ("\n".join(frame["text"]) if ".txt" in name else frame.to_json(orient="records", lines=True)
                if "jsonl" in name else frame.to_csv(index=False, sep="\t" if "tsv" in name else ",")).encode()
@@ -517,13 +518,13 @@ def test_baseline_never_replaces_a_file_unasked(capsys, tmp_path):
 
 
 def test_model_files_that_disagree_are_refused(capsys, model, tmp_path):
-    """A repeated label in config.json, labels.json naming others, or a tokenizer of another size (smaller
-    as well as larger) come from different models: exit 2, before any row is read."""
+    """A repeated label in config.json, labels.json naming others, or a larger tokenizer come from different
+    models: exit 2, before any row is read. (A smaller tokenizer is allowed: a start may pad its embeddings.)"""
     data = tmp_path / "in.csv"
     pd.DataFrame({"text": ["the team won"]}).to_csv(data, index=False)
     cases = {"repeat": lambda d: _edit_config(d, labels=["politics", "politics", "tech"]),
              "listed": lambda d: (d / "labels.json").write_text('["a", "b", "c"]'),
-             "tokenizer": lambda d: shutil.copy(_smaller_tokenizer(tmp_path), d / "tokenizer.json")}
+             "tokenizer": lambda d: shutil.copy(_larger_tokenizer(tmp_path), d / "tokenizer.json")}
     phrases = {"repeat": "repeats the label(s) 'politics'", "listed": "labels.json and config.json name different",
                "tokenizer": "the files come from different models"}
     for name, damage in cases.items():
@@ -540,10 +541,10 @@ def _edit_config(directory: Path, **changes) -> None:
     (directory / "config.json").write_text(json.dumps(config))
 
 
-def _smaller_tokenizer(tmp_path: Path) -> Path:
+def _larger_tokenizer(tmp_path: Path) -> Path:
     from pipelines.data.bpe_tokenizer import train_tokenizer
-    path = tmp_path / "small_tokenizer.json"
-    train_tokenizer(make_corpus(30, seed=3)["text"], vocab_size=280).save(str(path))
+    path = tmp_path / "large_tokenizer.json"
+    train_tokenizer(make_corpus(200, seed=3)["text"], vocab_size=600).save(str(path))
     return path
 
 

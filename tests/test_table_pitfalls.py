@@ -67,9 +67,19 @@ def test_text_that_is_no_language_is_named():
     assert "almost no spaces" in not_prose(base64.b64encode(rng.randbytes(3000)).decode())
     assert "almost no spaces" in not_prose(rng.randbytes(1500).hex())
     assert "unassigned or private-use" in not_prose("".join(chr(rng.randrange(0x20, 0x30000)) for _ in range(5000)))
+    starts = [0x41, 0x391, 0x410, 0x5D0, 0x627, 0x905, 0x985, 0xE01, 0x10D0, 0x1200]  # ten alphabets' first letters
+    mixed = " ".join("".join(chr(rng.choice(starts) + rng.randrange(20)) for _ in range(6)) for _ in range(400))
+    assert "letters of" in not_prose(mixed) and "scripts with none dominant" in not_prose(mixed)
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_multilingual_corpus_is_prose():
+    parts = ["The minister lost the vote on the budget. ", "Le ministre a perdu le vote sur le budget. ",
+             "Министр проиграл голосование по бюджету. ", "Ο υπουργός έχασε την ψηφοφορία. ",
+             "השר הפסיד בהצבעה על התקציב. ", "خسر الوزير التصويت على الميزانية. ", "मंत्री बजट पर वोट हार गए। "]
+    assert not_prose("".join(parts) * 20) is None
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
 def test_a_table_of_too_many_columns_is_refused_at_its_header(tmp_path, suffix):
     """A table of documents has a few columns; 120,000 ran past 150 s (a quadratic repeat check, then pandas):
     refused from the header, in one line."""
@@ -78,9 +88,11 @@ def test_a_table_of_too_many_columns_is_refused_at_its_header(tmp_path, suffix):
     from pipelines.data.tables import MAX_COLUMNS
     frame = pd.DataFrame([["the team won", *range(MAX_COLUMNS)]], columns=["text", *map(str, range(MAX_COLUMNS))])
     path = tmp_path / f"wide{suffix}"
-    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    write = {".csv": lambda f: f.to_csv(path, index=False), ".parquet": lambda f: f.to_parquet(path),
+             ".jsonl": lambda f: f.to_json(path, orient="records", lines=True)}[suffix]
+    write(frame)
     with pytest.raises(UserError, match=f"has {MAX_COLUMNS + 1:,} columns"):
         next(iter_table(path, text_column="text"))
     narrow = frame.iloc[:, :MAX_COLUMNS]
-    narrow.to_csv(path, index=False) if suffix == ".csv" else narrow.to_parquet(path)
+    write(narrow)
     assert next(iter_table(path, text_column="text"))["text"].tolist() == ["the team won"]

@@ -197,15 +197,19 @@ def _measure(args, model: TXLLMHeadModel, held: torch.Tensor, held_words: float)
             "eval_mem_len": mem_len, "eval_segment_len": segment_len}
 
 
+def _warn_if_not_prose(args, docs: list[str], consequence: str) -> None:
+    if why := not_prose("\n".join(itertools.islice(docs, 2000))):
+        warnings.warn(f"{', '.join(map(str, args.text))} does not look like language: {why}; {consequence}",
+                      DataWarning, stacklevel=2)
+
+
 def _eval_only(args) -> int:
     """Print one JSON line: perplexity per token and per word of --text, read with --eval-mem-len."""
     if not args.init:
         raise UserError("--eval-only needs --init DIR, the language model to measure")
     lm = load_lm_dir(args.init)
     docs = read_documents(args.text, text_column=args.text_column)
-    if why := not_prose("\n".join(itertools.islice(docs, 2000))):
-        warnings.warn(f"{', '.join(map(str, args.text))} does not look like language: {why}; a language model "
-                      "trained on it learns nothing that carries over to text", DataWarning, stacklevel=1)
+    _warn_if_not_prose(args, docs, "its perplexity says nothing about text")
     device = resolve_device(args.device)
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -227,9 +231,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already holds a model; choose another --out or pass --resume")
     torch.manual_seed(args.seed)
     docs = read_documents(args.text, text_column=args.text_column)
-    if why := not_prose("\n".join(itertools.islice(docs, 2000))):
-        warnings.warn(f"{', '.join(map(str, args.text))} does not look like language: {why}; a language model "
-                      "trained on it learns nothing that carries over to text", DataWarning, stacklevel=1)
+    _warn_if_not_prose(args, docs, "a language model trained on it learns nothing that carries over to text")
     model, tokenizer, resumed, args = _model_and_tokenizer(args, docs)
     train, held, held_words = _streams(args, tokenizer, docs)
     _check_length(train, args)

@@ -136,8 +136,8 @@ def _positive(name: str, default: float, what: str) -> float:
     except ValueError:
         value = math.nan
     if not 0 < value < 1e12:
-        raise UserError(f"{name}={raw!r} is not {what}: give a positive number, or unset it for the default "
-                        f"({default:g})")
+        raise UserError(f"{name}={raw!r} is not {what}: give a positive number below 1e12, or unset it for the "
+                        f"default ({default:g})")
     return value
 
 
@@ -182,6 +182,18 @@ class Expansion(io.RawIOBase):
             raise UserError(f"{self.name} expands over {self.ratio:g}:1 when decompressed ({self.out / 1e6:,.0f} MB "
                             f"from {self.raw.tell() / 1e3:,.0f} KB so far), like a compression bomb; if it is "
                             "genuine, decompress it first or set TXL_MAX_EXPANSION to a larger ratio")
+
+
+_PROBED: set = set()  # files decompressed whole once already, without passing the bound
+
+
+def _probe_key(source: Source) -> tuple:
+    """A file by path, size and modification time; an upload by its bytes. Its readers open it several times
+    (peek, header, rows): one whole decompression settles it."""
+    if source.path is None:
+        return source.name, hash(source.data)
+    st = source.path.stat()
+    return str(source.path), st.st_size, st.st_mtime_ns
 
 
 def decompressed(opener, raw: BinaryIO, name: str) -> BinaryIO:
@@ -250,10 +262,12 @@ def opened(source: Source) -> Iterator[tuple[BinaryIO, BinaryIO]]:
         if opener is None:
             yield raw, capped(raw)
             return
-        if source.size * max_expansion() <= EXPANSION_FLOOR:  # small enough to be a bomb: find out before any work
-            with decompressed(opener, raw, source.name) as probe:
+        key = _probe_key(source)
+        if source.size * max_expansion() <= EXPANSION_FLOOR and key not in _PROBED:  # small enough to be a bomb:
+            with decompressed(opener, raw, source.name) as probe:                    # find out before any work
                 while probe.read(1 << 20):
                     pass
+            _PROBED.add(key)
             raw.seek(0)
         with decompressed(opener, raw, source.name) as stream:
             yield raw, capped(stream)

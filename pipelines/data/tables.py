@@ -133,21 +133,21 @@ def _layout(source: Source, fmt: str) -> _Layout:
     with _reading(source, fmt):
         if fmt == "parquet":
             with source.open() as raw:
-                file = pq.ParquetFile(raw)
-                names = file.schema_arrow.names
+                names = pq.ParquetFile(raw).schema_arrow.names
+                check_repeats(names, source.name)
+                _check_width(source, names)
                 if source.size * max_expansion() <= sources.EXPANSION_FLOOR:  # small enough to be a bomb: find out now
-                    decoded = 0
-                    for batch in file.iter_batches(batch_size=65_536):
-                        decoded = _expanded(source, decoded + _decoded_bytes(batch, source))
-            check_repeats(names, source.name)
-            _check_width(source, names)
+                    for _ in _parquet_batches(source, raw, batch_size=65_536, decode=False):
+                        pass
             return _Layout(names)
         head = _peek(source, fmt)
         encoding = encoding_of(head)
         with opened(source) as (_, stream):
             if fmt == "jsonl":  # JSON lines have no header: the keys of the first rows stand for it
                 with _jsonl_reader(stream, encoding, chunksize=100) as reader:
-                    return _Layout(list(objects_only(next(iter(reader))).columns), encoding)
+                    keys = list(objects_only(next(iter(reader))).columns)
+                _check_width(source, keys)
+                return _Layout(keys, encoding)
             header = _raw_csv_header(source, fmt, encoding)
             _check_width(source, header)
             check_repeats(header, source.name)
@@ -227,16 +227,39 @@ def _read_whole(source: Source, fmt: str, layout: _Layout, columns: list[str] | 
 
 
 def _parquet_rows(source: Source, stream, columns: list[str] | None, rows: int | None) -> pd.DataFrame:
-    file = pq.ParquetFile(stream)
-    if rows is None:  # batch by batch, each checked, rather than pq.read_table's one unchecked read
-        batches, decoded = [], 0
-        for batch in file.iter_batches(batch_size=65_536, columns=columns):
-            decoded = _expanded(source, decoded + _decoded_bytes(batch, source))
-            batches.append(batch)
-        schema = file.schema_arrow if columns is None else pa.schema([file.schema_arrow.field(c) for c in columns])
-        return pa.Table.from_batches(batches, schema=batches[0].schema if batches else schema).to_pandas()
-    batch = next(file.iter_batches(batch_size=rows, columns=columns), None)
-    return pd.DataFrame(columns=columns or file.schema_arrow.names) if batch is None else batch.to_pandas()
+    batches = []
+    for batch in _parquet_batches(source, stream, batch_size=rows or 65_536, columns=columns):
+        batches.append(batch)
+        if rows is not None:
+            break
+    if not batches:
+        schema = pq.ParquetFile(stream).schema_arrow
+        return pa.Table.from_batches([], schema=schema if columns is None else pa.schema(
+            [schema.field(c) for c in columns], metadata=schema.metadata)).to_pandas()
+    return pa.Table.from_batches(batches).to_pandas()
+
+
+def _parquet_batches(source: Source, raw, *, batch_size: int, columns: list[str] | None = None, decode: bool = True):
+    """A Parquet file's record batches, each checked before its text is decoded: the footer's uncompressed size,
+    then every batch read with its text columns dictionary-encoded, so that what they hold decoded (each row's
+    string) is counted and bounded (`_expanded`, `max_row_bytes`) before it takes memory. A file of a few hundred
+    bytes can hold 65,536 rows of a 1 MB string in one batch, or one string of gigabytes."""
+    file = pq.ParquetFile(raw)
+    meta = file.metadata
+    _expanded(source, sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
+    schema = file.schema_arrow
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    plain_text = [f.name for f in schema if _is_text(f.type)]
+    raw.seek(0)
+    coded = pq.ParquetFile(raw, read_dictionary=plain_text) if plain_text else file
+    decoded = 0
+    for batch in coded.iter_batches(batch_size=batch_size, columns=columns):
+        decoded = _expanded(source, decoded + _decoded_bytes(batch, source))
+        if decode:
+            yield pa.RecordBatch.from_arrays(
+                [col.dictionary_decode() if name in plain_text else col
+                 for name, col in zip(batch.schema.names, batch.columns)], schema=schema)
 
 
 def _jsonl_rows(stream, encoding: tuple[str, str], rows: int | None) -> pd.DataFrame:
@@ -287,10 +310,9 @@ def _read_chunks(source: Source, fmt: str, layout: _Layout, chunk_rows: int,
     (compressed ones for a compressed file), a close estimate that reaches 1.0 with the last chunk."""
     if fmt == "parquet":
         with source.open() as raw:
-            file = pq.ParquetFile(raw)
-            total, done, decoded = max(file.metadata.num_rows, 1), 0, 0
-            for batch in file.iter_batches(batch_size=chunk_rows, columns=columns):
-                done, decoded = done + batch.num_rows, _expanded(source, decoded + _decoded_bytes(batch, source))
+            total, done = max(pq.ParquetFile(raw).metadata.num_rows, 1), 0
+            for batch in _parquet_batches(source, raw, batch_size=chunk_rows, columns=columns):
+                done += batch.num_rows
                 yield batch.to_pandas(), done / total, 0
         return
     size, since = max(source.size, 1), fallback_bytes()  # pandas decodes its first block on opening

@@ -257,11 +257,14 @@ def job_folder(part: Path, fingerprint: str, command: str) -> Path:
     same job, interrupted), emptied when it belongs to another job (never mixed), created when missing. A folder
     there that holds files no job writes is the user's: refused, never emptied."""
     stamp = part / "job.json"
+    if part.is_symlink() or (part.exists() and not part.is_dir()):
+        raise UserError(f"{part} is in the way of this job's finished chunks and is not a folder of its own; move it "
+                        "away or delete it")
     if part.exists() and _job_fingerprint(part) != fingerprint:
-        strangers = [] if not part.is_dir() else [f.name for f in part.iterdir() if not _JOB_FILE.fullmatch(f.name)]
-        if not part.is_dir() or strangers:
+        strangers = [f.name for f in part.iterdir() if not _JOB_FILE.fullmatch(f.name)]
+        if strangers:
             raise UserError(f"{part} is in the way of this job's finished chunks and holds files it did not write "
-                            f"({', '.join(sorted(strangers)[:3]) or 'it is a file'}); move it away or delete it")
+                            f"({', '.join(sorted(strangers)[:3])}); move it away or delete it")
         print(f"txl {command}: {part} belongs to another job; starting over", file=sys.stderr)
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)

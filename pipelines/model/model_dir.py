@@ -13,6 +13,7 @@ weights with an old config.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,9 +114,9 @@ def load_model_dir(directory: str | Path) -> ModelDir:
         tokenizer = load_tokenizer(directory / "tokenizer.json")
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise UserError(f"{directory}/tokenizer.json is damaged ({str(e)[:120]}); copy the model again") from None
-    if tokenizer.get_vocab_size() != model.config.vocab_size:  # `txl train` writes them equal, whatever the start
+    if tokenizer.get_vocab_size() > model.config.vocab_size:  # fewer is allowed: a start may pad its embeddings
         raise UserError(f"{directory}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
-                        f"{model.config.vocab_size}; the files come from different models")
+                        f"only {model.config.vocab_size}; the files come from different models")
     labels = model.config.labels or [f"LABEL_{i}" for i in range(model.config.num_labels)]
     _check_labels(directory, labels)
     card = (directory / "README.md").read_text() if (directory / "README.md").is_file() else ""
@@ -133,7 +134,7 @@ def load_model_dir(directory: str | Path) -> ModelDir:
 
 def _check_labels(directory: Path, labels: list[str]) -> None:
     """Labels name the logits one to one: no repeats, and labels.json (when there) names the same ones."""
-    repeated = sorted({y for y in labels if labels.count(y) > 1})
+    repeated = sorted(y for y, n in Counter(labels).items() if n > 1)
     if repeated:
         raise UserError(f"{directory}/config.json repeats the label(s) {', '.join(map(repr, repeated))}; each logit "
                         "needs its own name: copy the model again")
