@@ -568,6 +568,13 @@ def test_a_file_of_the_users_named_like_the_lock_is_left_alone(capsys, model, tm
     code, err, _ = classify(capsys, model, data)
     assert_one_line_error(code, err, "is in the way of this job's lock file")
     assert lock.read_text() == "my notes"
-    lock.write_text("12345")  # a killed job's stale lock: taken over
+    lock.write_text("12345")  # a killed job's stale lock: taken over, and the lock it leaves is one too
     code, err, _ = classify(capsys, model, data)
     assert code == 0 and not lock.exists()
+    from pipelines.data.writers import output_lock
+    out = tmp_path / "again.csv"
+    for _ in range(2):  # what a holder writes is read as a lock by the next one (a killed holder leaves it)
+        with output_lock(out, "classify"):
+            left = (tmp_path / ".again.csv.lock").read_bytes()
+        (tmp_path / ".again.csv.lock").write_bytes(left)
+    assert left == str(os.getpid()).encode()

@@ -101,7 +101,7 @@ def output_lock(path: str | os.PathLike, command: str) -> Iterator[None]:
         if same:
             break
         os.close(fd)
-    held = os.read(fd, 64).strip()
+    held = os.pread(fd, 64, 0).strip()  # pread: the process number below is written from offset 0
     if held and not held.isdigit():  # a stale lock holds a process number; anything else is a file of the user's
         os.close(fd)
         raise UserError(f"{lock} is in the way of this job's lock file and is not one; move it away or delete it")
