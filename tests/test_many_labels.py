@@ -6,7 +6,7 @@ import warnings
 
 import pandas as pd
 
-from pipelines.data.writers import result_columns
+from pipelines.data.writers import output_columns, result_columns
 from pipelines.model.inference import Prediction
 from pipelines.model.metrics import DENSE_CONFUSION, compute_metrics
 
@@ -34,6 +34,7 @@ def test_result_columns_for_thousands_of_labels_warn_nothing():
     assert list(out.columns[:5]) == ["text", "input_score", "predicted_label", "score", "prob_l0"]
     assert out["score"].tolist() == [0.5] * 3 and out.shape == (3, 2 + 2 + 2000 + 6 + 2)
     assert out["input_score"].tolist() == [1, 2, 3]  # an input column named like an output one is kept, renamed
+    assert list(out.columns[2:]) == output_columns(labels, 3)  # the names classify warns about are those it adds
 
 
 def test_the_ngram_stage_reads_less_text_in_its_time_when_there_are_thousands_of_labels(monkeypatch):

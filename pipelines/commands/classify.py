@@ -121,8 +121,8 @@ def _classify(args, device) -> int:
                                                              Path(args.input).name, args.text_column)
     if problem and dist.is_main():
         warnings.warn(problem, DataWarning, stacklevel=1)
-    clashes = {} if first is None else renamed_inputs(
-        first.columns, output_columns(md.labels, args.top_k, *(["explanation"] if args.explain else [])))
+    added = ["explanation"] if args.explain else []  # what is added after result_columns
+    clashes = {} if first is None else renamed_inputs(first.columns, output_columns(md.labels, args.top_k, *added))
     if clashes and dist.is_main():
         warnings.warn(f"{Path(args.input).name}: the column(s) {', '.join(map(repr, clashes))} are also output "
                       f"columns; they are kept as {', '.join(map(repr, clashes.values()))}", DataWarning, stacklevel=1)
@@ -143,7 +143,7 @@ def _classify(args, device) -> int:
         if (todo - 1) % dist.world() != dist.rank():  # the remaining chunks in turn: even after a rerun
             continue
         preds = predict(md, chunk[args.text_column].tolist(), batch_size=args.batch_size, progress=bar.update)
-        frame = result_columns(chunk, preds, md.labels, args.top_k, *(["explanation"] if args.explain else []))
+        frame = result_columns(chunk, preds, md.labels, args.top_k, *added)
         if args.explain:
             frame["explanation"] = [explanation(md, text, args.explain) if not pred.error else "[]"
                                     for text, pred in zip(chunk[args.text_column].tolist(), preds)]

@@ -178,13 +178,32 @@ class Expansion(io.RawIOBase):
 
     def _count(self, n: int) -> None:
         self.out += n
-        if self.out > EXPANSION_FLOOR and self.out > self.ratio * max(self.raw.tell(), 1):
-            raise UserError(f"{self.name} expands over {self.ratio:g}:1 when decompressed ({self.out / 1e6:,.0f} MB "
-                            f"from {self.raw.tell() / 1e3:,.0f} KB so far), like a compression bomb; if it is "
-                            "genuine, decompress it first or set TXL_MAX_EXPANSION to a larger ratio")
+        check_expansion(self.name, self.out, self.raw.tell(), self.ratio)
 
 
-_PROBED: set = set()  # files decompressed whole once already, without passing the bound
+def check_expansion(name: str, out: int, stored: int, ratio: float | None = None) -> int:
+    """`out` (bytes decompressed or decoded so far, from `stored` bytes of the file), refused past the bound:
+    `EXPANSION_FLOOR`, then `ratio` (`max_expansion`) times `stored`. The one rule for every compressed file and
+    for Parquet, which compresses and dictionary-encodes inside."""
+    ratio = max_expansion() if ratio is None else ratio
+    if out > EXPANSION_FLOOR and out > ratio * max(stored, 1):
+        raise UserError(f"{name} expands over {ratio:g}:1 ({out / 1e6:,.0f} MB from {stored / 1e3:,.0f} KB), like "
+                        "a compression bomb; if it is genuine, set TXL_MAX_EXPANSION to a larger ratio")
+    return out
+
+
+_PROBED: set = set()  # small files read whole once already, without passing the bound
+
+
+def probe_once(source: Source, probe) -> None:
+    """Call `probe` (a whole reading through `check_expansion`) before any work the first time a file small
+    enough to be a bomb is opened: its readers open it several times (peek, header, rows)."""
+    if source.size * max_expansion() > EXPANSION_FLOOR:
+        return  # a larger file is checked as it is read
+    key = _probe_key(source)
+    if key not in _PROBED:
+        probe()
+        _PROBED.add(key)
 
 
 def _probe_key(source: Source) -> tuple:
@@ -262,12 +281,12 @@ def opened(source: Source) -> Iterator[tuple[BinaryIO, BinaryIO]]:
         if opener is None:
             yield raw, capped(raw)
             return
-        key = _probe_key(source)
-        if source.size * max_expansion() <= EXPANSION_FLOOR and key not in _PROBED:  # small enough to be a bomb:
-            with decompressed(opener, raw, source.name) as probe:                    # find out before any work
-                while probe.read(1 << 20):
+        def probe() -> None:
+            with decompressed(opener, raw, source.name) as stream:
+                while stream.read(1 << 20):
                     pass
-            _PROBED.add(key)
             raw.seek(0)
+
+        probe_once(source, probe)
         with decompressed(opener, raw, source.name) as stream:
             yield raw, capped(stream)

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.data import sources
 from pipelines.data.decoding import (
     ENCODING,
     FALLBACK,
@@ -39,10 +38,11 @@ from pipelines.data.sources import (
     OPENERS,
     SUPPORTED,
     Source,
+    check_expansion,
     checked,
-    max_expansion,
     max_row_bytes,
     opened,
+    probe_once,
     table_format,
 )
 from pipelines.data.table_errors import (
@@ -136,9 +136,7 @@ def _layout(source: Source, fmt: str) -> _Layout:
                 names = pq.ParquetFile(raw).schema_arrow.names
                 check_repeats(names, source.name)
                 _check_width(source, names)
-                if source.size * max_expansion() <= sources.EXPANSION_FLOOR:  # small enough to be a bomb: find out now
-                    for _ in _parquet_batches(source, raw, batch_size=65_536, decode=False):
-                        pass
+                probe_once(source, lambda: list(_parquet_batches(source, raw, batch_size=65_536, decode=False)))
             return _Layout(names)
         head = _peek(source, fmt)
         encoding = encoding_of(head)
@@ -153,7 +151,6 @@ def _layout(source: Source, fmt: str) -> _Layout:
             check_repeats(header, source.name)
             columns = [str(c) for c in _csv_reader(stream, fmt, encoding, nrows=0).columns]
     check_delimiter(source.name, fmt, columns)
-    _check_width(source, columns)
     return _Layout(columns, encoding)
 
 
@@ -180,17 +177,6 @@ def _decoded_bytes(batch, source: Source) -> int:
 def _is_text(kind) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
         or pa.types.is_large_binary(kind)
-
-
-def _expanded(source: Source, decoded: int) -> int:
-    """`decoded` (bytes of a Parquet file's values read so far), refused past `sources.Expansion`'s bound: a
-    Parquet file compresses and dictionary-encodes inside, so a few hundred KB can hold gigabytes of rows."""
-    ratio = max_expansion()
-    if decoded > sources.EXPANSION_FLOOR and decoded > ratio * source.size:
-        raise UserError(f"{source.name} expands over {ratio:g}:1 when decoded ({decoded / 1e6:,.0f} MB of values "
-                        f"from a {source.size / 1e3:,.0f} KB file), like a compression bomb; if it is genuine, set "
-                        "TXL_MAX_EXPANSION to a larger ratio")
-    return decoded
 
 
 MAX_COLUMNS = 10_000  # a table of documents has a few; 60,000 took 80 s and 1.3 GB for two rows
@@ -242,11 +228,13 @@ def _parquet_rows(source: Source, stream, columns: list[str] | None, rows: int |
 def _parquet_batches(source: Source, raw, *, batch_size: int, columns: list[str] | None = None, decode: bool = True):
     """A Parquet file's record batches, each checked before its text is decoded: the footer's uncompressed size,
     then every batch read with its text columns dictionary-encoded, so that what they hold decoded (each row's
-    string) is counted and bounded (`_expanded`, `max_row_bytes`) before it takes memory. A file of a few hundred
-    bytes can hold 65,536 rows of a 1 MB string in one batch, or one string of gigabytes."""
+    string) is counted and bounded (`check_expansion`, `max_row_bytes`) before it takes memory; with `decode`
+    False nothing is yielded (the probe). A file of a few hundred bytes can hold 65,536 rows of a 1 MB string in
+    one batch, or one string of gigabytes."""
     file = pq.ParquetFile(raw)
     meta = file.metadata
-    _expanded(source, sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
+    check_expansion(source.name, sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
+                    source.size)
     schema = file.schema_arrow
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
@@ -255,7 +243,7 @@ def _parquet_batches(source: Source, raw, *, batch_size: int, columns: list[str]
     coded = pq.ParquetFile(raw, read_dictionary=plain_text) if plain_text else file
     decoded = 0
     for batch in coded.iter_batches(batch_size=batch_size, columns=columns):
-        decoded = _expanded(source, decoded + _decoded_bytes(batch, source))
+        decoded = check_expansion(source.name, decoded + _decoded_bytes(batch, source), source.size)
         if decode:
             yield pa.RecordBatch.from_arrays(
                 [col.dictionary_decode() if name in plain_text else col

@@ -51,8 +51,7 @@ def _check_flags_repeat(plan: TrainPlan, config: TXLConfig, ck) -> None:
              "segment_len": config.segment_len, "mem_len": config.mem_len, "dropout": config.dropout,
              "pooling": config.pooling, "attention": "bidirectional" if config.bidirectional else "causal"}
     changed = [f"--{name.replace('_', '-')} {saved[name]}, not {value}" for name, value in plan.arch.items()
-               if name in saved and value != saved[name]
-               and not (isinstance(value, float) and abs(value - float(saved[name])) < 1e-9)]
+               if name in saved and value != saved[name]]
     if changed:
         raise UserError(f"the run in {ck.parent} was started with {'; '.join(changed)}; --resume continues it as "
                         "it started: repeat its flags, or train into another --out")
