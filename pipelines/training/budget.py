@@ -4,9 +4,9 @@ The n-gram stage runs first, in at most NGRAM_SHARE of the budget, and its time 
 frozen encoder then reads the validation documents (a random sample of at least MIN_VALID when reading them all
 would take more than VALID_SHARE of what is left: the encoder's validation, and the fusion's, use that sample),
 which measures its speed on this machine; from that speed the rest is split: reading training
-documents whole gets half (all of it when half reads them all with time to spare, or when fine-tuning could not
-take MIN_STEPS steps in the other half), fine-tuning the rest, less one validation pass kept for its last
-evaluation.
+documents whole gets up to half (all of it when fine-tuning could not take MIN_STEPS steps in the other half),
+fine-tuning the rest, less one validation pass kept for its last evaluation. When half reads every document with
+time to spare, reading stops once they are read, and fine-tuning takes the rest.
 """
 from __future__ import annotations
 
@@ -68,8 +68,10 @@ def split(budget: Budget, *, spent: float, read_all: float, step: float) -> Spli
     if left is None:
         return Split(None, 0)  # no budget: read everything, then the epochs decide
     share = FROZEN_SHARE * left
-    if read_all <= share:  # every document whole, then fine-tuning in what is left
-        return Split(spent + read_all, fine_tune_steps(left - read_all, validation=spent, step=step))
+    if read_all <= share:  # every document whole, then fine-tuning in what is left; the reading may take its
+        # whole share if the training documents read slower than the validation ones (longer, say): it ends when
+        # they are read, and fine-tuning runs until the budget's end whatever it started with
+        return Split(spent + share, fine_tune_steps(left - read_all, validation=spent, step=step))
     steps = fine_tune_steps(left - share, validation=spent, step=step)
     if steps:
         return Split(spent + share, steps)
