@@ -1,5 +1,5 @@
-"""The long-document table: ungdc and oyez (and imdb_long, long IMDB reviews), the default recipe against TF-IDF
-and against reading the start only.
+"""The long-document table: ungdc and oyez (and stand-ins sampled from ../shared: SAMPLES), the default recipe
+against TF-IDF and against reading the start only.
 
     python -m benchmarks.long_docs --dataset ungdc --variants default tfidf tfidf512 [--minutes 30]
 
@@ -64,14 +64,27 @@ def _run(command: list[str]) -> float:
     return (time.time() - started) / 60
 
 
-def long_reviews(data: Path, out: Path, *, min_words: int = 400, train: int = 1800, test: int = 1000) -> Path:
-    """`imdb_long`: IMDB reviews of at least `min_words` words (median about 540), a seeded sample of `train`
-    from its train split and `test` from its test split: a stand-in for a set of long reviews of the size a user
-    labels by hand (1,800), which ../shared does not hold."""
+# Stand-ins for the held-out sets ../shared does not hold, sampled (seeded) from its data: name -> (source: a
+# folder of train/test files or one file with a `split` column, least words a document has, training documents,
+# test documents, what it stands in for)
+SAMPLES = {
+    "imdb_long": ("imdb", 400, 1800, 1000, "IMDB reviews of 400+ words (median about 540): long reviews"),
+    "news_long": ("20newsgroups", 400, 645, 500, "20 Newsgroups posts of 400+ words (median about 600), 20 labels: "
+                  "a small set of long news-like articles"),
+    "oyez_small": (FILES["oyez"], 0, 240, 150, "oyez transcripts (median about 9,400 words), 240 to train: a few "
+                   "hundred whole books or plays"),
+}
+
+
+def sample_set(name: str, data: Path, out: Path) -> Path:
+    """The stand-in `name` (SAMPLES), written once to `out`: a seeded sample of its source's train and test
+    splits, documents of at least its number of words."""
     if not out.exists():
+        source, min_words, n_train, n_test, _ = SAMPLES[name]
+        whole = None if (data / source).is_dir() else pd.read_csv(data / source)
         parts = []
-        for split, n in (("train", train), ("test", test)):
-            frame = pd.read_csv(data / "imdb" / f"{split}.csv.xz")
+        for split, n in (("train", n_train), ("test", n_test)):
+            frame = pd.read_csv(data / source / f"{split}.csv.xz") if whole is None else whole[whole["split"] == split]
             frame = frame[frame["text"].str.split().str.len() >= min_words]
             parts.append(frame.sample(n=n, random_state=0)[["text", "label"]].assign(split=split))
         pd.concat(parts).to_csv(out, index=False)
@@ -80,7 +93,7 @@ def long_reviews(data: Path, out: Path, *, min_words: int = 400, train: int = 18
 
 def run_variant(dataset: str, variant: str, data: Path, minutes: float, runs: Path) -> dict:
     runs.mkdir(parents=True, exist_ok=True)
-    source = long_reviews(data, runs / "imdb_long.csv") if dataset == "imdb_long" else data / FILES[dataset]
+    source = sample_set(dataset, data, runs / f"{dataset}.csv") if dataset in SAMPLES else data / FILES[dataset]
     table = first_words(source, runs / f"{dataset}.first512.csv") if variant.endswith("512") else source
     out = runs / f"{dataset}.{variant}"
     txl = [sys.executable, "-m", "pipelines.cli"]
@@ -130,7 +143,7 @@ def write_table(rows: list[dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=sorted([*FILES, "imdb_long"]), required=True)
+    p.add_argument("--dataset", choices=sorted([*FILES, *SAMPLES]), required=True)
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["tfidf", "tfidf512", "default"])
     p.add_argument("--minutes", type=float, default=30.0, help="--max-minutes of the recipe's runs")
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")

@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 from sklearn.svm import LinearSVC
 
-from benchmarks.long_docs import FILES, HERE, record, result_row
+from benchmarks.long_docs import FILES, HERE, SAMPLES, record, result_row, sample_set
 from pipelines.data import token_ids
 from pipelines.data.labeled_texts import Columns, load_split, load_train_valid
 from pipelines.model.inference import pooled_features, prepare
@@ -70,12 +70,14 @@ def read_run(run: Path, data: Path):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=sorted(FILES), required=True)
+    p.add_argument("--dataset", choices=sorted([*FILES, *SAMPLES]), required=True)
     p.add_argument("--run", type=Path, help="the mem0 run's model directory (default runs/long_docs/<dataset>.mem0)")
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     args = p.parse_args()
-    run = args.run or HERE.parent / "runs" / "long_docs" / f"{args.dataset}.mem0"
-    source = args.data / FILES[args.dataset]
+    runs = HERE.parent / "runs" / "long_docs"
+    run = args.run or runs / f"{args.dataset}.mem0"
+    source = sample_set(args.dataset, args.data, runs / f"{args.dataset}.csv") if args.dataset in SAMPLES else \
+        args.data / FILES[args.dataset]
     started = time.time()
     md, texts, labels, x = read_run(run, source)
     if md.model.config.mem_len != 0:
