@@ -298,3 +298,44 @@ def test_documents_that_end_before_the_window_add_no_gradient():
     assert torch.isfinite(loss) and logits.shape == (2, N_LABELS)
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.transformer.parameters())
     assert model.head.weight.grad.abs().sum() > 0
+
+
+def _order_task(n: int, seed: int, seg: int):
+    """Two segments of random tokens, cue 1 in one and cue 2 in the other: the label is which comes first. Each
+    segment alone holds one cue, whatever the label: only memory across the boundary tells the order."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 53, (n, 2 * seg), generator=g)
+    y = torch.randint(0, 2, (n,), generator=g)
+    first, second = torch.randint(0, seg, (n,), generator=g), seg + torch.randint(0, seg, (n,), generator=g)
+    rows = torch.arange(n)
+    ids[rows, first], ids[rows, second] = 1 + y, 2 - y
+    return ids, y
+
+
+def _train_order_model(mem_len: int, seg: int) -> TXLDocumentClassifier:
+    torch.manual_seed(0)
+    model = TXLDocumentClassifier(tiny_config(num_labels=2, pooling="mean", segment_len=seg, mem_len=mem_len))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = _order_task(2048, 0, seg)
+    for step in range(200):
+        i = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
+        loss = F.cross_entropy(model(x[i]).logits, y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_memory_carries_to_the_label_what_no_segment_holds_alone():
+    seg = 4
+    x, y = _order_task(512, 1, seg)
+
+    def accuracy(model, mem_len):
+        model.config.mem_len = mem_len
+        with torch.no_grad():
+            return (model(x).logits.argmax(-1) == y).float().mean().item()
+
+    with_memory, without = _train_order_model(seg, seg), _train_order_model(0, seg)
+    assert accuracy(without, 0) < 0.62  # chance: the pooled segments are alike for both labels
+    assert accuracy(with_memory, seg) > 0.9
+    assert accuracy(with_memory, 0) < 0.62  # the same weights, the memory taken away
