@@ -31,11 +31,6 @@ HERE = Path(__file__).resolve().parent
 FILES = {"ungdc": "ungdc/ungdc_continent.csv.xz", "oyez": "oyez/oyez_scotus_oral_args_decade.csv.xz"}
 RESULTS, TABLE = HERE / "long_docs.json", HERE / "RESULTS.md"
 START, END = "<!-- long-docs:start -->", "<!-- long-docs:end -->"
-NAMES = {"default": "txl-doc default recipe", "first512": "same recipe, first 512 words only",
-         "mem0": "same recipe, --mem-len 0 (no memory across segments)", "tfidf": "TF-IDF + LinearSVC, full texts",
-         "tfidf512": "TF-IDF + LinearSVC, first 512 words",
-         "peer_embeddings": "peer: frozen MiniLM chunk embeddings + logistic regression (benchmarks/peer.py)",
-         "peer_stacked": "peer: MiniLM chunk embeddings stacked beside TF-IDF in one LinearSVC"}
 VARIANTS = ("default", "first512", "mem0", "tfidf", "tfidf512")  # what this script runs (the peer: peer.py)
 
 
@@ -128,12 +123,31 @@ def record(row: dict) -> None:
     write_table(rows)
 
 
+COLUMNS = ("default", "first512", "mem0", "peer_embeddings", "peer_stacked", "tfidf", "tfidf512")
+HEADS = ("default recipe", "same, first 512 words", "same, --mem-len 0", "peer: embeddings + LR", "peer: stacked",
+         "TF-IDF full", "TF-IDF first 512")
+
+
+def _short(machine_name: str) -> str:
+    """RESULTS.md's name of a machine: CPU-A (bf16 units) or CPU-B (AVX2), else as recorded."""
+    return "CPU-A" if "AVX512-BF16" in machine_name else "CPU-B" if "AVX2" in machine_name else machine_name
+
+
 def write_table(rows: list[dict]) -> None:
-    latest = {(r["dataset"], r["machine"], r["variant"]): r for r in rows}  # the last run of each, on each machine
-    lines = ["| data set | variant | test accuracy | macro-F1 | minutes | machine |", "|---|---|---:|---:|---:|---|"]
-    for (dataset, _, variant), r in sorted(latest.items()):
-        lines.append(f"| {dataset} | {NAMES[variant]} | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | "
-                     f"{r['minutes']:.1f} | {r['machine']} |")
+    """One row per data set, one column per variant: the last run of each on each machine (CPU-A first)."""
+    latest = {(r["dataset"], r["variant"], _short(r["machine"])): r for r in rows}
+    lines = ["Test accuracy / macro-F1; CPU-A unless marked. Commands, minutes and machines: "
+             "benchmarks/long_docs.json.", "",
+             "| data set | budget, min | " + " | ".join(HEADS) + " |", "|---|---:|" + "---:|" * len(HEADS)]
+    for dataset in sorted({r["dataset"] for r in rows}):
+        budgets = {r["command"].split("--minutes ")[1] for r in rows
+                   if r["dataset"] == dataset and r["variant"] == "default" and "--minutes " in r["command"]}
+        cells = [", ".join(sorted(budgets))]
+        for variant in COLUMNS:
+            runs = sorted((m, r) for (d, v, m), r in latest.items() if d == dataset and v == variant)
+            cells.append("<br>".join(f"{r['accuracy']:.2f} / {r['macro_f1']:.2f}" + ("" if m == "CPU-A" else f" ({m})")
+                                     for m, r in runs))
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     text = TABLE.read_text()
     if START not in text:
         text += f"\n## Long documents (python -m benchmarks.long_docs)\n\n{START}\n{END}\n"
