@@ -7,7 +7,8 @@ embeddings alone), on a long-document set, with the reading the recipe's `--mem-
 all-MiniLM-L6-v2 reading 256-token chunks independently is the recipe's start with `--mem-len 0`: the
 relative-position weights of the converted encoder start at zero, and its pooling is the mean over every token.
 So the training documents' vectors are those the mem0 run cached (the random sample it read in its budget, with
-the validation documents it read); the test documents are read here with the same encoder. The peer's models
+the validation documents it read); the test documents are read here with the same encoder (the start's weights,
+when the run fine-tuned after reading). The peer's models
 are fit on the documents read (train and validation: the peer needs no validation split):
   embeddings   a logistic regression on the standardised mean-pooled embeddings
   stacked      one LinearSVC over [TF-IDF word 1-2-grams (`txl baseline`'s features) | L2-normalised
@@ -37,6 +38,7 @@ from pipelines.model.inference import pooled_features, prepare
 from pipelines.model.metrics import compute_metrics
 from pipelines.model.model_dir import load_model_dir
 from pipelines.model.ngrams import _settings
+from pipelines.training.starts import load_start
 
 
 def cached(folder: Path) -> dict[int, np.ndarray]:
@@ -82,8 +84,8 @@ def main() -> None:
     md, texts, labels, x = read_run(run, source)
     if md.model.config.mem_len != 0:
         sys.exit(f"{run} was trained with --mem-len {md.model.config.mem_len}; the peer reads chunks independently")
-    if md.metrics.get("training", {}).get("steps", 0):
-        sys.exit(f"{run} fine-tuned its encoder; the peer's is the frozen start")
+    if md.metrics.get("training", {}).get("steps", 0):  # fine-tuned after reading: back to the frozen start
+        md.model.transformer.load_state_dict(load_start("minilm", segment_len=md.model.config.segment_len).encoder)
     test_texts, test_labels = load_split(str(source), Columns(), "test")
     prepare(md, precision="auto")
     print(f"peer: {len(texts):,} documents read by the mem0 run; reading the {len(test_texts):,} test documents",
