@@ -3,6 +3,7 @@ SIGKILL), evaluate, and the one-line errors; all in seconds."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -416,3 +417,23 @@ def test_fusion_never_scores_below_its_better_part_on_validation(model, data, mo
     assert "the n-grams alone scored higher" in fusion_stage.fit_phrase(out["fusion"], 100, 10)[1]
     assert fusion_stage._better_part({"validation": {"accuracy": 0.9}, "validation_ngram": {"accuracy": 0.9},
                                       "validation_encoder": {"accuracy": 0.5}}, multi_label=False) == "fused"
+
+
+def test_a_fitted_mix_below_a_part_moves_to_the_nearest_mix_that_is_not():
+    """Ten validation documents, each part wrong on one: the fitted weights (b / a = 1) get both wrong (8 of
+    10), b / a above 2 or below 1/3 gets one wrong (9 of 10, as each part alone): the nearest is chosen, toward
+    the n-grams first at equal distance; no mix gets all ten."""
+    import torch
+
+    from pipelines.training import fusion_stage
+
+    e = torch.tensor([3.0] * 8 + [1.0, -1.0])  # the encoder's margin for the right label
+    n = torch.tensor([3.0] * 8 + [-3.0, 0.5])  # the n-grams'
+    encoder, scores = torch.stack([torch.zeros(10), e], 1), torch.stack([torch.zeros(10), n], 1).numpy()
+    truth = torch.ones(10, dtype=torch.long)
+    shift = fusion_stage.nearest_mix({"a": 1.0, "b": 1.0}, encoder, scores, truth, floor=0.9)
+    assert shift == 0.75  # log 2 = 0.69 is the least move that gets the last document right
+    w = fusion_stage._shifted({"a": 1.0, "b": 1.0}, shift)
+    assert w["b"] / w["a"] == pytest.approx(math.exp(0.75), rel=1e-4) and w["a"] * w["b"] == pytest.approx(1.0)
+    assert fusion_stage.nearest_mix({"a": 1.0, "b": 1.0}, encoder, scores, truth, floor=1.0) is None
+    assert "moved by a factor 2.12" in fusion_stage.fit_phrase({"a": 1.0, "b": 1.0, "shift": 0.75}, 100, 10)[1]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pipelines.data.labels import LabelSet
 from pipelines.model import ngrams as ngram_module
 from pipelines.model.confidence import calibrate as calibrate_notice
-from pipelines.model.fusion import calibrate, fit_fusion
+from pipelines.model.fusion import calibrate, fit_fusion, fused_logits
 from pipelines.model.inference import predict
 from pipelines.model.metrics import compute_metrics, decided_labels, tune_thresholds
 from pipelines.model.model_dir import ModelDir
@@ -155,6 +155,11 @@ def fuse_parts(best: ModelDir, parts: NgramParts, encoder: torch.Tensor, vlabels
         ngram.thresholds = tune_thresholds(fused.numpy(), truth.numpy())
     out = _validation(best, ngram, encoder, scores, vlabels)
     kept = _better_part(out, multi_label=best.multi_label)
+    if kept != "fused" and not best.multi_label:  # the mix nearest the fit that scores as high as that part
+        shift = nearest_mix(ngram.fusion, encoder, scores, truth, floor=out[f"validation_{kept}"]["accuracy"])
+        if shift is not None:
+            ngram.fusion = dict(ngram.fusion, **_shifted(ngram.fusion, shift), shift=round(shift, 2))
+            out, kept = _validation(best, ngram, encoder, scores, vlabels), "fused"
     if kept != "fused":  # fusion never makes a model worse on validation than its better part alone
         ngram.fusion = dict(ngram.fusion, **_one_part(kept, scores, truth, multi_label=best.multi_label), kept=kept)
         ngram.thresholds = best.model.config.thresholds if kept == "encoder" else None
@@ -179,6 +184,27 @@ def fuse_parts(best: ModelDir, parts: NgramParts, encoder: torch.Tensor, vlabels
 
 
 SPLITS = {False: "training split", True: "training and validation splits"}  # what the n-grams kept were fit on
+
+
+SHIFTS = np.round(np.arange(0.25, 6.01, 0.25), 2)  # of log(b / a) away from the fit, either way
+
+
+def _shifted(fusion: dict, shift: float) -> dict:
+    """The weights with log(b / a) moved by `shift`, their product kept."""
+    return {"a": round(fusion["a"] * math.exp(-shift / 2), 6), "b": round(fusion["b"] * math.exp(shift / 2), 6)}
+
+
+def nearest_mix(fusion: dict, encoder: torch.Tensor, scores, truth: torch.Tensor, *, floor: float) -> float | None:
+    """Single-label: the smallest move of log(b / a) from the fitted weights (SHIFTS, toward the n-grams first
+    at equal distance) after which the fused model's validation accuracy is at least `floor` (the better part's
+    alone), or None: the part alone, then. On a small validation split one document can put the fitted mix
+    below a part; the nearest mix that is not below it keeps both parts."""
+    s = torch.as_tensor(scores).float()
+    for shift in (x for step in SHIFTS for x in (step, -step)):
+        z = fused_logits(encoder.float(), s, **_shifted(fusion, shift), multi_label=False)
+        if int((z.argmax(1) == truth).sum()) >= floor * len(truth) - 1e-6:
+            return float(shift)
+    return None
 
 
 def _one_part(kept: str, scores, truth: torch.Tensor, *, multi_label: bool) -> dict:
@@ -233,5 +259,8 @@ def fit_phrase(fusion: dict, n_train: int, n_valid: int) -> tuple[str, str]:
              if "prior_ratio" in fusion else "")  # older model files: a plain log-loss fit
     kept = {"encoder": "; the encoder alone scored higher on validation than the fusion, so it is used alone",
             "ngram": "; the n-grams alone scored higher on validation than the fusion, so they are used alone"}
+    moved = (f"; the fitted mix scored below a part alone on validation, so b / a was moved by a factor "
+             f"{math.exp(fusion['shift']):.3g}, the least that scores as high" if fusion.get("shift") else "")
     return read, "weights fit on the validation split" + (" (scored by n-grams fit on the training split alone)"
-                                                           if refit else "") + prior + kept.get(fusion.get("kept"), "")
+                                                           if refit else "") + prior + moved + kept.get(
+        fusion.get("kept"), "")
