@@ -157,7 +157,8 @@ def write_table(rows: list[dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=sorted([*FILES, *SAMPLES]), required=True)
+    p.add_argument("--dataset", choices=sorted([*FILES, *SAMPLES]), required=True,
+                   help="; ".join(f"{name}: {about[-1]}" for name, about in SAMPLES.items()))
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["tfidf", "tfidf512", "default"])
     p.add_argument("--minutes", type=float, default=30.0, help="--max-minutes of the recipe's runs")
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")

@@ -113,6 +113,8 @@ def test_reading_takes_everything_when_fine_tuning_would_take_too_few_steps():
     b = budget.Budget(1800.0, ngrams=100.0)
     plan = budget.split(b, spent=60, read_all=10_000, step=60)
     assert plan.reading == pytest.approx(1800 - 100) and plan.steps == 0
+    short = budget.split(b, spent=60, read_all=300, step=60)  # all read in half, yet too few steps after
+    assert short.reading == pytest.approx(1800 - 100) and short.steps == 0
     assert budget.split(budget.Budget(None), spent=60, read_all=10_000, step=60).reading is None
     assert budget.split(budget.Budget(60.0, ngrams=100.0), spent=10, read_all=5, step=1).steps == 0  # no time left
 

@@ -207,8 +207,7 @@ def probe_once(source: Source, probe) -> None:
 
 
 def _probe_key(source: Source) -> tuple:
-    """A file by path, size and modification time; an upload by its bytes. Its readers open it several times
-    (peek, header, rows): one whole decompression settles it."""
+    """A file by path, size and modification time; an upload by its bytes."""
     if source.path is None:
         return source.name, hash(source.data)
     st = source.path.stat()

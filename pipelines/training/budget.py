@@ -68,12 +68,8 @@ def split(budget: Budget, *, spent: float, read_all: float, step: float) -> Spli
     if left is None:
         return Split(None, 0)  # no budget: read everything, then the epochs decide
     share = FROZEN_SHARE * left
-    if read_all <= share:  # every document whole, then fine-tuning in what is left; the reading may take its
-        # whole share if the training documents read slower than the validation ones (longer, say): it ends when
-        # they are read, and fine-tuning runs until the budget's end whatever it started with
-        return Split(spent + share, fine_tune_steps(left - read_all, validation=spent, step=step))
-    steps = fine_tune_steps(left - share, validation=spent, step=step)
-    if steps:
+    steps = fine_tune_steps(left - min(read_all, share), validation=spent, step=step)
+    if steps:  # reading ends when every document is read, or at its share if they read slower than measured
         return Split(spent + share, steps)
     return Split(spent + left, 0)  # fine-tuning could do too little: reading gets everything
 
